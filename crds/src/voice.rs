@@ -1,0 +1,174 @@
+//! VoicePipeline: wake word to spoken answer, stage by stage, within a latency budget.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{DURATION_RULE, Placement, impl_has_conditions};
+
+/// A voice pipeline: ordered stages, each in-cluster (a Deployment placed by NodeClass) or an
+/// external endpoint, wired each to the next, with end-to-end latency measured against a
+/// budget.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[kube(
+    group = "homeplane.dev",
+    version = "v1alpha1",
+    kind = "VoicePipeline",
+    namespaced,
+    shortname = "vp",
+    category = "homeplane",
+    status = "VoicePipelineStatus",
+    doc = "A voice pipeline: wake word, speech-to-text, router, LLM, text-to-speech and sink stages with a latency budget.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Stages", type_ = "string", json_path = ".status.readyStages"),
+    printcolumn(name = "P95", type_ = "string", json_path = ".status.latencyP95"),
+    printcolumn(name = "Budget", type_ = "string", json_path = ".spec.latencyBudget"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VoicePipelineSpec {
+    /// The stages in order; each stage's output goes to the next.
+    #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub stages: Vec<Stage>,
+    /// End-to-end latency allowed from wake word to spoken answer, e.g. `2s`.
+    #[serde(default = "default_budget")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("latencyBudget must be a duration such as 2s or 1500ms"))]
+    #[schemars(length(max = 32))]
+    pub latency_budget: String,
+    /// How often the latency probe runs, e.g. `5m`.
+    #[serde(default = "default_probe_interval")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("probeInterval must be a duration such as 5m"))]
+    #[schemars(length(max = 32))]
+    pub probe_interval: String,
+}
+
+fn default_budget() -> String {
+    "2s".to_string()
+}
+
+fn default_probe_interval() -> String {
+    "5m".to_string()
+}
+
+/// One stage of a voice pipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.external) != has(self.workload)").message("a stage must set exactly one of external or workload"))]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// Name of the stage, unique in the pipeline.
+    #[schemars(
+        length(min = 1, max = 40),
+        regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// What the stage does.
+    pub role: StageRole,
+    /// A stage served outside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalEndpoint>,
+    /// A stage homeplane runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<StageWorkload>,
+}
+
+/// Role of a stage.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StageRole {
+    /// Wake-word detection (usually on a satellite device).
+    #[default]
+    WakeWord,
+    /// Speech-to-text (e.g. Whisper on the GPU).
+    SpeechToText,
+    /// Routes the request (e.g. an n8n webhook).
+    Router,
+    /// Language model (e.g. Ollama).
+    Llm,
+    /// Text-to-speech.
+    TextToSpeech,
+    /// Where the answer is played (e.g. a Sonos speaker).
+    Sink,
+}
+
+/// An endpoint outside the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalEndpoint {
+    /// URL of the endpoint.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z][a-z0-9+.-]*://.+')").message("url must be an absolute URL such as http://host:port/path"))]
+    #[schemars(length(max = 512))]
+    pub url: String,
+}
+
+/// A stage homeplane runs as a Deployment and Service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageWorkload {
+    /// Container image.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Arguments of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables of the container.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Port the stage serves on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Node class, CPU, memory and GPUs.
+    pub placement: Placement,
+}
+
+/// The observed state of a VoicePipeline.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoicePipelineStatus {
+    /// The generation of the spec this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded` and `WithinBudget`.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Readiness of each stage.
+    #[serde(default)]
+    pub stages: Vec<StageStatus>,
+    /// Ready stages out of all, e.g. `5/6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_stages: Option<String>,
+    /// Median end-to-end latency of recent probes, e.g. `1.4s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p50: Option<String>,
+    /// 95th-percentile end-to-end latency of recent probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95: Option<String>,
+}
+
+/// Readiness of one stage.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageStatus {
+    /// Name of the stage.
+    pub name: String,
+    /// Whether the stage is ready.
+    pub ready: bool,
+    /// Where the stage is reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Why the stage is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl_has_conditions!(VoicePipelineStatus);

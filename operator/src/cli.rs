@@ -1,0 +1,66 @@
+//! The command line: `homeplane run`, `homeplane crd`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// homeplane: a Kubernetes operator for a personal infrastructure.
+#[derive(Debug, Parser)]
+#[command(name = "homeplane", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator against the cluster of the in-cluster config or KUBECONFIG.
+    Run(RunArgs),
+    /// Print every CustomResourceDefinition as YAML (or write one file per CRD with --out).
+    Crd {
+        /// Write `<plural>.homeplane.dev.yaml` files into this folder instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Options of `homeplane run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HOMEPLANE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Take part in leader election (turn off only when exactly one replica runs).
+    #[arg(long, env = "HOMEPLANE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, env = "HOMEPLANE_NAMESPACE", default_value = "homeplane-system")]
+    pub leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "HOMEPLANE_LEADER_ELECTION_ID",
+        default_value = "homeplane-operator"
+    )]
+    pub leader_election_id: String,
+    /// This replica's identity in the election (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a lease is valid after its last renewal; a standby takes over after this.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+    /// How long to wait for homeplane's CRDs to be established before giving up.
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    pub crd_timeout: Duration,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    text.trim_end_matches('s')
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{text:?} is not a number of seconds"))
+}

@@ -1,0 +1,190 @@
+//! The controllers, one module per kind, and what they share: the context, the error type and
+//! the error policy (an invalid spec waits for a change; a transient error backs off
+//! exponentially per object and resets on success).
+
+pub mod nodeclass;
+pub mod pending;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use tracing::warn;
+
+use crate::metrics::Metrics;
+
+/// The field manager of everything homeplane applies.
+pub const FIELD_MANAGER: &str = "homeplane";
+
+/// What every reconciliation shares.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The one event recorder.
+    pub recorder: Recorder,
+    /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for `client`, reporting events as `homeplane` from `instance`.
+    pub fn new(client: Client, metrics: Arc<Metrics>, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: "homeplane".into(),
+            instance: Some(instance.to_string()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets the failures of an object after it reconciled successfully.
+    pub fn succeeded(&self, key: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(key);
+        }
+    }
+
+    /// Counts one more failure of an object; returns how many in a row.
+    fn failed(&self, key: &str) -> u32 {
+        match self.failures.lock() {
+            Ok(mut failures) => {
+                let n = failures.entry(key.to_string()).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+            Err(_) => 1,
+        }
+    }
+
+    /// Publishes an event about `obj`; a failure to publish is logged, not returned.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            warn!(error = %error, "failed to publish an event");
+        }
+    }
+}
+
+/// Errors of reconciliation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("failed to {action}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// An object could not be serialized.
+    #[error("failed to serialize {what}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// A bounded label for metrics and a reason for events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::Serialize { .. } => "serialize",
+        }
+    }
+
+    /// The event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "KubernetesApiError",
+            Error::Serialize { .. } => "SerializationError",
+        }
+    }
+
+    /// Shorthand for a failed API call.
+    pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
+    }
+}
+
+/// The key of an object for backoff bookkeeping.
+pub fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// Backoff after `failures` consecutive failures: 1s, 2s, 4s … capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 1u64 << failures.saturating_sub(1).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+/// The error policy of every controller: count the error, publish it as a Warning event, and
+/// retry with exponential backoff per object. (An invalid spec is not an error here: the
+/// controllers report it as a `Degraded` condition and wait for the spec to change.)
+pub fn error_policy<K>(
+    controller: &'static str,
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action
+where
+    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+{
+    ctx.metrics.failed(controller, error.category());
+    let source = std::error::Error::source(error)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    warn!(controller, object = %obj.name_any(), error = %error, %source, "reconcile failed");
+    let delay = backoff(ctx.failed(&key(obj.as_ref())));
+    let note = format!("{error}: {source}; retrying in {}s", delay.as_secs());
+    let reason = error.reason();
+    tokio::spawn(async move {
+        ctx.event(obj.as_ref(), EventType::Warning, reason, note)
+            .await
+    });
+    Action::requeue(delay)
+}
+
+/// The current time.
+pub fn now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(40), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,35 @@
+//! The `homeplane` binary: parse the command line and hand over.
+
+mod cli;
+mod conditions;
+mod controllers;
+mod crdgen;
+mod leader;
+mod metrics;
+mod quantity;
+mod run;
+mod startup;
+mod telemetry;
+mod web;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = cli::Cli::parse();
+    telemetry::init();
+    let result = match cli.command {
+        cli::Command::Run(args) => run::run(args).await,
+        cli::Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
+        cli::Command::Crd { out: None } => crdgen::render_all()
+            .map(|y| print!("{y}"))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

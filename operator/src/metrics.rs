@@ -1,0 +1,141 @@
+//! Prometheus metrics of the operator, prefixed `homeplane_`. Label values are bounded: the
+//! controller name and the error category, never an object name or error text.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of per-controller metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// The controller, e.g. `nodeclass`.
+    pub controller: &'static str,
+}
+
+/// Labels of error metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The controller, e.g. `nodeclass`.
+    pub controller: &'static str,
+    /// The error's category, e.g. `kube`.
+    pub category: &'static str,
+}
+
+/// The operator's metrics and the registry that serves them.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ControllerLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    durations: Family<ControllerLabels, Histogram>,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("homeplane");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let durations = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        let leader = Gauge::default();
+        registry.register(
+            "reconciles",
+            "Reconciliations run, per controller",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed, per controller and error category",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconciliation, per controller",
+            durations.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            errors,
+            durations,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one finished reconciliation.
+    pub fn reconciled(&self, controller: &'static str, took: Duration) {
+        let labels = ControllerLabels { controller };
+        self.reconciles.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one failed reconciliation.
+    pub fn failed(&self, controller: &'static str, category: &'static str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                controller,
+                category,
+            })
+            .inc();
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        match prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            Ok(()) => out,
+            Err(_) => String::from("# failed to encode metrics\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_leader() {
+        let metrics = Metrics::default();
+        metrics.reconciled("nodeclass", Duration::from_millis(20));
+        metrics.failed("nodeclass", "kube");
+        metrics.set_leader(true);
+        let text = metrics.render();
+        assert!(
+            text.contains("homeplane_reconciles_total{controller=\"nodeclass\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "homeplane_reconcile_errors_total{controller=\"nodeclass\",category=\"kube\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("homeplane_reconcile_duration_seconds_count{controller=\"nodeclass\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("homeplane_leader 1"), "{text}");
+    }
+}

@@ -1,0 +1,173 @@
+//! `homeplane run`: serve health and metrics, wait for the CRDs, win the leader election, run
+//! every controller, and shut down cleanly on SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use homeplane_crds::{
+    Agent, AgentRun, Backup, BackupPolicy, Database, MemoryServer, StateRegistry, VoicePipeline,
+    Workflow,
+};
+use kube::Client;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::cli::RunArgs;
+use crate::controllers::{self, Context, pending};
+use crate::leader::{self, Elector};
+use crate::metrics::Metrics;
+use crate::startup;
+use crate::web::{self, Health};
+
+/// Runs the operator until SIGTERM/SIGINT, or until leadership is lost (an error, so that the
+/// process is restarted and stands by again).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("failed to find a cluster: set KUBECONFIG or run inside a pod")?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health {
+        ready: false.into(),
+        metrics: metrics.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let (addr, server) = web::serve(args.http_addr, health.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("failed to listen on {}", args.http_addr))?;
+    info!(%addr, %identity, version = env!("CARGO_PKG_VERSION"), "homeplane starting; serving /healthz /readyz /metrics");
+
+    let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
+    let outcome = tokio::select! {
+        result = lead_and_reconcile(&args, client, &identity, metrics, health, shutdown.clone()) => result,
+        () = shutdown.cancelled() => Ok(()),
+    };
+    shutdown.cancel();
+    signals.abort();
+    let _ = server.await;
+    match &outcome {
+        Ok(()) => info!("homeplane stopped"),
+        Err(e) => error!(error = format!("{e:#}"), "homeplane stopped"),
+    }
+    outcome
+}
+
+async fn lead_and_reconcile(
+    args: &RunArgs,
+    client: Client,
+    identity: &str,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    startup::wait_for_crds(client.clone(), args.crd_timeout).await?;
+    health.ready.store(true, Ordering::Relaxed);
+
+    let elector = args.leader_elect.then(|| {
+        let timing = leader::Timing {
+            lease_duration: Duration::from_secs(args.lease_duration_seconds),
+            renew_deadline: Duration::from_secs(args.lease_duration_seconds * 2 / 3),
+            retry_period: Duration::from_secs((args.lease_duration_seconds / 7).max(1)),
+        };
+        Elector::new(
+            client.clone(),
+            &args.leader_election_namespace,
+            &args.leader_election_id,
+            identity,
+            timing,
+        )
+    });
+    if let Some(elector) = &elector {
+        elector.acquire().await.context(
+            "leader election failed: does the namespace exist and may homeplane read and write Leases in it?",
+        )?;
+    }
+    metrics.set_leader(true);
+
+    let ctx = Arc::new(Context::new(client, metrics.clone(), identity));
+    let mut controllers = JoinSet::new();
+    let stop = shutdown.child_token();
+    controllers.spawn(controllers::nodeclass::run(ctx.clone(), stop.clone()));
+    controllers.spawn(pending::run::<Database>(
+        "database",
+        ctx.clone(),
+        stop.clone(),
+    ));
+    controllers.spawn(pending::run::<BackupPolicy>(
+        "backuppolicy",
+        ctx.clone(),
+        stop.clone(),
+    ));
+    controllers.spawn(pending::run::<Backup>("backup", ctx.clone(), stop.clone()));
+    controllers.spawn(pending::run::<Workflow>(
+        "workflow",
+        ctx.clone(),
+        stop.clone(),
+    ));
+    controllers.spawn(pending::run::<Agent>("agent", ctx.clone(), stop.clone()));
+    controllers.spawn(pending::run::<AgentRun>(
+        "agentrun",
+        ctx.clone(),
+        stop.clone(),
+    ));
+    controllers.spawn(pending::run::<VoicePipeline>(
+        "voicepipeline",
+        ctx.clone(),
+        stop.clone(),
+    ));
+    controllers.spawn(pending::run::<MemoryServer>(
+        "memoryserver",
+        ctx.clone(),
+        stop.clone(),
+    ));
+    controllers.spawn(pending::run::<StateRegistry>(
+        "stateregistry",
+        ctx.clone(),
+        stop.clone(),
+    ));
+    info!(controllers = controllers.len(), "controllers started");
+
+    let lost = async {
+        match &elector {
+            Some(elector) => Some(elector.hold().await),
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        lost = lost => Err(anyhow::Error::new(lost.unwrap_or(leader::Error::Lost {
+            namespace: String::new(), name: String::new(), why: "unknown".into(),
+        }))),
+        () = shutdown.cancelled() => Ok(()),
+    };
+    stop.cancel();
+    while controllers.join_next().await.is_some() {}
+    metrics.set_leader(false);
+    if let (Some(elector), Ok(())) = (&elector, &result) {
+        elector.release().await;
+    }
+    result
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted; shutting down"),
+        () = terminate => info!("SIGTERM; shutting down"),
+    }
+    shutdown.cancel();
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}

@@ -1,0 +1,15 @@
+# Shared settings for homeplane's scripts: where the build caches live.
+# Sourced, not run.
+HOMEPLANE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HOMEPLANE_CACHE="${HOMEPLANE_CACHE:-$HOME/.cache/homeplane}"
+export GOMODCACHE="${GOMODCACHE_OVERRIDE:-$HOMEPLANE_CACHE/go/mod}"
+export GOCACHE="${GOCACHE_OVERRIDE:-$HOMEPLANE_CACHE/go/build}"
+export GOFLAGS="-mod=mod -buildvcs=false"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOMEPLANE_CACHE/target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# cache_key FILE... prints a short hash of the files' contents.
+cache_key() { cat "$@" | sha256sum | cut -c1-16; }
