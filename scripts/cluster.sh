@@ -190,7 +190,14 @@ up() {
 
 bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 case "$cmd" in
-  up) up ;;
+  up)
+    up
+    # A test process that started its own cluster gets it stopped when it exits.
+    if [ -n "${HOMEPLANE_CLUSTER_OWNER_PID:-}" ]; then
+      setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" down "$3"' _ \
+        "$HOMEPLANE_CLUSTER_OWNER_PID" "$0" "$dir" > /dev/null 2>&1 < /dev/null &
+    fi
+    ;;
   down) stop; log "control plane in $dir stopped" ;;
   status) is_up ;;
   *) die "usage: $0 up|down|status DIR" ;;

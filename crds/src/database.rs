@@ -49,7 +49,7 @@ use crate::common::{DeletionPolicy, Placement, impl_has_conditions};
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("!has(self.roles) || self.roles.all(r, !has(r.access) || r.access.all(a, has(self.tiers) && self.tiers.exists(x, x.name == a.tier)))").message("spec.roles: every tier named in a role's access must be declared in spec.tiers").field_path(".roles"))]
+#[x_kube(validation = Rule::new("!has(self.roles) || self.roles.all(r, !has(r.access) || r.access.all(a, has(self.tiers) && self.tiers.exists(x, x.name == a.tier)))").message("every tier named in a role's access must be declared in spec.tiers").field_path(".roles"))]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// The PostgreSQL server: either `external` (an existing server) or `managed` (a

@@ -67,12 +67,12 @@ mod tests {
         assert_eq!(unwrap("one\ntwo\n\nthree\n four"), "one two\n\nthree four");
     }
 
-    /// The committed copies (for kustomize and for Helm) must be what `homeplane crd` renders
+    /// The committed copies (for tools, for kustomize and for Helm) must be what `homeplane crd` renders
     /// now; regenerate them with `make crds`.
     #[test]
     fn committed_crds_are_current() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for dir in ["crds/generated", "charts/homeplane/crds"] {
+        for dir in ["crds/generated", "charts/homeplane/crds", "manifests/base/crds"] {
             let dir = root.join(dir);
             let mut expected: Vec<String> = Vec::new();
             for crd in homeplane_crds::all_crds() {

@@ -41,10 +41,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(%addr, %identity, version = env!("CARGO_PKG_VERSION"), "homeplane starting; serving /healthz /readyz /metrics");
 
     let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
-    let outcome = tokio::select! {
-        result = lead_and_reconcile(&args, client, &identity, metrics, health, shutdown.clone()) => result,
-        () = shutdown.cancelled() => Ok(()),
-    };
+    let outcome = lead_and_reconcile(&args, client, &identity, metrics, health, shutdown.clone()).await;
     shutdown.cancel();
     signals.abort();
     let _ = server.await;
@@ -63,7 +60,10 @@ async fn lead_and_reconcile(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    startup::wait_for_crds(client.clone(), args.crd_timeout).await?;
+    tokio::select! {
+        waited = startup::wait_for_crds(client.clone(), args.crd_timeout) => waited?,
+        () = shutdown.cancelled() => return Ok(()),
+    }
     health.ready.store(true, Ordering::Relaxed);
 
     let elector = args.leader_elect.then(|| {
@@ -81,9 +81,12 @@ async fn lead_and_reconcile(
         )
     });
     if let Some(elector) = &elector {
-        elector.acquire().await.context(
-            "leader election failed: does the namespace exist and may homeplane read and write Leases in it?",
-        )?;
+        tokio::select! {
+            acquired = elector.acquire() => acquired.context(
+                "leader election failed: does the namespace exist and may homeplane read and write Leases in it?",
+            )?,
+            () = shutdown.cancelled() => return Ok(()),
+        }
     }
     metrics.set_leader(true);
 

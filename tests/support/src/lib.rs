@@ -1,1 +1,333 @@
-//! placeholder
+//! Test support: the real control plane (shared by every test binary of a `make test` run, or
+//! started for this process alone), a namespace per test, kubectl, simulated nodes, and the
+//! operator binary as a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running control plane.
+pub struct Cluster {
+    /// Admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// Folder of kubectl, kube-apiserver, etc.
+    pub bin: PathBuf,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+impl Cluster {
+    /// The cluster of this test run: the one named by `HOMEPLANE_TEST_KUBECONFIG` (started by
+    /// `make test`), or one started now for this test process (stopped when it exits). CRDs
+    /// are installed either way.
+    pub fn shared() -> &'static Cluster {
+        CLUSTER.get_or_init(|| match Self::connect() {
+            Ok(c) => c,
+            Err(e) => panic!("no test control plane: {e:#}"),
+        })
+    }
+
+    fn connect() -> Result<Cluster> {
+        let bin = cluster_bin()?;
+        let kubeconfig = match std::env::var_os("HOMEPLANE_TEST_KUBECONFIG") {
+            Some(path) => PathBuf::from(path),
+            None => {
+                let dir = std::env::temp_dir().join(format!("homeplane-test-{}", std::process::id()));
+                let status = Command::new("bash")
+                    .arg(repo_root().join("scripts/cluster.sh"))
+                    .args(["up"])
+                    .arg(&dir)
+                    .env("HOMEPLANE_CLUSTER_OWNER_PID", std::process::id().to_string())
+                    .status()
+                    .context("failed to run scripts/cluster.sh")?;
+                if !status.success() {
+                    bail!("scripts/cluster.sh up {} failed", dir.display());
+                }
+                dir.join("kubeconfig")
+            }
+        };
+        let cluster = Cluster { kubeconfig, bin };
+        cluster.install_crds()?;
+        Ok(cluster)
+    }
+
+    /// Applies homeplane's CRDs (idempotent) and waits until they are Established.
+    pub fn install_crds(&self) -> Result<()> {
+        let dir = repo_root().join("crds/generated");
+        self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &dir.to_string_lossy()])?;
+        self.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "-f", &dir.to_string_lossy()])?;
+        Ok(())
+    }
+
+    /// Runs kubectl with `args`.
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl with `args` and `stdin` as its input.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut child = Command::new(self.bin.join("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("failed to start kubectl")?;
+        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+            use std::io::Write;
+            input.write_all(text.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs kubectl and returns its stdout; fails with its stderr when it fails.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args)?;
+        if !out.status.success() {
+            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl apply -f -` of `yaml`; returns (success, stdout+stderr).
+    pub fn apply(&self, namespace: &str, yaml: &str) -> Result<(bool, String)> {
+        let out = self.kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], Some(yaml))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    }
+
+    /// A Kubernetes client for this cluster.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+}
+
+/// The folder of the control-plane binaries: `HOMEPLANE_CLUSTER_BIN`, or what
+/// `scripts/build-cluster.sh` prints (building them the first time).
+pub fn cluster_bin() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("HOMEPLANE_CLUSTER_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/build-cluster.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("failed to run scripts/build-cluster.sh")?;
+    if !out.status.success() {
+        bail!("scripts/build-cluster.sh failed");
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// A short random-enough suffix for names.
+pub fn suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    format!("{:08x}", h.finish() as u32)
+}
+
+/// A namespace for one test, deleted when dropped.
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+    cluster: &'static Cluster,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>`.
+    pub fn new(cluster: &'static Cluster, prefix: &str) -> Result<Self> {
+        let name = format!("{prefix}-{}", suffix());
+        cluster.kubectl_ok(&["create", "namespace", &name])?;
+        Ok(Self { name, cluster })
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = self.cluster.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// A simulated node (managed by KWOK) that only this test's pods tolerate, so that what is
+/// scheduled on it is exactly what the test placed.
+pub struct TestNode {
+    /// Its name.
+    pub name: String,
+    /// The value of its `homeplane.dev/test-node` label and taint.
+    pub key: String,
+    cluster: &'static Cluster,
+}
+
+impl TestNode {
+    /// Creates a Ready node with `cpu` and `memory` allocatable (and `gpus` of `amd.com/gpu`).
+    pub fn new(cluster: &'static Cluster, arch: &str, cpu: &str, memory: &str, gpus: u32) -> Result<Self> {
+        let key = suffix();
+        let name = format!("test-{key}");
+        let gpu = if gpus > 0 { format!(", amd.com/gpu: \"{gpus}\"") } else { String::new() };
+        let yaml = format!(
+            r#"apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+  annotations: {{kwok.x-k8s.io/node: fake}}
+  labels: {{kubernetes.io/arch: {arch}, kubernetes.io/os: linux, kubernetes.io/hostname: {name}, homeplane.dev/test-node: "{key}", type: kwok}}
+spec:
+  taints: [{{key: homeplane.dev/test-node, value: "{key}", effect: NoSchedule}}]
+status:
+  allocatable: {{cpu: "{cpu}", memory: {memory}, pods: "110"{gpu}}}
+  capacity: {{cpu: "{cpu}", memory: {memory}, pods: "110"{gpu}}}
+"#
+        );
+        let (ok, text) = cluster.apply("default", &yaml)?;
+        if !ok {
+            bail!("failed to create node {name}: {text}");
+        }
+        cluster.kubectl_ok(&["wait", &format!("node/{name}"), "--for=condition=Ready", "--timeout=60s"])?;
+        Ok(Self { name, key, cluster })
+    }
+
+    /// Pod-spec YAML fragment (indented for a Deployment template's `spec:`) that places a pod
+    /// on this node.
+    pub fn placement_yaml(&self) -> String {
+        format!(
+            "nodeSelector: {{homeplane.dev/test-node: \"{k}\"}}\n      tolerations: [{{key: homeplane.dev/test-node, operator: Equal, value: \"{k}\", effect: NoSchedule}}]",
+            k = self.key
+        )
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        let _ = self.cluster.kubectl(&["delete", "node", &self.name, "--wait=false"]);
+    }
+}
+
+/// The operator binary running as a child process; SIGTERM on drop.
+pub struct Operator {
+    child: Child,
+    /// Address of its /healthz, /readyz and /metrics.
+    pub http: String,
+    /// Its leader-election identity.
+    pub identity: String,
+}
+
+impl Operator {
+    /// Starts `binary run` against `cluster` with the leader Lease in `namespace`.
+    pub fn start(binary: &str, cluster: &Cluster, namespace: &str, identity: &str, extra: &[&str]) -> Result<Self> {
+        let port = free_port()?;
+        let http = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("homeplane-{identity}.log")))?;
+        let child = Command::new(binary)
+            .args(["run", "--http-addr", &http, "--leader-election-namespace", namespace, "--identity", identity])
+            .args(extra)
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("failed to start the operator")?;
+        Ok(Self { child, http, identity: identity.to_string() })
+    }
+
+    /// GETs `path` from the operator's HTTP server; `None` while it does not answer.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(&self.http, path)
+    }
+
+    /// The value of an unlabelled or labelled metric line, e.g. `homeplane_leader`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Sends SIGKILL: the process dies without releasing its lease.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill_hard();
+        None
+    }
+
+    /// `Some(exit code)` once the process has exited by itself, `None` while it runs.
+    pub fn terminate_if_exited(&mut self) -> Option<Option<i32>> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// The operator's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(std::env::temp_dir().join(format!("homeplane-{}.log", self.identity))).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A minimal HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or fails after `timeout` with `what`
+/// and the last value seen.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last_error = String::new();
+    loop {
+        match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what} {last_error}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
