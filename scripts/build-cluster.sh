@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test control plane (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok) from the official Go modules into a cache
+# kube-scheduler, kubectl, kwok) and helm from the official Go modules into a cache
 # outside the clone, keyed by the go.mod/go.sum files, and prints the bin dir.
 # A second run with the same lock files builds nothing.
 set -euo pipefail
@@ -9,9 +9,9 @@ source "$(dirname "$0")/lib.sh"
 K8S_VERSION=v1.37.2
 mod="$HOMEPLANE_ROOT/tests/cluster"
 key=$(cache_key "$mod/go.mod" "$mod/go.sum" "$mod/kwok/go.mod" "$mod/kwok/go.sum" \
-  "$mod/kwok/stages/main.go" "$0")
+  "$mod/kwok/stages/main.go" "$mod/helm/go.mod" "$mod/helm/go.sum" "$0")
 bin="$HOMEPLANE_CACHE/cluster/$key/bin"
-tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+tools=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
 
 missing=0
 for t in "${tools[@]}"; do [ -x "$bin/$t" ] || missing=1; done
@@ -38,6 +38,9 @@ log "building the Kubernetes $K8S_VERSION control plane and etcd (first run on a
 log "building kwok"
 (cd "$mod/kwok" && go build -ldflags "-s -w" -o "$bin.partial/" sigs.k8s.io/kwok/cmd/kwok \
   && go run ./stages > "$bin.partial/kwok-stages.yaml")
+log "building helm"
+(cd "$mod/helm" && go build -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v3.22.0" \
+  -o "$bin.partial/" helm.sh/helm/v3/cmd/helm)
 rm -rf "$bin" && mv "$bin.partial" "$bin"
 log "control plane built in $(( $(date +%s) - start ))s into $bin"
 echo "$bin"

@@ -13,3 +13,10 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # cache_key FILE... prints a short hash of the files' contents.
 cache_key() { cat "$@" | sha256sum | cut -c1-16; }
+
+# pg_bindir prints the folder of the newest installed PostgreSQL server binaries.
+pg_bindir() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$d" ] && echo "$d"
+}

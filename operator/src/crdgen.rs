@@ -72,7 +72,11 @@ mod tests {
     #[test]
     fn committed_crds_are_current() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        for dir in ["crds/generated", "charts/homeplane/crds", "manifests/base/crds"] {
+        for dir in [
+            "crds/generated",
+            "charts/homeplane/crds",
+            "manifests/base/crds",
+        ] {
             let dir = root.join(dir);
             let mut expected: Vec<String> = Vec::new();
             for crd in homeplane_crds::all_crds() {

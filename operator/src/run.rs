@@ -41,7 +41,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(%addr, %identity, version = env!("CARGO_PKG_VERSION"), "homeplane starting; serving /healthz /readyz /metrics");
 
     let signals = tokio::spawn(wait_for_signal(shutdown.clone()));
-    let outcome = lead_and_reconcile(&args, client, &identity, metrics, health, shutdown.clone()).await;
+    let outcome =
+        lead_and_reconcile(&args, client, &identity, metrics, health, shutdown.clone()).await;
     shutdown.cancel();
     signals.abort();
     let _ = server.await;

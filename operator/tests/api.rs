@@ -9,20 +9,45 @@ fn crds_are_established_and_explained() {
     let cluster = Cluster::shared();
     let crds = cluster.kubectl_ok(&["get", "crd", "-o", "name"]).unwrap();
     for kind in [
-        "nodeclasses", "databases", "backuppolicies", "backups", "workflows", "agents", "agentruns",
-        "voicepipelines", "memoryservers", "stateregistries", "drifts",
+        "nodeclasses",
+        "databases",
+        "backuppolicies",
+        "backups",
+        "workflows",
+        "agents",
+        "agentruns",
+        "voicepipelines",
+        "memoryservers",
+        "stateregistries",
+        "drifts",
     ] {
-        assert!(crds.contains(&format!("{kind}.homeplane.dev")), "{kind} missing from:\n{crds}");
+        assert!(
+            crds.contains(&format!("{kind}.homeplane.dev")),
+            "{kind} missing from:\n{crds}"
+        );
         let established = cluster
-            .kubectl_ok(&["get", "crd", &format!("{kind}.homeplane.dev"), "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}"])
+            .kubectl_ok(&[
+                "get",
+                "crd",
+                &format!("{kind}.homeplane.dev"),
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ])
             .unwrap();
         assert_eq!(established, "True", "{kind} not Established");
     }
     let explained = cluster.kubectl_ok(&["explain", "database.spec"]).unwrap();
-    assert!(explained.contains("A PostgreSQL database that homeplane makes match its declaration"), "{explained}");
-    assert!(explained.contains("Data-classification tiers"), "{explained}");
-    let field = cluster.kubectl_ok(&["explain", "backuppolicy.spec.recipients"]).unwrap();
+    assert!(
+        explained.contains("A PostgreSQL database that homeplane makes match its declaration"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("Data-classification tiers"),
+        "{explained}"
+    );
+    let field = cluster
+        .kubectl_ok(&["explain", "backuppolicy.spec.recipients"])
+        .unwrap();
     assert!(field.contains("age public keys"), "{field}");
 }
 
@@ -31,7 +56,11 @@ fn kubectl_get_drift_works_and_is_empty() {
     let cluster = Cluster::shared();
     let ns = TestNamespace::new(cluster, "drift").unwrap();
     let out = cluster.kubectl(&["get", "drift", "-n", &ns.name]).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("No resources found"));
     // The short name and the columns a person reads.
     let drift = r#"apiVersion: homeplane.dev/v1alpha1
@@ -48,9 +77,22 @@ spec:
     let (ok, text) = cluster.apply(&ns.name, drift).unwrap();
     assert!(ok, "{text}");
     let table = cluster.kubectl_ok(&["get", "dr", "-n", &ns.name]).unwrap();
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "PROPERTY", "DESIRED", "OBSERVED", "SEVERITY", "SINCE", "AGE"]);
-    assert!(table.contains("pi.containers.cpu-limits") && table.contains("critical"), "{table}");
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "PROPERTY", "DESIRED", "OBSERVED", "SEVERITY", "SINCE", "AGE"
+        ]
+    );
+    assert!(
+        table.contains("pi.containers.cpu-limits") && table.contains("critical"),
+        "{table}"
+    );
 }
 
 /// Each case: a name, an invalid object, and what the API server's refusal must say.
@@ -186,7 +228,9 @@ fn invalid_objects_are_refused_with_a_message_naming_the_field() {
         }
         for part in *expected {
             if !text.contains(part) {
-                failures.push(format!("{name}: refusal does not mention {part:?}:\n{text}"));
+                failures.push(format!(
+                    "{name}: refusal does not mention {part:?}:\n{text}"
+                ));
             }
         }
     }
@@ -198,13 +242,18 @@ fn immutable_runs_refuse_spec_changes() {
     let cluster = Cluster::shared();
     let ns = TestNamespace::new(cluster, "immutable").unwrap();
     let backup = |policy: &str| {
-        format!("apiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {{name: now}}\nspec: {{policy: {policy}}}\n")
+        format!(
+            "apiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {{name: now}}\nspec: {{policy: {policy}}}\n"
+        )
     };
     let (ok, text) = cluster.apply(&ns.name, &backup("nightly")).unwrap();
     assert!(ok, "{text}");
     let (ok, text) = cluster.apply(&ns.name, &backup("weekly")).unwrap();
     assert!(!ok, "changing a Backup's spec must be refused");
-    assert!(text.contains("cannot change; create a new Backup"), "{text}");
+    assert!(
+        text.contains("cannot change; create a new Backup"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -214,15 +263,65 @@ fn the_install_manifests_and_the_example_homelab_are_valid() {
     // The operator install, checked by the API server without persisting it (its namespace
     // must exist for that).
     let _ = cluster.kubectl(&["create", "namespace", "homeplane-system"]);
-    let base = cluster.kubectl_ok(&["kustomize", &root.join("manifests/base").to_string_lossy()]).unwrap();
-    let out = cluster.kubectl_stdin(&["apply", "--server-side", "--dry-run=server", "-f", "-"], Some(&base)).unwrap();
-    assert!(out.status.success(), "manifests/base: {}", String::from_utf8_lossy(&out.stderr));
-    // The whole Flux overlay renders.
-    let overlay = cluster.kubectl_ok(&["kustomize", &root.join("manifests/overlays/homelab").to_string_lossy()]).unwrap();
-    assert!(overlay.contains("kind: Deployment") && overlay.contains("kind: NodeClass"), "{overlay}");
-    // The example system, as `make demo` applies it.
-    let out = cluster
-        .kubectl(&["apply", "--server-side", "--dry-run=server", "-k", &root.join("manifests/homelab").to_string_lossy()])
+    let base = cluster
+        .kubectl_ok(&["kustomize", &root.join("manifests/base").to_string_lossy()])
         .unwrap();
-    assert!(out.status.success(), "manifests/homelab: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cluster
+        .kubectl_stdin(
+            &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+            Some(&base),
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "manifests/base: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The whole Flux overlay renders.
+    let overlay = cluster
+        .kubectl_ok(&[
+            "kustomize",
+            &root.join("manifests/overlays/homelab").to_string_lossy(),
+        ])
+        .unwrap();
+    assert!(
+        overlay.contains("kind: Deployment") && overlay.contains("kind: NodeClass"),
+        "{overlay}"
+    );
+    // The example system, applied as `make demo` applies it: every service lands on its
+    // class's node, placed by the real scheduler.
+    let out = cluster
+        .kubectl(&[
+            "apply",
+            "--server-side",
+            "-k",
+            &root.join("manifests/homelab").to_string_lossy(),
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "manifests/homelab: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster
+        .kubectl_ok(&[
+            "wait",
+            "--for=condition=Available",
+            "--timeout=90s",
+            "deployment",
+            "-A",
+            "-l",
+            "app.kubernetes.io/part-of=homelab",
+        ])
+        .unwrap();
+    let placed = cluster
+        .kubectl_ok(&["get", "pods", "-A", "-l", "app.kubernetes.io/part-of=homelab", "-o",
+            "jsonpath={range .items[*]}{.metadata.labels.app\\.kubernetes\\.io/name}={.spec.nodeName}{\"\\n\"}{end}"])
+        .unwrap();
+    for expected in ["n8n=pi-1", "caddy=pi-1", "ollama=gpu-1", "whisper=gpu-1"] {
+        assert!(
+            placed.lines().any(|l| l == expected),
+            "{expected} not in:\n{placed}"
+        );
+    }
 }

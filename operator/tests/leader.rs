@@ -10,12 +10,21 @@ const LEASE_SECONDS: u64 = 15;
 
 fn holder(cluster: &Cluster, ns: &str) -> String {
     cluster
-        .kubectl_ok(&["get", "lease", "homeplane-operator", "-n", ns, "-o", "jsonpath={.spec.holderIdentity}"])
+        .kubectl_ok(&[
+            "get",
+            "lease",
+            "homeplane-operator",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
         .unwrap_or_default()
 }
 
 fn reconciles(op: &Operator) -> f64 {
-    op.metric("homeplane_reconciles_total{controller=\"nodeclass\"}").unwrap_or(0.0)
+    op.metric("homeplane_reconciles_total{controller=\"nodeclass\"}")
+        .unwrap_or(0.0)
 }
 
 #[test]
@@ -29,11 +38,16 @@ fn exactly_one_replica_reconciles_and_a_standby_takes_over() {
 
     // Both are live and ready (ready means: CRDs established; standing by is healthy).
     for op in &replicas {
-        eventually(Duration::from_secs(30), "/readyz 200", || Ok((op.get("/readyz").map(|r| r.0) == Some(200)).then_some(()))).unwrap();
+        eventually(Duration::from_secs(30), "/readyz 200", || {
+            Ok((op.get("/readyz").map(|r| r.0) == Some(200)).then_some(()))
+        })
+        .unwrap();
         assert_eq!(op.get("/healthz").map(|r| r.0), Some(200));
     }
     let leader = eventually(Duration::from_secs(30), "one leader", || {
-        let leading: Vec<usize> = (0..2).filter(|&i| replicas[i].metric("homeplane_leader") == Some(1.0)).collect();
+        let leading: Vec<usize> = (0..2)
+            .filter(|&i| replicas[i].metric("homeplane_leader") == Some(1.0))
+            .collect();
         Ok((leading.len() == 1).then(|| leading[0]))
     })
     .unwrap();
@@ -47,32 +61,62 @@ fn exactly_one_replica_reconciles_and_a_standby_takes_over() {
         .apply(&ns.name, &format!("apiVersion: homeplane.dev/v1alpha1\nkind: NodeClass\nmetadata: {{name: {class}}}\nspec:\n  nodeSelector: {{homeplane.dev/class: pi}}\n"))
         .unwrap();
     assert!(ok, "{text}");
-    eventually(Duration::from_secs(30), "the leader to reconcile", || Ok((reconciles(&replicas[leader]) > 0.0).then_some(()))).unwrap();
+    eventually(Duration::from_secs(30), "the leader to reconcile", || {
+        Ok((reconciles(&replicas[leader]) > 0.0).then_some(()))
+    })
+    .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(reconciles(&replicas[standby]), 0.0, "the standby must not reconcile");
+    assert_eq!(
+        reconciles(&replicas[standby]),
+        0.0,
+        "the standby must not reconcile"
+    );
 
     // Kill the leader without letting it release the lease.
     let killed = Instant::now();
     replicas[leader].kill_hard();
-    eventually(Duration::from_secs(LEASE_SECONDS * 3), "the standby to lead", || {
-        Ok((replicas[standby].metric("homeplane_leader") == Some(1.0)).then_some(()))
-    })
+    eventually(
+        Duration::from_secs(LEASE_SECONDS * 3),
+        "the standby to lead",
+        || Ok((replicas[standby].metric("homeplane_leader") == Some(1.0)).then_some(())),
+    )
     .unwrap();
     let handover = killed.elapsed();
-    println!("leader handover after SIGKILL took {:.1}s (lease duration {LEASE_SECONDS}s)", handover.as_secs_f64());
+    println!(
+        "leader handover after SIGKILL took {:.1}s (lease duration {LEASE_SECONDS}s)",
+        handover.as_secs_f64()
+    );
     assert!(
         handover <= Duration::from_secs(LEASE_SECONDS + 4),
         "handover took {handover:?}, more than the lease duration plus a renew period"
     );
     assert_eq!(holder(cluster, &ns.name), replicas[standby].identity);
     let before = reconciles(&replicas[standby]);
-    cluster.kubectl_ok(&["label", "nodeclass", &class, "touched=yes"]).unwrap();
-    eventually(Duration::from_secs(30), "the new leader to reconcile", || Ok((reconciles(&replicas[standby]) > before).then_some(()))).unwrap();
+    cluster
+        .kubectl_ok(&["label", "nodeclass", &class, "touched=yes"])
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the new leader to reconcile",
+        || Ok((reconciles(&replicas[standby]) > before).then_some(())),
+    )
+    .unwrap();
 
     // SIGTERM: a clean exit that gives the lease up.
-    assert_eq!(replicas[standby].terminate(), Some(0), "log:\n{}", replicas[standby].log());
-    assert_eq!(holder(cluster, &ns.name), "", "the lease must be released on shutdown");
-    cluster.kubectl_ok(&["delete", "nodeclass", &class]).unwrap();
+    assert_eq!(
+        replicas[standby].terminate(),
+        Some(0),
+        "log:\n{}",
+        replicas[standby].log()
+    );
+    assert_eq!(
+        holder(cluster, &ns.name),
+        "",
+        "the lease must be released on shutdown"
+    );
+    cluster
+        .kubectl_ok(&["delete", "nodeclass", &class])
+        .unwrap();
 }
 
 #[test]
@@ -80,8 +124,14 @@ fn a_missing_lease_namespace_is_a_clear_error() {
     let cluster = Cluster::shared();
     let missing = format!("no-such-ns-{}", homeplane_testkit::suffix());
     let mut op = Operator::start(BINARY, cluster, &missing, &missing, &[]).unwrap();
-    let code = eventually(Duration::from_secs(30), "the operator to exit", || Ok(op.terminate_if_exited())).unwrap();
+    let code = eventually(Duration::from_secs(30), "the operator to exit", || {
+        Ok(op.terminate_if_exited())
+    })
+    .unwrap();
     assert_eq!(code, Some(1));
     let log = op.log();
-    assert!(log.contains("leader election failed") && log.contains(&missing), "{log}");
+    assert!(
+        log.contains("leader election failed") && log.contains(&missing),
+        "{log}"
+    );
 }

@@ -9,15 +9,27 @@ use serde_json::Value;
 const BINARY: &str = env!("CARGO_BIN_EXE_homeplane");
 
 fn nodeclass(cluster: &Cluster, name: &str) -> Value {
-    let json = cluster.kubectl_ok(&["get", "nodeclass", name, "-o", "json"]).unwrap_or_default();
+    let json = cluster
+        .kubectl_ok(&["get", "nodeclass", name, "-o", "json"])
+        .unwrap_or_default();
     serde_json::from_str(&json).unwrap_or(Value::Null)
 }
 
 fn condition<'a>(nc: &'a Value, type_: &str) -> Option<&'a Value> {
-    nc.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_)
+    nc.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
 }
 
-fn deployment(name: &str, node: &TestNode, replicas: u32, cpu: &str, memory: &str, gpu: bool) -> String {
+fn deployment(
+    name: &str,
+    node: &TestNode,
+    replicas: u32,
+    cpu: &str,
+    memory: &str,
+    gpu: bool,
+) -> String {
     let gpu = if gpu { ", amd.com/gpu: \"1\"" } else { "" };
     format!(
         r#"apiVersion: apps/v1
@@ -44,8 +56,15 @@ spec:
 /// Names of the pods the scheduler bound to `node` and that run there.
 fn running_pods_on(cluster: &Cluster, node: &str) -> Vec<String> {
     let out = cluster
-        .kubectl_ok(&["get", "pods", "-A", "--field-selector", &format!("spec.nodeName={node},status.phase=Running"),
-            "-o", "jsonpath={.items[*].metadata.name}"])
+        .kubectl_ok(&[
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            &format!("spec.nodeName={node},status.phase=Running"),
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
         .unwrap_or_default();
     let mut names: Vec<String> = out.split_whitespace().map(String::from).collect();
     names.sort();
@@ -56,7 +75,11 @@ fn listed_pods(nc: &Value) -> Vec<String> {
     let mut names: Vec<String> = nc
         .pointer("/status/pods")
         .and_then(Value::as_array)
-        .map(|pods| pods.iter().filter_map(|p| p["name"].as_str().map(String::from)).collect())
+        .map(|pods| {
+            pods.iter()
+                .filter_map(|p| p["name"].as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -74,63 +97,132 @@ fn status_matches_what_the_scheduler_placed_and_flags_overcommit() {
     );
     let (ok, text) = cluster.apply(&ns.name, &spec).unwrap();
     assert!(ok, "{text}");
-    let _operator = Operator::start(BINARY, cluster, &ns.name, &format!("nc-{}", node.key), &[]).unwrap();
+    let _operator =
+        Operator::start(BINARY, cluster, &ns.name, &format!("nc-{}", node.key), &[]).unwrap();
 
     // Three pods of 500m / 512Mi, placed by the real scheduler.
-    let (ok, text) = cluster.apply(&ns.name, &deployment("svc", &node, 3, "500m", "512Mi", false)).unwrap();
+    let (ok, text) = cluster
+        .apply(
+            &ns.name,
+            &deployment("svc", &node, 3, "500m", "512Mi", false),
+        )
+        .unwrap();
     assert!(ok, "{text}");
-    let nc = eventually(Duration::from_secs(60), "the plan to count 3 running pods", || {
-        let nc = nodeclass(cluster, &class);
-        let running = running_pods_on(cluster, &node.name);
-        Ok((running.len() == 3 && nc.pointer("/status/podCount") == Some(&Value::from(3))).then_some(nc))
-    })
+    let nc = eventually(
+        Duration::from_secs(60),
+        "the plan to count 3 running pods",
+        || {
+            let nc = nodeclass(cluster, &class);
+            let running = running_pods_on(cluster, &node.name);
+            Ok(
+                (running.len() == 3 && nc.pointer("/status/podCount") == Some(&Value::from(3)))
+                    .then_some(nc),
+            )
+        },
+    )
     .unwrap();
-    assert_eq!(listed_pods(&nc), running_pods_on(cluster, &node.name), "status lists exactly the scheduled pods");
-    assert_eq!(nc.pointer("/status/nodes"), Some(&serde_json::json!([node.name])));
+    assert_eq!(
+        listed_pods(&nc),
+        running_pods_on(cluster, &node.name),
+        "status lists exactly the scheduled pods"
+    );
+    assert_eq!(
+        nc.pointer("/status/nodes"),
+        Some(&serde_json::json!([node.name]))
+    );
     let cpu = &nc["status"]["capacity"]["cpu"];
-    assert_eq!((cpu["allocatable"].as_str(), cpu["requested"].as_str(), cpu["limits"].as_str()), (Some("4"), Some("1500m"), Some("1500m")));
+    assert_eq!(
+        (
+            cpu["allocatable"].as_str(),
+            cpu["requested"].as_str(),
+            cpu["limits"].as_str()
+        ),
+        (Some("4"), Some("1500m"), Some("1500m"))
+    );
     assert_eq!(cpu["free"], "2");
     let memory = &nc["status"]["capacity"]["memory"];
-    assert_eq!((memory["allocatable"].as_str(), memory["requested"].as_str()), (Some("8Gi"), Some("1536Mi")));
-    assert_eq!(condition(&nc, "Ready").map(|c| c["status"].clone()), Some("True".into()));
+    assert_eq!(
+        (memory["allocatable"].as_str(), memory["requested"].as_str()),
+        (Some("8Gi"), Some("1536Mi"))
+    );
+    assert_eq!(
+        condition(&nc, "Ready").map(|c| c["status"].clone()),
+        Some("True".into())
+    );
     let over = condition(&nc, "Overcommitted").cloned().unwrap_or_default();
     assert_eq!(over["status"], "False", "{over}");
     assert_eq!(over["observedGeneration"], nc["metadata"]["generation"]);
 
     // Eight pods: the scheduler fits them in the node's 4 CPUs, but the class keeps 500m in
     // reserve, so the plan is overcommitted.
-    cluster.kubectl_ok(&["scale", "deployment/svc", "-n", &ns.name, "--replicas=8"]).unwrap();
+    cluster
+        .kubectl_ok(&["scale", "deployment/svc", "-n", &ns.name, "--replicas=8"])
+        .unwrap();
     let nc = eventually(Duration::from_secs(60), "Overcommitted=True", || {
         let nc = nodeclass(cluster, &class);
-        Ok(condition(&nc, "Overcommitted").is_some_and(|c| c["status"] == "True").then_some(nc))
+        Ok(condition(&nc, "Overcommitted")
+            .is_some_and(|c| c["status"] == "True")
+            .then_some(nc))
     })
     .unwrap();
     let over = condition(&nc, "Overcommitted").cloned().unwrap_or_default();
     assert_eq!(over["reason"], "LimitsExceedCapacity");
     let message = over["message"].as_str().unwrap_or_default();
-    assert!(message.contains("CPU requests 4 exceed the 3500m available (4 allocatable minus 500m reserved)"), "{message}");
+    assert!(
+        message.contains(
+            "CPU requests 4 exceed the 3500m available (4 allocatable minus 500m reserved)"
+        ),
+        "{message}"
+    );
     assert_eq!(nc["status"]["capacity"]["cpu"]["free"], "-500m");
 
     // A person sees it in `kubectl get nodeclass` and as a Warning event.
     let table = cluster.kubectl_ok(&["get", "nodeclass", &class]).unwrap();
-    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
-    assert_eq!(&row[..7], [class.as_str(), "1", "4", "4", "4Gi", "8Gi", "True"], "{table}");
-    eventually(Duration::from_secs(30), "a Warning event Overcommitted", || {
-        let events = cluster.kubectl_ok(&["get", "events", "-A", "--field-selector", "reason=Overcommitted", "-o", "wide"])?;
-        Ok(events.contains(&class).then_some(()))
-    })
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..7],
+        [class.as_str(), "1", "4", "4", "4Gi", "8Gi", "True"],
+        "{table}"
+    );
+    eventually(
+        Duration::from_secs(30),
+        "a Warning event Overcommitted",
+        || {
+            let events = cluster.kubectl_ok(&[
+                "get",
+                "events",
+                "-A",
+                "--field-selector",
+                "reason=Overcommitted",
+                "-o",
+                "wide",
+            ])?;
+            Ok(events.contains(&class).then_some(()))
+        },
+    )
     .unwrap();
 
     // Back within capacity when the workload shrinks.
-    cluster.kubectl_ok(&["scale", "deployment/svc", "-n", &ns.name, "--replicas=2"]).unwrap();
+    cluster
+        .kubectl_ok(&["scale", "deployment/svc", "-n", &ns.name, "--replicas=2"])
+        .unwrap();
     eventually(Duration::from_secs(60), "Overcommitted=False again", || {
         let nc = nodeclass(cluster, &class);
-        Ok((condition(&nc, "Overcommitted").is_some_and(|c| c["status"] == "False")
-            && nc.pointer("/status/podCount") == Some(&Value::from(2)))
-        .then_some(()))
+        Ok(
+            (condition(&nc, "Overcommitted").is_some_and(|c| c["status"] == "False")
+                && nc.pointer("/status/podCount") == Some(&Value::from(2)))
+            .then_some(()),
+        )
     })
     .unwrap();
-    cluster.kubectl_ok(&["delete", "nodeclass", &class]).unwrap();
+    cluster
+        .kubectl_ok(&["delete", "nodeclass", &class])
+        .unwrap();
 }
 
 #[test]
@@ -145,8 +237,11 @@ fn gpu_class_counts_the_gpu_resource() {
     );
     let (ok, text) = cluster.apply(&ns.name, &spec).unwrap();
     assert!(ok, "{text}");
-    let _operator = Operator::start(BINARY, cluster, &ns.name, &format!("gpu-{}", node.key), &[]).unwrap();
-    let (ok, text) = cluster.apply(&ns.name, &deployment("whisper", &node, 1, "2", "8Gi", true)).unwrap();
+    let _operator =
+        Operator::start(BINARY, cluster, &ns.name, &format!("gpu-{}", node.key), &[]).unwrap();
+    let (ok, text) = cluster
+        .apply(&ns.name, &deployment("whisper", &node, 1, "2", "8Gi", true))
+        .unwrap();
     assert!(ok, "{text}");
     let nc = eventually(Duration::from_secs(60), "one GPU requested", || {
         let nc = nodeclass(cluster, &class);
@@ -155,7 +250,9 @@ fn gpu_class_counts_the_gpu_resource() {
     .unwrap();
     assert_eq!(nc["status"]["capacity"]["gpu"]["allocatable"], "1");
     assert_eq!(nc["status"]["pods"][0]["gpu"], 1);
-    cluster.kubectl_ok(&["delete", "nodeclass", &class]).unwrap();
+    cluster
+        .kubectl_ok(&["delete", "nodeclass", &class])
+        .unwrap();
 }
 
 #[test]
@@ -169,14 +266,37 @@ fn a_class_without_nodes_says_which_labels_it_looked_for() {
     let (ok, text) = cluster.apply(&ns.name, &spec).unwrap();
     assert!(ok, "{text}");
     let _operator = Operator::start(BINARY, cluster, &ns.name, &class, &[]).unwrap();
-    let ready = eventually(Duration::from_secs(60), "Ready=False NoMatchingNodes", || {
-        let nc = nodeclass(cluster, &class);
-        Ok(condition(&nc, "Ready").filter(|c| c["reason"] == "NoMatchingNodes").cloned())
-    })
+    let ready = eventually(
+        Duration::from_secs(60),
+        "Ready=False NoMatchingNodes",
+        || {
+            let nc = nodeclass(cluster, &class);
+            Ok(condition(&nc, "Ready")
+                .filter(|c| c["reason"] == "NoMatchingNodes")
+                .cloned())
+        },
+    )
     .unwrap();
     assert_eq!(ready["status"], "False");
-    assert!(ready["message"].as_str().unwrap_or_default().contains(&format!("homeplane.dev/class={class}")));
-    let waited = cluster.kubectl(&["wait", &format!("nodeclass/{class}"), "--for=condition=Ready", "--timeout=2s"]).unwrap();
-    assert!(!waited.status.success(), "kubectl wait must not report a class without nodes as Ready");
-    cluster.kubectl_ok(&["delete", "nodeclass", &class]).unwrap();
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("homeplane.dev/class={class}"))
+    );
+    let waited = cluster
+        .kubectl(&[
+            "wait",
+            &format!("nodeclass/{class}"),
+            "--for=condition=Ready",
+            "--timeout=2s",
+        ])
+        .unwrap();
+    assert!(
+        !waited.status.success(),
+        "kubectl wait must not report a class without nodes as Ready"
+    );
+    cluster
+        .kubectl_ok(&["delete", "nodeclass", &class])
+        .unwrap();
 }

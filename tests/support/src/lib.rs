@@ -40,12 +40,16 @@ impl Cluster {
         let kubeconfig = match std::env::var_os("HOMEPLANE_TEST_KUBECONFIG") {
             Some(path) => PathBuf::from(path),
             None => {
-                let dir = std::env::temp_dir().join(format!("homeplane-test-{}", std::process::id()));
+                let dir =
+                    std::env::temp_dir().join(format!("homeplane-test-{}", std::process::id()));
                 let status = Command::new("bash")
                     .arg(repo_root().join("scripts/cluster.sh"))
                     .args(["up"])
                     .arg(&dir)
-                    .env("HOMEPLANE_CLUSTER_OWNER_PID", std::process::id().to_string())
+                    .env(
+                        "HOMEPLANE_CLUSTER_OWNER_PID",
+                        std::process::id().to_string(),
+                    )
                     .status()
                     .context("failed to run scripts/cluster.sh")?;
                 if !status.success() {
@@ -62,8 +66,20 @@ impl Cluster {
     /// Applies homeplane's CRDs (idempotent) and waits until they are Established.
     pub fn install_crds(&self) -> Result<()> {
         let dir = repo_root().join("crds/generated");
-        self.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &dir.to_string_lossy()])?;
-        self.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "-f", &dir.to_string_lossy()])?;
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &dir.to_string_lossy(),
+        ])?;
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            &dir.to_string_lossy(),
+        ])?;
         Ok(())
     }
 
@@ -77,7 +93,11 @@ impl Cluster {
         let mut child = Command::new(self.bin.join("kubectl"))
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -93,7 +113,11 @@ impl Cluster {
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl(args)?;
         if !out.status.success() {
-            bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -101,7 +125,11 @@ impl Cluster {
     /// `kubectl apply -f -` of `yaml`; returns (success, stdout+stderr).
     pub fn apply(&self, namespace: &str, yaml: &str) -> Result<(bool, String)> {
         let out = self.kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], Some(yaml))?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok((out.status.success(), text))
     }
 
@@ -134,7 +162,12 @@ pub fn cluster_bin() -> Result<PathBuf> {
 pub fn suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     format!("{:08x}", h.finish() as u32)
 }
 
@@ -156,7 +189,9 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let _ = self.cluster.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
 
@@ -172,10 +207,20 @@ pub struct TestNode {
 
 impl TestNode {
     /// Creates a Ready node with `cpu` and `memory` allocatable (and `gpus` of `amd.com/gpu`).
-    pub fn new(cluster: &'static Cluster, arch: &str, cpu: &str, memory: &str, gpus: u32) -> Result<Self> {
+    pub fn new(
+        cluster: &'static Cluster,
+        arch: &str,
+        cpu: &str,
+        memory: &str,
+        gpus: u32,
+    ) -> Result<Self> {
         let key = suffix();
         let name = format!("test-{key}");
-        let gpu = if gpus > 0 { format!(", amd.com/gpu: \"{gpus}\"") } else { String::new() };
+        let gpu = if gpus > 0 {
+            format!(", amd.com/gpu: \"{gpus}\"")
+        } else {
+            String::new()
+        };
         let yaml = format!(
             r#"apiVersion: v1
 kind: Node
@@ -194,7 +239,12 @@ status:
         if !ok {
             bail!("failed to create node {name}: {text}");
         }
-        cluster.kubectl_ok(&["wait", &format!("node/{name}"), "--for=condition=Ready", "--timeout=60s"])?;
+        cluster.kubectl_ok(&[
+            "wait",
+            &format!("node/{name}"),
+            "--for=condition=Ready",
+            "--timeout=60s",
+        ])?;
         Ok(Self { name, key, cluster })
     }
 
@@ -210,7 +260,9 @@ status:
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        let _ = self.cluster.kubectl(&["delete", "node", &self.name, "--wait=false"]);
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "node", &self.name, "--wait=false"]);
     }
 }
 
@@ -225,12 +277,27 @@ pub struct Operator {
 
 impl Operator {
     /// Starts `binary run` against `cluster` with the leader Lease in `namespace`.
-    pub fn start(binary: &str, cluster: &Cluster, namespace: &str, identity: &str, extra: &[&str]) -> Result<Self> {
+    pub fn start(
+        binary: &str,
+        cluster: &Cluster,
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let port = free_port()?;
         let http = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("homeplane-{identity}.log")))?;
+        let log =
+            std::fs::File::create(std::env::temp_dir().join(format!("homeplane-{identity}.log")))?;
         let child = Command::new(binary)
-            .args(["run", "--http-addr", &http, "--leader-election-namespace", namespace, "--identity", identity])
+            .args([
+                "run",
+                "--http-addr",
+                &http,
+                "--leader-election-namespace",
+                namespace,
+                "--identity",
+                identity,
+            ])
             .args(extra)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "info")
@@ -238,7 +305,11 @@ impl Operator {
             .stderr(log)
             .spawn()
             .context("failed to start the operator")?;
-        Ok(Self { child, http, identity: identity.to_string() })
+        Ok(Self {
+            child,
+            http,
+            identity: identity.to_string(),
+        })
     }
 
     /// GETs `path` from the operator's HTTP server; `None` while it does not answer.
@@ -250,7 +321,10 @@ impl Operator {
     pub fn metric(&self, series: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics")?;
         text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .and_then(|v| v.trim().parse().ok())
     }
 
@@ -262,7 +336,9 @@ impl Operator {
 
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -284,7 +360,10 @@ impl Operator {
 
     /// The operator's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(std::env::temp_dir().join(format!("homeplane-{}.log", self.identity))).unwrap_or_default()
+        std::fs::read_to_string(
+            std::env::temp_dir().join(format!("homeplane-{}.log", self.identity)),
+        )
+        .unwrap_or_default()
     }
 }
 
@@ -298,7 +377,9 @@ impl Drop for Operator {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A minimal HTTP/1.0 GET on loopback: (status, body).
@@ -310,13 +391,20 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
 /// Polls `check` every 250 ms until it returns `Some`, or fails after `timeout` with `what`
 /// and the last value seen.
-pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     let mut last_error = String::new();
     loop {

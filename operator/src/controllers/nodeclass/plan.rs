@@ -444,8 +444,8 @@ status: {{phase: Running}}
                 "metadata: {{name: {name}}}\nspec: {{nodeName: gpu-1, containers: [{{name: m, resources: {{limits: {{cpu: '2', memory: 8Gi, amd.com/gpu: '1'}}}}}}]}}\n"
             ))
         };
-        let one =
-            build(&class, std::slice::from_ref(&node), &[gpu_pod("whisper")]).unwrap_or_else(|e| panic!("{e}"));
+        let one = build(&class, std::slice::from_ref(&node), &[gpu_pod("whisper")])
+            .unwrap_or_else(|e| panic!("{e}"));
         let gpu = one.capacity.gpu.clone().unwrap_or_default();
         assert_eq!(
             (gpu.allocatable.as_str(), gpu.requested.as_str()),

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# `make demo`: a local homelab. Starts the real control plane with a simulated Pi (pi-1) and GPU
+# node (gpu-1), PostgreSQL, installs homeplane's CRDs, runs the operator, applies the example
+# homelab from manifests/homelab, and prints what homeplane sees. Everything stays running;
+# `make demo-down` stops it. State lives in .homeplane/demo/.
+#
+#   scripts/demo.sh up | down
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$HOMEPLANE_ROOT"
+state="$HOMEPLANE_ROOT/.homeplane/demo"
+mkdir -p "$state"
+
+operator_running() { [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; }
+
+up() {
+  local t0; t0=$(date +%s)
+  "$HOMEPLANE_ROOT/scripts/setup.sh"
+  log "building homeplane (release)"
+  cargo build --release --locked -q -p homeplane-operator
+  local bin; bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
+  "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$state/cluster"
+  "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$state/postgres"
+  export KUBECONFIG="$state/cluster/kubeconfig"
+  local kubectl="$bin/kubectl"
+
+  log "installing homeplane's CRDs"
+  "$kubectl" apply --server-side --force-conflicts -f crds/generated >/dev/null
+  "$kubectl" wait --for=condition=Established --timeout=60s -f crds/generated >/dev/null
+  "$kubectl" create namespace homeplane-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+
+  if operator_running; then
+    log "operator already running (pid $(cat "$state/operator.pid"))"
+  else
+    local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    echo "$port" > "$state/operator.port"
+    log "starting the operator (log: .homeplane/demo/operator.log)"
+    HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info setsid \
+      "$CARGO_TARGET_DIR/release/homeplane" run --http-addr "127.0.0.1:$port" --identity demo \
+      > "$state/operator.log" 2>&1 < /dev/null &
+    echo $! > "$state/operator.pid"
+  fi
+  local port; port=$(cat "$state/operator.port")
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { tail -20 "$state/operator.log"; die "the operator did not become ready"; }
+
+  log "applying the example homelab (manifests/homelab)"
+  "$kubectl" apply --server-side -k manifests/homelab | grep -v unchanged || true
+  "$kubectl" wait --for=condition=Available --timeout=90s deployment -l app.kubernetes.io/part-of=homelab -A >/dev/null
+  "$kubectl" wait --for=condition=Ready --timeout=60s nodeclass --all >/dev/null
+  sleep 1 # let the capacity plans catch up with the last pods
+
+  {
+    cat "$state/cluster/env"
+    cat "$state/postgres/env"
+    echo "export HOMEPLANE_METRICS_URL=http://127.0.0.1:$port/metrics"
+  } > "$state/env"
+  chmod 600 "$state/env"
+
+  echo
+  echo "== kubectl get nodes"; "$kubectl" get nodes -L kubernetes.io/arch,homeplane.dev/class
+  echo; echo "== kubectl get nodeclass"; "$kubectl" get nodeclass
+  echo; echo "== kubectl get pods -A -l app.kubernetes.io/part-of=homelab -o wide"
+  "$kubectl" get pods -A -l app.kubernetes.io/part-of=homelab -o wide | awk '{print $1, $2, $4, $8}' | column -t
+  echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
+  echo
+  echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Try:"
+  echo "  source .homeplane/demo/env"
+  echo "  kubectl get nodeclass pi -o yaml      # the Pi's capacity plan"
+  echo "  psql \"\$DATABASE_URL\"                  # the demo PostgreSQL (superuser)"
+  echo "  curl -s \$HOMEPLANE_METRICS_URL        # the operator's metrics"
+  echo "  make demo-down                        # stop everything"
+}
+
+down() {
+  if operator_running; then
+    kill -TERM "$(cat "$state/operator.pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do operator_running || break; sleep 0.2; done
+    log "operator stopped"
+  fi
+  rm -f "$state/operator.pid"
+  "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$state/postgres"
+  "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$state/cluster"
+}
+
+case "${1:-up}" in
+  up) up ;;
+  down) down ;;
+  *) die "usage: $0 up|down" ;;
+esac

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Starts and stops a throwaway PostgreSQL server (Debian's) on a private loopback port, with its
+# data in DIR. The server runs as the `postgres` system user (PostgreSQL refuses to run as
+# root); the superuser `postgres` gets a generated password written to DIR/env as DATABASE_URL.
+#
+#   scripts/postgres.sh up DIR | down DIR
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+cmd="${1:-}"; dir="${2:-}"
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 up|down DIR"
+mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
+bindir="$(pg_bindir)" || die "PostgreSQL is not installed; run scripts/setup.sh"
+
+as_owner() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+up() {
+  if [ -f "$dir/env" ] && as_owner "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    log "PostgreSQL already up ($dir)"; return 0
+  fi
+  local port password
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    password=$(openssl rand -hex 16)
+    printf '%s\n' "$password" > "$dir/password"
+    chmod 600 "$dir/password"
+    [ "$(id -u)" = 0 ] && chown postgres "$dir" "$dir/password"
+    as_owner "$bindir/initdb" -D "$dir/data" -U postgres --auth=scram-sha-256 \
+      --pwfile="$dir/password" -E UTF8 --locale=C.UTF-8 >/dev/null
+  fi
+  password=$(cat "$dir/password")
+  as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 start \
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off" >/dev/null
+  echo "export DATABASE_URL=postgres://postgres:$password@127.0.0.1:$port/postgres" > "$dir/env"
+  chmod 600 "$dir/env"
+  log "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') up on 127.0.0.1:$port ($dir)"
+}
+
+down() {
+  [ -f "$dir/data/PG_VERSION" ] || return 0
+  as_owner "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+  log "PostgreSQL in $dir stopped"
+}
+
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  *) die "usage: $0 up|down DIR" ;;
+esac

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what homeplane's demo and tests need and a fresh machine of this kind lacks:
+# Debian packages (openssl, curl, PostgreSQL) and the Go-built control plane. Idempotent and
+# quiet when everything is there.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+[ -x "$(pg_bindir 2>/dev/null)/initdb" ] || need+=(postgresql postgresql-contrib)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v go >/dev/null || die "Go is missing (the machine should ship Go 1.26)"
+command -v cargo >/dev/null || die "Rust is missing (the machine should ship cargo)"
+"$HOMEPLANE_ROOT/scripts/build-cluster.sh" >/dev/null
