@@ -2,6 +2,9 @@
 //! Established, `kubectl explain` shows the documentation, bad objects are refused by the API
 //! server with a message naming the field, and `kubectl get drift` works.
 
+// Tests fail by panicking; helpers here are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use homeplane_testkit::{Cluster, TestNamespace};
 
 #[test]

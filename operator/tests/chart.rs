@@ -1,6 +1,9 @@
 //! The Helm chart as a person installs it: it lints strictly, renders, and everything it
 //! renders (CRDs included) is accepted by the real API server.
 
+// Tests fail by panicking; helpers here are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use homeplane_testkit::{Cluster, TestNamespace, repo_root};
 
 fn helm(args: &[&str]) -> std::process::Output {

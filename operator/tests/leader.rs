@@ -1,6 +1,9 @@
 //! Two operator replicas: exactly one reconciles; when it is killed, the other takes over
 //! within the lease duration; a replica stopped with SIGTERM releases the lease at once.
 
+// Tests fail by panicking; helpers here are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use homeplane_testkit::{Cluster, Operator, TestNamespace, eventually};

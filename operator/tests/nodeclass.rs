@@ -1,6 +1,9 @@
 //! NodeClass on the real control plane: the status matches the pods the real scheduler placed
 //! on the class's nodes, and limits beyond allocatable minus the reserve are flagged.
 
+// Tests fail by panicking; helpers here are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use homeplane_testkit::{Cluster, Operator, TestNamespace, TestNode, eventually};
