@@ -20,5 +20,13 @@ HOMEPLANE_CLUSTER_BIN="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 export HOMEPLANE_CLUSTER_BIN
 
 log "running the tests"
-cargo test --workspace --locked
+results="$HOMEPLANE_ROOT/.homeplane/test/results.txt"
+set +e
+cargo test --workspace --locked 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' "$results")
+failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$results")
+[ "$status" = 0 ] || die "tests failed (${passed} passed, ${failed} failed)"
 log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s)"
+echo "${passed} passed, ${failed} failed"
