@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{POSITIVE_QUANTITY, Placement, impl_has_conditions};
+use crate::common::{POSITIVE_QUANTITY, Placement};
 
 /// An AI worker agent: its tier and scope become a ServiceAccount with the least RBAC that
 /// allows them; its budget bounds every run.
@@ -271,5 +271,3 @@ pub struct AgentRunStatus {
     #[serde(default)]
     pub tests_run_count: i32,
 }
-
-impl_has_conditions!(AgentStatus, AgentRunStatus);

@@ -6,7 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{CRON_RULE, DURATION_RULE, impl_has_conditions};
+use crate::common::{CRON_RULE, DURATION_RULE};
 
 /// How, when and where a source is backed up: schedule, S3 destination, age recipients,
 /// compression, retention and restore verification.
@@ -370,5 +370,3 @@ pub struct BackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<Time>,
 }
-
-impl_has_conditions!(BackupPolicyStatus, BackupStatus);

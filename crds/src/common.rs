@@ -1,7 +1,6 @@
 //! Types shared by several kinds: secret references, placement, quantities and the status
 //! conventions (conditions, observedGeneration).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -89,38 +88,6 @@ pub enum DeletionPolicy {
     /// Delete the external state together with the object.
     Delete,
 }
-
-/// The status fields every homeplane kind shares, in the Kubernetes convention that kstatus,
-/// Flux health checks and `kubectl wait --for=condition=Ready` read.
-pub trait HasConditions {
-    /// The conditions, `Ready` always among them once the operator has seen the object.
-    fn conditions(&self) -> &[Condition];
-    /// Mutable access to the conditions.
-    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
-    /// Mutable access to the generation the status was computed from.
-    fn observed_generation_mut(&mut self) -> &mut Option<i64>;
-}
-
-/// Implements [`HasConditions`] for a status struct with `conditions` and
-/// `observed_generation` fields.
-macro_rules! impl_has_conditions {
-    ($($status:ty),+ $(,)?) => {$(
-        impl $crate::common::HasConditions for $status {
-            fn conditions(&self) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
-                &self.conditions
-            }
-            fn conditions_mut(
-                &mut self,
-            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-                &mut self.conditions
-            }
-            fn observed_generation_mut(&mut self) -> &mut Option<i64> {
-                &mut self.observed_generation
-            }
-        }
-    )+};
-}
-pub(crate) use impl_has_conditions;
 
 /// Schema for a free-form JSON object kept as the user wrote it (an n8n workflow definition,
 /// a patch).

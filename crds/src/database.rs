@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{DeletionPolicy, Placement, impl_has_conditions};
+use crate::common::{DeletionPolicy, Placement};
 
 /// A PostgreSQL database that homeplane makes match its declaration: roles, tiers of schemas
 /// with per-role access, extensions and migrations.
@@ -303,5 +303,3 @@ pub struct DatabaseStatus {
     #[serde(default)]
     pub role_secrets: BTreeMap<String, String>,
 }
-
-impl_has_conditions!(DatabaseStatus);

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{DURATION_RULE, Placement, impl_has_conditions};
+use crate::common::{DURATION_RULE, Placement};
 
 /// A semantic memory server on pgvector: a Database (homeplane ensures the `vector` extension
 /// and a `memory` schema), a Redis cache, an embedding model, and the layer policy.
@@ -220,5 +220,3 @@ pub struct Dependency {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
-
-impl_has_conditions!(MemoryServerStatus);

@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Resources, impl_has_conditions};
+use crate::common::Resources;
 
 /// A class of node that workloads are placed on by name, such as `pi` or `gpu`: which nodes
 /// belong to it, what it tolerates, its GPU resource, and the CPU and memory defaults and
@@ -163,5 +163,3 @@ pub struct PodUsage {
     #[serde(default)]
     pub managed: bool,
 }
-
-impl_has_conditions!(NodeClassStatus);

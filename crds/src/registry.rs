@@ -7,9 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{
-    ConfigMapKeyRef, DURATION_RULE, any_value, free_form_object, impl_has_conditions,
-};
+use crate::common::{ConfigMapKeyRef, DURATION_RULE, any_value, free_form_object};
 
 /// A registry of state properties, each with a desired value and a way to observe it. homeplane
 /// evaluates it on an interval and publishes a Drift object for every property that is out of
@@ -329,5 +327,3 @@ pub struct StateRegistryStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluation_millis: Option<i64>,
 }
-
-impl_has_conditions!(StateRegistryStatus);

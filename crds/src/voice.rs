@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{DURATION_RULE, Placement, impl_has_conditions};
+use crate::common::{DURATION_RULE, Placement};
 
 /// A voice pipeline: ordered stages, each in-cluster (a Deployment placed by NodeClass) or an
 /// external endpoint, wired each to the next, with end-to-end latency measured against a
@@ -170,5 +170,3 @@ pub struct StageStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
-
-impl_has_conditions!(VoicePipelineStatus);

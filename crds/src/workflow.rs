@@ -5,9 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{
-    ConfigMapKeyRef, DeletionPolicy, SecretKeyRef, free_form_object, impl_has_conditions,
-};
+use crate::common::{ConfigMapKeyRef, DeletionPolicy, SecretKeyRef, free_form_object};
 
 /// An n8n workflow as code: homeplane creates, updates and (de)activates it through n8n's
 /// public API and reports edits made in the n8n UI as drift.
@@ -120,5 +118,3 @@ pub struct Execution {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
 }
-
-impl_has_conditions!(WorkflowStatus);

@@ -136,14 +136,12 @@ async fn lead_and_reconcile(
 
     let lost = async {
         match &elector {
-            Some(elector) => Some(elector.hold().await),
-            None => std::future::pending().await,
+            Some(elector) => elector.hold().await,
+            None => std::future::pending::<leader::Error>().await,
         }
     };
     let result = tokio::select! {
-        lost = lost => Err(anyhow::Error::new(lost.unwrap_or(leader::Error::Lost {
-            namespace: String::new(), name: String::new(), why: "unknown".into(),
-        }))),
+        lost = lost => Err(anyhow::Error::new(lost)),
         () = shutdown.cancelled() => Ok(()),
     };
     stop.cancel();

@@ -36,31 +36,57 @@ impl Cluster {
     }
 
     fn connect() -> Result<Cluster> {
-        let bin = cluster_bin()?;
-        let kubeconfig = match std::env::var_os("HOMEPLANE_TEST_KUBECONFIG") {
-            Some(path) => PathBuf::from(path),
+        let cluster = match std::env::var_os("HOMEPLANE_TEST_KUBECONFIG") {
+            Some(path) => Cluster {
+                kubeconfig: PathBuf::from(path),
+                bin: cluster_bin()?,
+            },
             None => {
-                let dir =
-                    std::env::temp_dir().join(format!("homeplane-test-{}", std::process::id()));
-                let status = Command::new("bash")
-                    .arg(repo_root().join("scripts/cluster.sh"))
-                    .args(["up"])
-                    .arg(&dir)
-                    .env(
-                        "HOMEPLANE_CLUSTER_OWNER_PID",
-                        std::process::id().to_string(),
-                    )
-                    .status()
-                    .context("failed to run scripts/cluster.sh")?;
-                if !status.success() {
-                    bail!("scripts/cluster.sh up {} failed", dir.display());
-                }
-                dir.join("kubeconfig")
+                let dir = format!("homeplane-test-{}", std::process::id());
+                Self::start(&std::env::temp_dir().join(dir))?
             }
         };
-        let cluster = Cluster { kubeconfig, bin };
         cluster.install_crds()?;
         Ok(cluster)
+    }
+
+    /// Starts a control plane of its own in `dir` (without homeplane's CRDs); it is stopped
+    /// when this test process exits, or earlier with [`Cluster::stop`].
+    pub fn start(dir: &Path) -> Result<Cluster> {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/cluster.sh"))
+            .arg("up")
+            .arg(dir)
+            .env(
+                "HOMEPLANE_CLUSTER_OWNER_PID",
+                std::process::id().to_string(),
+            )
+            .status()
+            .context("failed to run scripts/cluster.sh")?;
+        if !status.success() {
+            bail!("scripts/cluster.sh up {} failed", dir.display());
+        }
+        Ok(Cluster {
+            kubeconfig: dir.join("kubeconfig"),
+            bin: cluster_bin()?,
+        })
+    }
+
+    /// Stops a control plane started with [`Cluster::start`].
+    pub fn stop(&self) -> Result<()> {
+        let dir = self
+            .kubeconfig
+            .parent()
+            .context("kubeconfig has no folder")?;
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/cluster.sh"))
+            .arg("down")
+            .arg(dir)
+            .status()?;
+        if !status.success() {
+            bail!("scripts/cluster.sh down {} failed", dir.display());
+        }
+        Ok(())
     }
 
     /// Applies homeplane's CRDs (idempotent) and waits until they are Established.

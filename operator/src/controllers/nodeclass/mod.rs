@@ -76,7 +76,7 @@ async fn reconcile(nc: Arc<NodeClass>, ctx: Arc<Context>) -> Result<Action, Erro
     let old = nc.status.clone().unwrap_or_default();
     let mut status = old.clone();
     status.observed_generation = generation;
-    match plan::build(&nc.spec, &nodes, &pods) {
+    let action = match plan::build(&nc.spec, &nodes, &pods) {
         Ok(plan) => {
             status.nodes = plan.nodes;
             status.node_count = i32::try_from(status.nodes.len()).unwrap_or(i32::MAX);
@@ -87,30 +87,22 @@ async fn reconcile(nc: Arc<NodeClass>, ctx: Arc<Context>) -> Result<Action, Erro
                 conditions::set(&mut status.conditions, desired, generation, now());
             }
             conditions::remove(&mut status.conditions, DEGRADED);
+            Action::requeue(RESYNC)
         }
-        Err(why) => {
-            let message = format!(
-                "{why}; fix spec.{} and apply again",
-                why.split(' ').next().unwrap_or("reserved")
-            );
-            conditions::set(
-                &mut status.conditions,
-                Desired::no(READY, "InvalidSpec", message.clone()),
-                generation,
-                now(),
-            );
-            conditions::set(
-                &mut status.conditions,
-                Desired::yes(DEGRADED, "InvalidSpec", message),
-                generation,
-                now(),
-            );
+        Err(invalid) => {
+            // The CRD's CEL rules refuse such values; this guards objects stored before them.
+            let message = format!("{invalid}; fix it and apply again");
+            let ready = Desired::no(READY, "InvalidSpec", message.clone());
+            conditions::set(&mut status.conditions, ready, generation, now());
+            let degraded = Desired::yes(DEGRADED, "InvalidSpec", message);
+            conditions::set(&mut status.conditions, degraded, generation, now());
+            Action::await_change()
         }
-    }
+    };
     write_status(&nc, &ctx, &old, status).await?;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     ctx.succeeded(&super::key(nc.as_ref()));
-    Ok(Action::requeue(RESYNC))
+    Ok(action)
 }
 
 /// Lists the nodes that match the class and the pods scheduled on them.

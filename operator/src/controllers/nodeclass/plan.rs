@@ -110,12 +110,21 @@ fn managed(pod: &Pod) -> bool {
         .is_some_and(|v| v == "homeplane")
 }
 
-fn parse_opt(text: Option<&String>, field: &str) -> Result<Milli, String> {
+/// A spec field whose value is not a quantity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field}: {source}")]
+pub struct InvalidField {
+    /// The field, e.g. `reserved.cpu`.
+    pub field: &'static str,
+    /// What is wrong with its value.
+    #[source]
+    pub source: InvalidQuantity,
+}
+
+fn parse_opt(text: Option<&String>, field: &'static str) -> Result<Milli, InvalidField> {
     match text {
         None => Ok(Milli::ZERO),
-        Some(t) => {
-            Milli::parse(t).map_err(|InvalidQuantity(q)| format!("{field} {q:?} is not a quantity"))
-        }
+        Some(t) => Milli::parse(t).map_err(|source| InvalidField { field, source }),
     }
 }
 
@@ -170,7 +179,7 @@ impl Totals {
 /// Computes the plan. `nodes` are the nodes matching the selector; `pods` are the pods
 /// scheduled on them (pods on other nodes are ignored). Fails only on a spec quantity that is
 /// not a quantity.
-pub fn build(spec: &NodeClassSpec, nodes: &[Node], pods: &[Pod]) -> Result<Plan, String> {
+pub fn build(spec: &NodeClassSpec, nodes: &[Node], pods: &[Pod]) -> Result<Plan, InvalidField> {
     let reserved_cpu = parse_opt(spec.reserved.cpu.as_ref(), "reserved.cpu")?;
     let reserved_memory = parse_opt(spec.reserved.memory.as_ref(), "reserved.memory")?;
     parse_opt(spec.defaults.cpu.as_ref(), "defaults.cpu")?;
@@ -473,6 +482,13 @@ status: {{phase: Running}}
     #[test]
     fn refuses_a_reserve_that_is_not_a_quantity() {
         let class: NodeClassSpec = yaml("nodeSelector: {a: b}\nreserved: {cpu: lots}\n");
-        assert!(build(&class, &[], &[]).is_err_and(|e| e.contains("reserved.cpu")));
+        let error = build(&class, &[], &[]).unwrap_err();
+        assert_eq!(error.field, "reserved.cpu");
+        assert!(
+            error
+                .to_string()
+                .starts_with("spec.reserved.cpu: \"lots\" is not a Kubernetes quantity"),
+            "{error}"
+        );
     }
 }
