@@ -45,7 +45,14 @@ down() {
 }
 
 case "$cmd" in
-  up) up ;;
+  up)
+    up
+    # A test process that started its own server gets it stopped when it exits.
+    if [ -n "${HOMEPLANE_POSTGRES_OWNER_PID:-}" ]; then
+      setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" down "$3"' _ \
+        "$HOMEPLANE_POSTGRES_OWNER_PID" "$0" "$dir" > /dev/null 2>&1 < /dev/null &
+    fi
+    ;;
   down) down ;;
   *) die "usage: $0 up|down DIR" ;;
 esac

@@ -13,9 +13,13 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
 dir="$HOMEPLANE_ROOT/.homeplane/test/cluster"
+pg="$HOMEPLANE_ROOT/.homeplane/test/postgres"
 "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$dir"
-trap '"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"' EXIT
+trap '"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"; "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"' EXIT
+"$HOMEPLANE_ROOT/scripts/postgres.sh" up "$pg"
 export HOMEPLANE_TEST_KUBECONFIG="$dir/kubeconfig"
+HOMEPLANE_TEST_DATABASE_URL="$(sed -n 's/^export DATABASE_URL=//p' "$pg/env")"
+export HOMEPLANE_TEST_DATABASE_URL
 HOMEPLANE_CLUSTER_BIN="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 export HOMEPLANE_CLUSTER_BIN
 

@@ -299,6 +299,9 @@ pub struct DatabaseStatus {
     /// Id of the last applied migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_migration: Option<String>,
+    /// What the last change did, one line per SQL statement (passwords redacted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_plan: Vec<String>,
     /// Secrets holding each login role's credentials.
     #[serde(default)]
     pub role_secrets: BTreeMap<String, String>,

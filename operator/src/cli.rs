@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// Seconds a lease is valid after its last renewal; a standby takes over after this.
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
+    /// Reconcile namespaced objects in this namespace only (all namespaces when unset).
+    /// NodeClasses are cluster-scoped and always reconciled.
+    #[arg(long, env = "HOMEPLANE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// How long to wait for homeplane's CRDs to be established before giving up.
     #[arg(long, default_value = "60", value_parser = parse_seconds)]
     pub crd_timeout: Duration,

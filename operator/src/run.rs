@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use homeplane_crds::{
-    Agent, AgentRun, Backup, BackupPolicy, Database, MemoryServer, StateRegistry, VoicePipeline,
-    Workflow,
+    Agent, AgentRun, Backup, BackupPolicy, MemoryServer, StateRegistry, VoicePipeline, Workflow,
 };
 use kube::Client;
 use tokio::task::JoinSet;
@@ -91,15 +90,16 @@ async fn lead_and_reconcile(
     }
     metrics.set_leader(true);
 
-    let ctx = Arc::new(Context::new(client, metrics.clone(), identity));
+    let ctx = Arc::new(Context::new(
+        client,
+        metrics.clone(),
+        identity,
+        args.watch_namespace.clone(),
+    ));
     let mut controllers = JoinSet::new();
     let stop = shutdown.child_token();
     controllers.spawn(controllers::nodeclass::run(ctx.clone(), stop.clone()));
-    controllers.spawn(pending::run::<Database>(
-        "database",
-        ctx.clone(),
-        stop.clone(),
-    ));
+    controllers.spawn(controllers::database::run(ctx.clone(), stop.clone()));
     controllers.spawn(pending::run::<BackupPolicy>(
         "backuppolicy",
         ctx.clone(),

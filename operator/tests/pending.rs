@@ -10,37 +10,30 @@ use homeplane_testkit::{Cluster, Operator, TestNamespace, eventually};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_homeplane");
 
-const DATABASE: &str = r#"apiVersion: homeplane.dev/v1alpha1
-kind: Database
-metadata: {name: homelab}
+const WORKFLOW: &str = r#"apiVersion: homeplane.dev/v1alpha1
+kind: Workflow
+metadata: {name: email-classifier}
 spec:
-  server: {external: {host: postgres.data, adminSecret: pg-admin}}
-  extensions: [{name: pg_trgm}]
-  tiers:
-  - {name: sacred, description: "clinical records, therapy notes", schemas: [clinical]}
-  - {name: sensitive, schemas: [messages, health]}
-  - {name: convenience, schemas: [public_data]}
-  roles:
-  - name: app
-    access: [{tier: sacred, level: write}, {tier: sensitive, level: write}, {tier: convenience, level: write}]
-  - name: analyst
-    access: [{tier: convenience, level: read}]
-  migrations:
-    inline: [{id: "0001_init", sql: "create table clinical.notes (id bigint primary key)"}]
+  n8n: {url: "http://n8n.automation:5678", apiKeySecret: {name: n8n-api, key: apiKey}}
+  active: true
+  definition:
+    name: Email classification
+    nodes: []
+    connections: {}
 "#;
 
 #[test]
 fn kinds_without_a_controller_report_not_implemented() {
     let cluster = Cluster::shared();
     let ns = TestNamespace::new(cluster, "pending").unwrap();
-    let (ok, text) = cluster.apply(&ns.name, DATABASE).unwrap();
+    let (ok, text) = cluster.apply(&ns.name, WORKFLOW).unwrap();
     assert!(ok, "{text}");
     let _operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
-    let reason = eventually(Duration::from_secs(60), "status of the Database", || {
+    let reason = eventually(Duration::from_secs(60), "status of the Workflow", || {
         let reason = cluster.kubectl_ok(&[
             "get",
-            "database",
-            "homelab",
+            "workflow",
+            "email-classifier",
             "-n",
             &ns.name,
             "-o",
@@ -53,8 +46,8 @@ fn kinds_without_a_controller_report_not_implemented() {
     let message = cluster
         .kubectl_ok(&[
             "get",
-            "database",
-            "homelab",
+            "workflow",
+            "email-classifier",
             "-n",
             &ns.name,
             "-o",
@@ -62,15 +55,15 @@ fn kinds_without_a_controller_report_not_implemented() {
         ])
         .unwrap();
     assert!(
-        message.contains("does not reconcile Database objects yet")
+        message.contains("does not reconcile Workflow objects yet")
             && message.contains("nothing was created or changed"),
         "{message}"
     );
     let generation = cluster
         .kubectl_ok(&[
             "get",
-            "database",
-            "homelab",
+            "workflow",
+            "email-classifier",
             "-n",
             &ns.name,
             "-o",
@@ -81,7 +74,7 @@ fn kinds_without_a_controller_report_not_implemented() {
     let waited = cluster
         .kubectl(&[
             "wait",
-            "database/homelab",
+            "workflow/email-classifier",
             "-n",
             &ns.name,
             "--for=condition=Ready",
@@ -90,18 +83,13 @@ fn kinds_without_a_controller_report_not_implemented() {
         .unwrap();
     assert!(
         !waited.status.success(),
-        "kubectl wait must not see a Database nobody reconciles as Ready"
+        "kubectl wait must not see a Workflow nobody reconciles as Ready"
     );
     // `kubectl get` shows it in the Ready column.
-    let table = cluster.kubectl_ok(&["get", "db", "-n", &ns.name]).unwrap();
+    let table = cluster.kubectl_ok(&["get", "wf", "-n", &ns.name]).unwrap();
+    let row = table.lines().nth(1).unwrap_or_default();
     assert!(
-        table
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .split_whitespace()
-            .nth(1)
-            == Some("False"),
+        table.starts_with("NAME") && table.contains("READY") && row.contains(" False "),
         "{table}"
     );
 }

@@ -2,6 +2,7 @@
 //! the error policy (an invalid spec waits for a change; a transient error backs off
 //! exponentially per object and resets on success).
 
+pub mod database;
 pub mod nodeclass;
 pub mod pending;
 
@@ -27,13 +28,22 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The one event recorder.
     pub recorder: Recorder,
+    /// The only namespace whose objects are reconciled; all namespaces when `None`.
+    pub watch_namespace: Option<String>,
+    /// PostgreSQL connection pools of the Database controller.
+    pub postgres: database::Pools,
     /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     /// A context for `client`, reporting events as `homeplane` from `instance`.
-    pub fn new(client: Client, metrics: Arc<Metrics>, instance: &str) -> Self {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        instance: &str,
+        watch_namespace: Option<String>,
+    ) -> Self {
         let reporter = Reporter {
             controller: "homeplane".into(),
             instance: Some(instance.to_string()),
@@ -42,7 +52,20 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            watch_namespace,
+            postgres: database::Pools::default(),
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The API of a namespaced kind, limited to the watched namespace if there is one.
+    pub fn watched<K>(&self) -> kube::Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match &self.watch_namespace {
+            Some(ns) => kube::Api::namespaced(self.client.clone(), ns),
+            None => kube::Api::all(self.client.clone()),
         }
     }
 
@@ -96,6 +119,16 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A PostgreSQL statement failed.
+    #[error("failed to {action}")]
+    Postgres {
+        action: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The operating system's random source failed.
+    #[error("failed to generate a password: {0}")]
+    Random(String),
     /// An object could not be serialized.
     #[error("failed to serialize {what}")]
     Serialize {
@@ -110,6 +143,8 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube",
+            Error::Postgres { .. } => "postgres",
+            Error::Random(_) => "random",
             Error::Serialize { .. } => "serialize",
         }
     }
@@ -118,6 +153,8 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "KubernetesApiError",
+            Error::Postgres { .. } => "PostgresError",
+            Error::Random(_) => "RandomSourceError",
             Error::Serialize { .. } => "SerializationError",
         }
     }

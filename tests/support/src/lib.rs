@@ -302,7 +302,8 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts `binary run` against `cluster` with the leader Lease in `namespace`.
+    /// Starts `binary run` against `cluster` with the leader Lease in `namespace`, reconciling
+    /// the namespaced objects of `namespace` only.
     pub fn start(
         binary: &str,
         cluster: &Cluster,
@@ -443,5 +444,113 @@ pub fn eventually<T>(
             bail!("timed out after {timeout:?} waiting for {what} {last_error}");
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A real PostgreSQL server: the one named by `HOMEPLANE_TEST_DATABASE_URL` (started by
+/// `make test`), or one started now for this test process.
+pub struct Postgres {
+    /// Host (loopback).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Superuser name.
+    pub user: String,
+    /// Superuser password.
+    pub password: String,
+}
+
+static POSTGRES: OnceLock<Postgres> = OnceLock::new();
+
+impl Postgres {
+    /// The server of this test run.
+    pub fn shared() -> &'static Postgres {
+        POSTGRES.get_or_init(|| match Self::connect() {
+            Ok(p) => p,
+            Err(e) => panic!("no test PostgreSQL: {e:#}"),
+        })
+    }
+
+    fn connect() -> Result<Postgres> {
+        let url = match std::env::var("HOMEPLANE_TEST_DATABASE_URL") {
+            Ok(url) => url,
+            Err(_) => {
+                let dir = std::env::temp_dir().join(format!("homeplane-pg-{}", std::process::id()));
+                let status = Command::new("bash")
+                    .arg(repo_root().join("scripts/postgres.sh"))
+                    .arg("up")
+                    .arg(&dir)
+                    .env(
+                        "HOMEPLANE_POSTGRES_OWNER_PID",
+                        std::process::id().to_string(),
+                    )
+                    .status()?;
+                if !status.success() {
+                    bail!("scripts/postgres.sh up {} failed", dir.display());
+                }
+                let env = std::fs::read_to_string(dir.join("env"))?;
+                env.trim()
+                    .trim_start_matches("export DATABASE_URL=")
+                    .to_string()
+            }
+        };
+        // postgres://user:password@host:port/db
+        let rest = url
+            .strip_prefix("postgres://")
+            .context("DATABASE_URL is not postgres://")?;
+        let (credentials, location) = rest
+            .split_once('@')
+            .context("DATABASE_URL has no credentials")?;
+        let (user, password) = credentials
+            .split_once(':')
+            .context("DATABASE_URL has no password")?;
+        let hostport = location.split('/').next().unwrap_or_default();
+        let (host, port) = hostport
+            .split_once(':')
+            .context("DATABASE_URL has no port")?;
+        Ok(Postgres {
+            host: host.into(),
+            port: port.parse()?,
+            user: user.into(),
+            password: password.into(),
+        })
+    }
+
+    /// A connection URI for `user`/`password` to database `db`.
+    pub fn uri(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@{}:{}/{db}",
+            self.host, self.port
+        )
+    }
+
+    /// Runs `sql` with psql as `user`/`password` on `db`; (success, stdout+stderr).
+    pub fn psql_as(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+        sql: &str,
+    ) -> Result<(bool, String)> {
+        let out = Command::new("psql")
+            .arg(self.uri(user, password, db))
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .context("failed to run psql")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text.trim().to_string()))
+    }
+
+    /// Runs `sql` as the superuser on `db` and returns its output; fails when it fails.
+    pub fn admin(&self, db: &str, sql: &str) -> Result<String> {
+        let (ok, text) = self.psql_as(&self.user, &self.password, db, sql)?;
+        if !ok {
+            bail!("psql on {db} failed: {text}");
+        }
+        Ok(text)
     }
 }

@@ -1,0 +1,643 @@
+//! The Database controller: makes a PostgreSQL server hold exactly the declared roles, tier
+//! schemas, privileges, extensions and migrations. Pipeline: dereference (admin Secret,
+//! migration ConfigMaps, role Secrets) -> connect -> observe -> plan (pure) -> apply (one
+//! transaction) -> migrations -> Secrets -> status.
+
+mod catalog;
+mod migrate;
+mod plan;
+mod sql;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use homeplane_crds::database::{Database, DatabaseStatus, ExternalServer, SslMode};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::{Connection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument};
+
+use super::{Context, Error, FIELD_MANAGER, error_policy, now};
+use crate::conditions::{self, DEGRADED, Desired, READY};
+use sql::audited;
+
+const CONTROLLER: &str = "database";
+/// How often a converged Database is checked again (hand-made grants are revoked by then).
+const RESYNC: Duration = Duration::from_secs(120);
+/// How soon a Database whose server cannot be reached is tried again.
+const RETRY: Duration = Duration::from_secs(15);
+/// Most plan lines kept in status.
+const MAX_PLAN_LINES: usize = 50;
+/// Annotation on role Secrets: the `rotatePasswords` value their password was made for.
+const ROTATION_ANNOTATION: &str = "homeplane.dev/rotation";
+
+/// Connection pools, one per server, database and admin credentials.
+#[derive(Default)]
+pub struct Pools(Mutex<HashMap<String, PgPool>>);
+
+impl Pools {
+    fn get_or_connect(&self, key: &str, options: PgConnectOptions) -> PgPool {
+        if let Ok(mut pools) = self.0.lock() {
+            return pools
+                .entry(key.to_string())
+                .or_insert_with(|| {
+                    PgPoolOptions::new()
+                        .max_connections(3)
+                        .min_connections(0)
+                        .acquire_timeout(Duration::from_secs(10))
+                        .idle_timeout(Duration::from_secs(300))
+                        .connect_lazy_with(options)
+                })
+                .clone();
+        }
+        PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options)
+    }
+}
+
+/// Runs the controller until `shutdown` is cancelled.
+pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=homeplane");
+    Controller::new(ctx.watched::<Database>(), watcher::Config::default())
+        .owns(ctx.watched::<Secret>(), owned)
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(
+            reconcile,
+            |db, error, ctx| error_policy(CONTROLLER, db, error, ctx),
+            ctx,
+        )
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}
+
+/// The outcome of one pass, before it becomes status.
+struct Outcome {
+    ready: Desired,
+    degraded: Option<Desired>,
+    action: Action,
+}
+
+impl Outcome {
+    fn blocked(reason: &'static str, message: String, action: Action) -> Self {
+        Self {
+            ready: Desired::no(READY, reason, message.clone()),
+            degraded: Some(Desired::yes(DEGRADED, reason, message)),
+            action,
+        }
+    }
+}
+
+#[instrument(skip_all, fields(database = %db.name_any(), namespace = db.namespace().unwrap_or_default()))]
+async fn reconcile(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let mut status = db.status.clone().unwrap_or_default();
+    let old = status.clone();
+    let outcome = converge(&db, &ctx, &mut status).await?;
+    let generation = db.metadata.generation;
+    status.observed_generation = generation;
+    conditions::set(&mut status.conditions, outcome.ready, generation, now());
+    match outcome.degraded {
+        Some(degraded) => conditions::set(&mut status.conditions, degraded, generation, now()),
+        None => conditions::remove(&mut status.conditions, DEGRADED),
+    }
+    if status != old || db.status.is_none() {
+        let patch = serde_json::json!({"apiVersion": "homeplane.dev/v1alpha1", "kind": "Database", "status": status});
+        api(&db, &ctx)
+            .patch_status(
+                &db.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(Error::kube("update Database status"))?;
+    }
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    ctx.succeeded(&super::key(db.as_ref()));
+    Ok(outcome.action)
+}
+
+fn api(db: &Database, ctx: &Context) -> Api<Database> {
+    Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default())
+}
+
+/// The database name on the server.
+fn database_name(db: &Database) -> String {
+    db.spec
+        .database_name
+        .clone()
+        .unwrap_or_else(|| db.name_any())
+}
+
+/// The Secret holding a role's credentials: `<database object>-<role>` in DNS form.
+fn role_secret_name(db: &Database, role: &str) -> String {
+    format!("{}-{}", db.name_any(), role.replace('_', "-"))
+}
+
+async fn converge(
+    db: &Database,
+    ctx: &Context,
+    status: &mut DatabaseStatus,
+) -> Result<Outcome, Error> {
+    let ns = db.namespace().unwrap_or_default();
+    let Some(server) = db.spec.server.external.as_ref() else {
+        return Ok(Outcome {
+            ready: Desired::no(
+                READY,
+                "NotImplemented",
+                "spec.server.managed is not implemented yet (it arrives with the shared workload builder); use spec.server.external for now",
+            ),
+            degraded: None,
+            action: Action::await_change(),
+        });
+    };
+
+    // Dereference: the admin credentials.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let admin = secrets
+        .get_opt(&server.admin_secret)
+        .await
+        .map_err(Error::kube("read the admin Secret"))?;
+    let credentials = admin
+        .as_ref()
+        .and_then(|s| Some((secret_value(s, "username")?, secret_value(s, "password")?)));
+    let Some((admin_user, admin_password)) = credentials else {
+        return Ok(Outcome::blocked(
+            "AdminSecretMissing",
+            format!(
+                "Secret {ns}/{} with keys username and password is missing; create it with the server's admin credentials",
+                server.admin_secret
+            ),
+            Action::requeue(RETRY),
+        ));
+    };
+
+    // Connect, creating the database if needed.
+    let dbname = database_name(db);
+    let options = connect_options(server, &admin_user, &admin_password);
+    let maintenance = ctx.postgres.get_or_connect(
+        &pool_key(server, &admin_user, &admin_password, "postgres"),
+        options.clone().database("postgres"),
+    );
+    let mut conn = match maintenance.acquire().await {
+        Ok(conn) => conn,
+        Err(error) => return Ok(unreachable(server, &error)),
+    };
+    status.server_version = catalog::server_version(&mut conn).await.ok();
+    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&dbname)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| sql_error("look up the database", e))?;
+    if exists.is_none() {
+        sqlx::raw_sql(audited(format!(
+            "CREATE DATABASE {} OWNER {}",
+            sql::ident(&dbname),
+            sql::ident(&admin_user)
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| sql_error("create the database", e))?;
+        info!(%dbname, "created database");
+    }
+    drop(conn);
+    let pool = ctx.postgres.get_or_connect(
+        &pool_key(server, &admin_user, &admin_password, &dbname),
+        options.database(&dbname),
+    );
+    let mut conn = match pool.acquire().await {
+        Ok(conn) => conn,
+        Err(error) => return Ok(unreachable(server, &error)),
+    };
+
+    // Extensions.
+    let available = catalog::available_extensions(&mut conn)
+        .await
+        .map_err(|e| sql_error("list available extensions", e))?;
+    let missing: Vec<&str> = db
+        .spec
+        .extensions
+        .iter()
+        .map(|e| e.name.as_str())
+        .filter(|n| !available.contains(*n))
+        .collect();
+    for extension in db
+        .spec
+        .extensions
+        .iter()
+        .filter(|e| available.contains(&e.name))
+    {
+        let version = extension
+            .version
+            .as_ref()
+            .map(|v| format!(" VERSION {}", sql::literal(v)))
+            .unwrap_or_default();
+        sqlx::raw_sql(audited(format!(
+            "CREATE EXTENSION IF NOT EXISTS {}{version}",
+            sql::ident(&extension.name)
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| sql_error("create an extension", e))?;
+    }
+
+    // Role Secrets: which roles need a new password.
+    let rotation = db.spec.rotate_passwords.clone().unwrap_or_default();
+    let mut passwords = BTreeMap::new();
+    for role in db.spec.roles.iter().filter(|r| r.login) {
+        let name = role_secret_name(db, &role.name);
+        let existing = secrets
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube("read a role Secret"))?;
+        let current = existing.as_ref().filter(|s| {
+            s.annotations()
+                .get(ROTATION_ANNOTATION)
+                .map(String::as_str)
+                .unwrap_or_default()
+                == rotation
+        });
+        if current.and_then(|s| secret_value(s, "password")).is_none() {
+            passwords.insert(role.name.clone(), generate_password()?);
+        }
+    }
+
+    // Observe, plan, apply in one transaction.
+    let role_names: Vec<String> = db.spec.roles.iter().map(|r| r.name.clone()).collect();
+    let tier_schemas: Vec<String> = db
+        .spec
+        .tiers
+        .iter()
+        .flat_map(|t| t.schemas.clone())
+        .collect();
+    let mark = format!("{}{ns}/{}", plan::ROLE_COMMENT_PREFIX, db.name_any());
+    let observed = catalog::observe(&mut conn, &role_names, &mark, &tier_schemas)
+        .await
+        .map_err(|e| sql_error("read the catalog", e))?;
+    let owner_mark = format!("{ns}/{}", db.name_any());
+    let plan_ctx = plan::Context {
+        admin: &admin_user,
+        database: &dbname,
+        owner_mark: &owner_mark,
+        passwords: &passwords,
+    };
+    let statements = match plan::build(&db.spec, &observed, &plan_ctx) {
+        Ok(statements) => statements,
+        Err(invalid) => {
+            return Ok(Outcome::blocked(
+                "InvalidSpec",
+                format!("{invalid}; fix the spec and apply again"),
+                Action::await_change(),
+            ));
+        }
+    };
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| sql_error("begin the access transaction", e))?;
+    for statement in &statements {
+        if let Err(error) = sqlx::raw_sql(audited(statement.sql.as_str()))
+            .execute(&mut *tx)
+            .await
+        {
+            let _ = tx.rollback().await;
+            let detail = match &error {
+                sqlx::Error::Database(d) => d.message().to_string(),
+                other => other.to_string(),
+            };
+            return Ok(Outcome::blocked(
+                "AccessPlanFailed",
+                format!(
+                    "`{}` failed: {detail}; nothing of the plan was applied",
+                    statement.summary
+                ),
+                Action::requeue(RETRY),
+            ));
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(|e| sql_error("commit the access transaction", e))?;
+    let revoked: Vec<&str> = statements
+        .iter()
+        .filter(|s| plan::is_revoke(s))
+        .map(|s| s.summary.as_str())
+        .collect();
+    if !revoked.is_empty() && db.status.is_some() {
+        ctx.event(
+            db,
+            EventType::Warning,
+            "UndeclaredPrivilegesRevoked",
+            format!(
+                "revoked what the spec does not declare: {}",
+                revoked.join("; ")
+            ),
+        )
+        .await;
+    }
+    if !statements.iter().all(|s| s.sql.contains(" ON DATABASE ")) {
+        status.last_plan = statements
+            .iter()
+            .take(MAX_PLAN_LINES)
+            .map(|s| s.summary.clone())
+            .collect();
+    }
+
+    // Credentials for the roles that got a new password.
+    for (role, password) in &passwords {
+        apply_role_secret(db, ctx, server, &dbname, role, password, &rotation).await?;
+    }
+    status.role_secrets = db
+        .spec
+        .roles
+        .iter()
+        .filter(|r| r.login)
+        .map(|r| (r.name.clone(), role_secret_name(db, &r.name)))
+        .collect();
+
+    // Migrations.
+    let migrations = match collect_migrations(db, ctx).await? {
+        Ok(migrations) => migrations,
+        Err(message) => {
+            return Ok(Outcome::blocked(
+                "InvalidMigrations",
+                message,
+                Action::await_change(),
+            ));
+        }
+    };
+    let table = db
+        .spec
+        .migrations
+        .as_ref()
+        .map(|m| m.table.clone())
+        .unwrap_or_else(|| "schema_migrations".into());
+    let mut migration_error = None;
+    if !migrations.is_empty() {
+        let applied_by = format!("homeplane ({ns}/{})", db.name_any());
+        let report = match migrate::run(&mut conn, &table, &migrations, &applied_by).await {
+            Ok(report) => report,
+            Err((report, error)) => {
+                migration_error = Some(error);
+                report
+            }
+        };
+        status.migrations_applied = i32::try_from(report.applied).unwrap_or(i32::MAX);
+        status.migrations_pending = i32::try_from(report.pending).unwrap_or(i32::MAX);
+        status.last_migration = report.last;
+        if !report.newly_applied.is_empty() {
+            ctx.event(
+                db,
+                EventType::Normal,
+                "MigrationsApplied",
+                format!(
+                    "applied {} migration(s), up to {}",
+                    report.newly_applied.len(),
+                    report
+                        .newly_applied
+                        .last()
+                        .map(String::as_str)
+                        .unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+    }
+
+    if let Some(error) = migration_error {
+        let reason = error.reason();
+        let action = if reason == "MigrationHistoryError" {
+            Action::requeue(RETRY)
+        } else {
+            Action::await_change()
+        };
+        ctx.event(db, EventType::Warning, reason, error.to_string())
+            .await;
+        return Ok(Outcome::blocked(reason, error.to_string(), action));
+    }
+    if !missing.is_empty() {
+        return Ok(Outcome::blocked(
+            "ExtensionUnavailable",
+            format!(
+                "the server has no extension {}; install it on the server or remove it from spec.extensions",
+                missing.join(", ")
+            ),
+            Action::requeue(RESYNC),
+        ));
+    }
+    let message = format!(
+        "database {dbname} on {}:{} matches the spec: {} role(s), {} tier(s), {} migration(s) applied",
+        server.host,
+        server.port,
+        db.spec.roles.len(),
+        db.spec.tiers.len(),
+        status.migrations_applied
+    );
+    Ok(Outcome {
+        ready: Desired::yes(READY, "Reconciled", message),
+        degraded: None,
+        action: Action::requeue(RESYNC),
+    })
+}
+
+fn sql_error(action: &'static str, source: sqlx::Error) -> Error {
+    Error::Postgres { action, source }
+}
+
+/// The condition for a server that did not let us in.
+fn unreachable(server: &ExternalServer, error: &sqlx::Error) -> Outcome {
+    let auth = match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c == "28P01" || c == "28000"),
+        _ => false,
+    };
+    if auth {
+        Outcome::blocked(
+            "AuthenticationFailed",
+            format!(
+                "{}:{} refused the admin credentials; check the username and password in spec.server.external.adminSecret",
+                server.host, server.port
+            ),
+            Action::requeue(RETRY),
+        )
+    } else {
+        Outcome::blocked(
+            "ServerUnreachable",
+            format!(
+                "cannot connect to PostgreSQL at {}:{}: {error}",
+                server.host, server.port
+            ),
+            Action::requeue(RETRY),
+        )
+    }
+}
+
+fn connect_options(server: &ExternalServer, user: &str, password: &str) -> PgConnectOptions {
+    let ssl = match server.ssl_mode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require => PgSslMode::Require,
+        SslMode::VerifyCa => PgSslMode::VerifyCa,
+        SslMode::VerifyFull => PgSslMode::VerifyFull,
+    };
+    PgConnectOptions::new()
+        .host(&server.host)
+        .port(u16::try_from(server.port).unwrap_or(5432))
+        .username(user)
+        .password(password)
+        .ssl_mode(ssl)
+        .application_name("homeplane")
+}
+
+fn pool_key(server: &ExternalServer, user: &str, password: &str, dbname: &str) -> String {
+    let secret = hex::encode(&Sha256::digest(password.as_bytes())[..8]);
+    format!(
+        "{}:{}/{dbname}?user={user}&credentials={secret}&ssl={:?}",
+        server.host, server.port, server.ssl_mode
+    )
+}
+
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    String::from_utf8(bytes.0.clone())
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// A 32-character password from the operating system's random source, letters and digits
+/// only so it needs no escaping in a URI.
+fn generate_password() -> Result<String, Error> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(32);
+    while out.len() < 32 {
+        let mut buf = [0u8; 64];
+        getrandom::fill(&mut buf).map_err(|e| Error::Random(e.to_string()))?;
+        // 248 is the largest multiple of 62 below 256: rejection keeps the choice uniform.
+        out.extend(
+            buf.iter()
+                .filter(|&&b| b < 248)
+                .map(|&b| ALPHABET[usize::from(b) % 62] as char),
+        );
+    }
+    out.truncate(32);
+    Ok(out)
+}
+
+async fn apply_role_secret(
+    db: &Database,
+    ctx: &Context,
+    server: &ExternalServer,
+    dbname: &str,
+    role: &str,
+    password: &str,
+    rotation: &str,
+) -> Result<(), Error> {
+    let ns = db.namespace().unwrap_or_default();
+    let name = role_secret_name(db, role);
+    let uri = format!(
+        "postgres://{role}:{password}@{}:{}/{dbname}",
+        server.host, server.port
+    );
+    let data: BTreeMap<String, ByteString> = [
+        ("username", role.to_string()),
+        ("password", password.to_string()),
+        ("host", server.host.clone()),
+        ("port", server.port.to_string()),
+        ("dbname", dbname.to_string()),
+        ("uri", uri),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "homeplane".to_string(),
+                ),
+                (
+                    "homeplane.dev/owner".to_string(),
+                    format!("database.{}", db.name_any()),
+                ),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                ROTATION_ANNOTATION.to_string(),
+                rotation.to_string(),
+            )])),
+            owner_references: db.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/basic-auth".to_string()),
+        data: Some(data),
+        ..Secret::default()
+    };
+    let mut value = serde_json::to_value(&secret).map_err(|source| Error::Serialize {
+        what: "Secret",
+        source,
+    })?;
+    value["apiVersion"] = "v1".into();
+    value["kind"] = "Secret".into();
+    Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .map_err(Error::kube("apply a role Secret"))?;
+    info!(secret = %name, "role credentials written");
+    Ok(())
+}
+
+/// The declared migrations, inline and from ConfigMaps, in order; the inner error says what
+/// is wrong with them.
+async fn collect_migrations(
+    db: &Database,
+    ctx: &Context,
+) -> Result<Result<Vec<migrate::Migration>, String>, Error> {
+    let Some(spec) = db.spec.migrations.as_ref() else {
+        return Ok(Ok(Vec::new()));
+    };
+    let mut all = Vec::new();
+    for m in &spec.inline {
+        match migrate::parse(&m.id, &m.sql) {
+            Ok(m) => all.push(m),
+            Err(e) => return Ok(Err(e.to_string())),
+        }
+    }
+    let config_maps: Api<ConfigMap> =
+        Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default());
+    for name in &spec.config_maps {
+        let Some(cm) = config_maps
+            .get_opt(name)
+            .await
+            .map_err(Error::kube("read a migrations ConfigMap"))?
+        else {
+            return Ok(Err(format!(
+                "ConfigMap {name} named in spec.migrations.configMaps does not exist"
+            )));
+        };
+        for (file, sql) in cm.data.unwrap_or_default() {
+            if !file.ends_with(".sql") || file.ends_with(".down.sql") {
+                continue;
+            }
+            match migrate::parse(&file, &sql) {
+                Ok(m) => all.push(m),
+                Err(e) => return Ok(Err(format!("ConfigMap {name}: {e}"))),
+            }
+        }
+    }
+    Ok(migrate::order(all).map_err(|e| e.to_string()))
+}

@@ -1,0 +1,503 @@
+//! The Database controller against a real PostgreSQL (Debian's, started by the test suite):
+//! tiers and roles become exactly the privileges declared — checked with
+//! `has_table_privilege` and by connecting as each role — migrations apply once, in order,
+//! and a failing one changes nothing; bad input ends in a clear condition.
+
+// Tests fail by panicking; helpers here are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use homeplane_testkit::{Cluster, Operator, Postgres, TestNamespace, eventually, suffix};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_homeplane");
+
+fn admin_secret(cluster: &Cluster, ns: &str, name: &str, user: &str, password: &str) {
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            ns,
+            &format!("--from-literal=username={user}"),
+            &format!("--from-literal=password={password}"),
+        ])
+        .unwrap();
+}
+
+fn condition(cluster: &Cluster, ns: &str, name: &str, type_: &str) -> (String, String, String) {
+    let get = |field: &str| {
+        cluster
+            .kubectl_ok(&[
+                "get",
+                "database",
+                name,
+                "-n",
+                ns,
+                "-o",
+                &format!("jsonpath={{.status.conditions[?(@.type==\"{type_}\")].{field}}}"),
+            ])
+            .unwrap_or_default()
+    };
+    (get("status"), get("reason"), get("message"))
+}
+
+fn wait_reason(cluster: &Cluster, ns: &str, name: &str, type_: &str, reason: &str) -> String {
+    eventually(
+        Duration::from_secs(90),
+        &format!("{type_} reason {reason}"),
+        || {
+            let (_, r, message) = condition(cluster, ns, name, type_);
+            Ok((r == reason).then_some(message))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; Ready is {:?}", condition(cluster, ns, name, "Ready")))
+}
+
+fn secret_field(cluster: &Cluster, ns: &str, secret: &str, key: &str) -> String {
+    let encoded = cluster
+        .kubectl_ok(&[
+            "get",
+            "secret",
+            secret,
+            "-n",
+            ns,
+            "-o",
+            &format!("jsonpath={{.data.{key}}}"),
+        ])
+        .unwrap();
+    let out = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    out.stdin
+        .as_ref()
+        .unwrap()
+        .write_all(encoded.as_bytes())
+        .unwrap();
+    String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
+}
+
+fn touch(cluster: &Cluster, ns: &str, name: &str) {
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            "database",
+            name,
+            "-n",
+            ns,
+            "--overwrite",
+            &format!("test/touch={}", suffix()),
+        ])
+        .unwrap();
+}
+
+#[test]
+fn tiers_and_roles_become_exactly_the_declared_privileges() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let ns = TestNamespace::new(cluster, "db-tiers").unwrap();
+    let s = suffix();
+    let db = format!("hp_tiers_{s}");
+    admin_secret(cluster, &ns.name, "pg-admin", &pg.user, &pg.password);
+    let spec = format!(
+        r#"apiVersion: homeplane.dev/v1alpha1
+kind: Database
+metadata: {{name: homelab}}
+spec:
+  databaseName: {db}
+  server: {{external: {{host: "{host}", port: {port}, adminSecret: pg-admin, sslMode: disable}}}}
+  extensions: [{{name: pg_trgm}}, {{name: pgcrypto}}]
+  tiers:
+  - {{name: sacred, description: "clinical records, therapy notes", schemas: [clinical, therapy]}}
+  - {{name: sensitive, schemas: [messages, health]}}
+  - {{name: convenience, schemas: [public_data]}}
+  roles:
+  - name: app_{s}
+    access: [{{tier: sacred, level: write}}, {{tier: sensitive, level: write}}, {{tier: convenience, level: write}}]
+  - name: mcp_proxy_{s}
+    access: [{{tier: sensitive, level: read}}, {{tier: convenience, level: read}}]
+  - name: readonly_{s}
+    access: [{{tier: convenience, level: read}}]
+  - name: remote_rw_{s}
+    access: [{{tier: convenience, level: write}}]
+  - name: migrator_{s}
+    login: false
+  migrations:
+    inline:
+    - id: "0001_tables"
+      sql: |
+        CREATE TABLE clinical.notes (id bigserial PRIMARY KEY, body text NOT NULL);
+        CREATE TABLE messages.inbox (id bigserial PRIMARY KEY, body text NOT NULL);
+        CREATE TABLE public_data.weather (id bigserial PRIMARY KEY, celsius int NOT NULL);
+        INSERT INTO clinical.notes (body) VALUES ('private');
+        INSERT INTO public_data.weather (celsius) VALUES (21);
+"#,
+        host = pg.host,
+        port = pg.port
+    );
+    let (ok, text) = cluster.apply(&ns.name, &spec).unwrap();
+    assert!(ok, "{text}");
+    let _operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
+    let message = wait_reason(cluster, &ns.name, "homelab", "Ready", "Reconciled");
+    assert!(
+        message.contains("5 role(s), 3 tier(s), 1 migration(s) applied"),
+        "{message}"
+    );
+
+    // Each login role has a Secret with a working URI; the non-login role has none.
+    let password = |role: &str| {
+        secret_field(
+            cluster,
+            &ns.name,
+            &format!("homelab-{}", role.replace('_', "-")),
+            "password",
+        )
+    };
+    let uri = secret_field(cluster, &ns.name, &format!("homelab-readonly-{s}"), "uri");
+    assert!(
+        uri.starts_with(&format!("postgres://readonly_{s}:")) && uri.ends_with(&format!("/{db}")),
+        "{uri}"
+    );
+    assert!(
+        cluster
+            .kubectl(&[
+                "get",
+                "secret",
+                &format!("homelab-migrator-{s}"),
+                "-n",
+                &ns.name
+            ])
+            .unwrap()
+            .status
+            .code()
+            != Some(0)
+    );
+    let as_role = |role: &str, sql: &str| pg.psql_as(role, &password(role), &db, sql).unwrap();
+
+    let readonly = format!("readonly_{s}");
+    let mcp = format!("mcp_proxy_{s}");
+    let app = format!("app_{s}");
+    assert_eq!(
+        as_role(&readonly, "SELECT celsius FROM public_data.weather"),
+        (true, "21".to_string())
+    );
+    let (ok, text) = as_role(&readonly, "SELECT body FROM clinical.notes");
+    assert!(
+        !ok && text.contains("permission denied"),
+        "readonly must not read Sacred: {text}"
+    );
+    let (ok, text) = as_role(
+        &readonly,
+        "INSERT INTO public_data.weather (celsius) VALUES (1)",
+    );
+    assert!(
+        !ok && text.contains("permission denied"),
+        "readonly must not write: {text}"
+    );
+    let (ok, text) = as_role(&mcp, "SELECT body FROM clinical.notes");
+    assert!(
+        !ok && text.contains("permission denied"),
+        "mcp_proxy must not read Sacred: {text}"
+    );
+    assert!(as_role(&mcp, "SELECT count(*) FROM messages.inbox").0);
+    assert!(
+        as_role(
+            &app,
+            "INSERT INTO clinical.notes (body) VALUES ('from app')"
+        )
+        .0,
+        "app writes Sacred"
+    );
+
+    // A Sacred table created after the grants follows its tier.
+    pg.admin(&db, "CREATE TABLE therapy.sessions (id int)")
+        .unwrap();
+    let (ok, text) = as_role(&readonly, "SELECT * FROM therapy.sessions");
+    assert!(!ok && text.contains("permission denied"), "{text}");
+    let (ok, text) = as_role(&mcp, "SELECT * FROM therapy.sessions");
+    assert!(!ok && text.contains("permission denied"), "{text}");
+    assert!(
+        as_role(&app, "INSERT INTO therapy.sessions VALUES (1)").0,
+        "app writes a table created later"
+    );
+    let privileges = pg
+        .admin(&db, &format!(
+            "SELECT has_table_privilege('{readonly}', 'clinical.notes', 'SELECT'), has_table_privilege('{mcp}', 'therapy.sessions', 'SELECT'), has_table_privilege('{app}', 'therapy.sessions', 'DELETE'), has_schema_privilege('{readonly}', 'clinical', 'USAGE')"
+        ))
+        .unwrap();
+    assert_eq!(privileges, "f|f|t|f");
+
+    // A privilege granted by hand is revoked on the next reconcile, and reported.
+    pg.admin(&db, &format!("GRANT SELECT ON clinical.notes TO {readonly}; GRANT USAGE ON SCHEMA clinical TO {readonly}")).unwrap();
+    assert!(
+        as_role(&readonly, "SELECT body FROM clinical.notes").0,
+        "the hand-made grant works at first"
+    );
+    touch(cluster, &ns.name, "homelab");
+    eventually(
+        Duration::from_secs(60),
+        "the hand-made grant to be revoked",
+        || {
+            let allowed = pg.admin(
+                &db,
+                &format!("SELECT has_table_privilege('{readonly}', 'clinical.notes', 'SELECT')"),
+            )?;
+            Ok((allowed == "f").then_some(()))
+        },
+    )
+    .unwrap();
+    let plan = cluster
+        .kubectl_ok(&[
+            "get",
+            "database",
+            "homelab",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.lastPlan}",
+        ])
+        .unwrap();
+    assert!(
+        plan.contains(&format!(
+            "REVOKE SELECT ON TABLE \\\"clinical\\\".\\\"notes\\\" FROM \\\"{readonly}\\\""
+        )),
+        "{plan}"
+    );
+    let events = cluster
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            &ns.name,
+            "--field-selector",
+            "reason=UndeclaredPrivilegesRevoked",
+        ])
+        .unwrap();
+    assert!(
+        events.contains("revoked what the spec does not declare"),
+        "{events}"
+    );
+
+    // Extensions, and no password anywhere in status.
+    let extensions = pg
+        .admin(
+            &db,
+            "SELECT string_agg(extname, ',' ORDER BY extname) FROM pg_extension",
+        )
+        .unwrap();
+    assert!(
+        extensions.contains("pg_trgm") && extensions.contains("pgcrypto"),
+        "{extensions}"
+    );
+    let status = cluster
+        .kubectl_ok(&[
+            "get",
+            "database",
+            "homelab",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status}",
+        ])
+        .unwrap();
+    for role in [&readonly, &mcp, &app] {
+        assert!(
+            !status.contains(&password(role)),
+            "a password leaked into status"
+        );
+    }
+}
+
+#[test]
+fn migrations_apply_once_in_order_and_a_failure_changes_nothing() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let ns = TestNamespace::new(cluster, "db-migrate").unwrap();
+    let db = format!("hp_migrate_{}", suffix());
+    admin_secret(cluster, &ns.name, "pg-admin", &pg.user, &pg.password);
+    // 227 migrations in a ConfigMap, as the seed system has.
+    let mut files = String::new();
+    for n in 1..=227 {
+        files.push_str(&format!("  {n:04}_step_{n}.sql: \"CREATE TABLE t{n:04} (id int); INSERT INTO t{n:04} VALUES ({n});\"\n"));
+    }
+    let config_map =
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: migrations}}\ndata:\n{files}");
+    let (ok, text) = cluster.apply(&ns.name, &config_map).unwrap();
+    assert!(ok, "{text}");
+    let spec = format!(
+        "apiVersion: homeplane.dev/v1alpha1\nkind: Database\nmetadata: {{name: history}}\nspec:\n  databaseName: {db}\n  server: {{external: {{host: \"{}\", port: {}, adminSecret: pg-admin, sslMode: disable}}}}\n  migrations: {{configMaps: [migrations]}}\n",
+        pg.host, pg.port
+    );
+    let (ok, text) = cluster.apply(&ns.name, &spec).unwrap();
+    assert!(ok, "{text}");
+    // Two replicas racing (each thinks it leads: separate leases) never apply one twice.
+    let lease_b = TestNamespace::new(cluster, "db-migrate-b").unwrap();
+    let _a = Operator::start(BINARY, cluster, &ns.name, &format!("{}-a", ns.name), &[]).unwrap();
+    let _b = Operator::start(
+        BINARY,
+        cluster,
+        &lease_b.name,
+        &format!("{}-b", ns.name),
+        &["--watch-namespace", &ns.name],
+    )
+    .unwrap();
+    wait_reason(cluster, &ns.name, "history", "Ready", "Reconciled");
+    let counts = pg
+        .admin(
+            &db,
+            "SELECT count(*), count(DISTINCT version), max(version) FROM schema_migrations",
+        )
+        .unwrap();
+    assert_eq!(counts, "227|227|227");
+    let applied = cluster.kubectl_ok(&["get", "db", "history", "-n", &ns.name, "-o", "jsonpath={.status.migrationsApplied}/{.status.migrationsPending}/{.status.lastMigration}"]).unwrap();
+    assert_eq!(applied, "227/0/0227_step_227");
+
+    // A failing migration: its first statement is rolled back with it.
+    cluster
+        .kubectl_ok(&["patch", "configmap", "migrations", "-n", &ns.name, "--type=merge", "-p",
+            r#"{"data":{"0228_bad.sql":"CREATE TABLE t0228 (id int); SELECT no_such_function();"}}"#])
+        .unwrap();
+    touch(cluster, &ns.name, "history");
+    let message = wait_reason(cluster, &ns.name, "history", "Degraded", "MigrationFailed");
+    assert!(
+        message.contains("migration 0228_bad failed and was rolled back")
+            && message.contains("no_such_function"),
+        "{message}"
+    );
+    assert_eq!(
+        pg.admin(
+            &db,
+            "SELECT to_regclass('t0228') IS NULL, count(*) FROM schema_migrations"
+        )
+        .unwrap(),
+        "t|227"
+    );
+    assert_eq!(condition(cluster, &ns.name, "history", "Ready").0, "False");
+
+    // Fixed: it applies.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "configmap",
+            "migrations",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"0228_bad.sql":"CREATE TABLE t0228 (id int);"}}"#,
+        ])
+        .unwrap();
+    touch(cluster, &ns.name, "history");
+    wait_reason(cluster, &ns.name, "history", "Ready", "Reconciled");
+    assert_eq!(
+        pg.admin(&db, "SELECT count(*) FROM schema_migrations")
+            .unwrap(),
+        "228"
+    );
+
+    // An applied file that changed is refused.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "configmap",
+            "migrations",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"0001_step_1.sql":"CREATE TABLE t0001 (id bigint);"}}"#,
+        ])
+        .unwrap();
+    touch(cluster, &ns.name, "history");
+    let message = wait_reason(cluster, &ns.name, "history", "Degraded", "ChecksumMismatch");
+    assert!(
+        message.contains("migration 0001_step_1 was applied with checksum"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_servers_and_missing_extensions_are_clear_conditions() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let ns = TestNamespace::new(cluster, "db-bad").unwrap();
+    admin_secret(cluster, &ns.name, "wrong", &pg.user, "not-the-password");
+    admin_secret(cluster, &ns.name, "right", &pg.user, &pg.password);
+    let closed_port = homeplane_testkit::free_port().unwrap();
+    let db = |name: &str, port: u16, secret: &str, extra: &str| {
+        format!(
+            "apiVersion: homeplane.dev/v1alpha1\nkind: Database\nmetadata: {{name: {name}}}\nspec:\n  databaseName: hp_bad_{}\n  server: {{external: {{host: \"{}\", port: {port}, adminSecret: {secret}, sslMode: disable}}}}\n{extra}",
+            suffix(),
+            pg.host
+        )
+    };
+    for manifest in [
+        db("wrong-password", pg.port, "wrong", ""),
+        db("unreachable", closed_port, "right", ""),
+        db(
+            "no-vector",
+            pg.port,
+            "right",
+            "  extensions: [{name: vector}, {name: pg_trgm}]\n",
+        ),
+        db("no-secret", pg.port, "missing", ""),
+    ] {
+        let (ok, text) = cluster.apply(&ns.name, &manifest).unwrap();
+        assert!(ok, "{text}");
+    }
+    let _operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
+    let message = wait_reason(
+        cluster,
+        &ns.name,
+        "wrong-password",
+        "Degraded",
+        "AuthenticationFailed",
+    );
+    assert!(
+        message.contains("refused the admin credentials") && !message.contains("not-the-password"),
+        "{message}"
+    );
+    let message = wait_reason(
+        cluster,
+        &ns.name,
+        "unreachable",
+        "Degraded",
+        "ServerUnreachable",
+    );
+    assert!(
+        message.contains(&format!("{}:{closed_port}", pg.host)),
+        "{message}"
+    );
+    let message = wait_reason(
+        cluster,
+        &ns.name,
+        "no-vector",
+        "Degraded",
+        "ExtensionUnavailable",
+    );
+    assert!(message.contains("no extension vector"), "{message}");
+    let message = wait_reason(
+        cluster,
+        &ns.name,
+        "no-secret",
+        "Degraded",
+        "AdminSecretMissing",
+    );
+    assert!(
+        message.contains("Secret") && message.contains("missing"),
+        "{message}"
+    );
+    for name in ["wrong-password", "unreachable", "no-vector", "no-secret"] {
+        assert_eq!(
+            condition(cluster, &ns.name, name, "Ready").0,
+            "False",
+            "{name}"
+        );
+    }
+}
