@@ -252,13 +252,64 @@ pub struct Migrations {
     #[serde(default = "default_migrations_table")]
     #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$"))]
     pub table: String,
-    /// ConfigMaps whose keys are migration files (`0001_init.sql`); applied in key order.
+    /// ConfigMaps whose keys are migration files: `NNNN_description.sql`, and optionally
+    /// `NNNN_description.down.sql` to undo it. Applied in order of the number.
     #[serde(default)]
     pub config_maps: Vec<String>,
-    /// Migrations written inline.
+    /// Migrations written inline (ids like `0001_init`, or `0001_init.down` for a down step).
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     pub inline: Vec<Migration>,
+    /// Apply up to this version; lower it to roll back with the down files (refused when a
+    /// down file is missing). All migrations when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub target_version: Option<i64>,
+    /// `PerMigration` (default): each migration in its own transaction, so the ones before a
+    /// failure stay applied. `All`: every pending migration in one transaction.
+    #[serde(default)]
+    pub transaction: TransactionMode,
+    /// Ids of applied migrations whose changed file is accepted: their recorded checksum is
+    /// updated instead of the Database being refused with `ChecksumMismatch`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accept_changed_checksums: Vec<String>,
+    /// Treat every migration up to this version as applied already (for a database whose
+    /// schema was made before homeplane); they are recorded, not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub baseline: Option<i64>,
+    /// Take over the history of another runner: the versions recorded in this table are
+    /// recorded as applied (e.g. sqlx's `_sqlx_migrations`, or a hand-rolled table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<AdoptHistory>,
+}
+
+/// Another runner's history table.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptHistory {
+    /// The table, optionally schema-qualified, e.g. `_sqlx_migrations`. Must differ from
+    /// `table`.
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$"))]
+    pub table: String,
+    /// Its column holding the version number.
+    #[serde(default = "default_version_column")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]*$"))]
+    pub version_column: String,
+}
+
+fn default_version_column() -> String {
+    "version".to_string()
+}
+
+/// How migrations are grouped into transactions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TransactionMode {
+    /// One transaction per migration.
+    #[default]
+    PerMigration,
+    /// One transaction for all pending migrations.
+    All,
 }
 
 fn default_migrations_table() -> String {
@@ -296,6 +347,10 @@ pub struct DatabaseStatus {
     /// Number of declared migrations not yet applied.
     #[serde(default)]
     pub migrations_pending: i32,
+    /// Failed attempts in a row for this generation; at 5 the Database is `Stalled` and waits
+    /// for a spec change.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed_attempts: i32,
     /// Id of the last applied migration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_migration: Option<String>,
@@ -305,4 +360,8 @@ pub struct DatabaseStatus {
     /// Secrets holding each login role's credentials.
     #[serde(default)]
     pub role_secrets: BTreeMap<String, String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }

@@ -20,6 +20,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator against the cluster of the in-cluster config or KUBECONFIG.
     Run(RunArgs),
+    /// Apply (or roll back) a folder of migrations on a database, as the Database controller
+    /// does: `NNNN_description.sql` files, optional `.down.sql` files, an advisory lock, one
+    /// transaction per migration, SHA-256 checksums in the history table.
+    Migrate(MigrateArgs),
     /// Print every CustomResourceDefinition as YAML (or write one file per CRD with --out).
     Crd {
         /// Write `<plural>.homeplane.dev.yaml` files into this folder instead of printing.
@@ -67,4 +71,36 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         .parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("{text:?} is not a number of seconds"))
+}
+
+/// Options of `homeplane migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// postgres://user:password@host:port/database
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Folder of migration files.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Apply up to this version; lower than what is applied rolls back with the down files.
+    #[arg(long)]
+    pub target: Option<i64>,
+    /// Print what would be applied or rolled back, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// History table.
+    #[arg(long, default_value = "schema_migrations")]
+    pub table: String,
+    /// Apply every pending migration in one transaction.
+    #[arg(long)]
+    pub single_transaction: bool,
+    /// Record migrations up to this version as applied without running them.
+    #[arg(long)]
+    pub baseline: Option<i64>,
+    /// Take over another runner's history table (e.g. `_sqlx_migrations`).
+    #[arg(long)]
+    pub adopt: Option<String>,
+    /// Accept the changed file of this applied migration (repeatable).
+    #[arg(long = "accept-changed")]
+    pub accept_changed: Vec<String>,
 }

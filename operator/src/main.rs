@@ -6,6 +6,7 @@ mod controllers;
 mod crdgen;
 mod leader;
 mod metrics;
+mod migrate_cli;
 mod quantity;
 mod run;
 mod startup;
@@ -20,6 +21,7 @@ async fn main() -> std::process::ExitCode {
     telemetry::init();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args).await,
+        cli::Command::Migrate(args) => migrate_cli::run(args).await,
         cli::Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
         cli::Command::Crd { out: None } => crdgen::render_all()
             .map(|y| print!("{y}"))

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 /// kube's own chatter at `warn`).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,kube=warn,kube_runtime=warn,tower=warn,hyper=warn")
+        EnvFilter::new("info,kube=warn,kube_runtime=warn,tower=warn,hyper=warn,sqlx=warn")
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

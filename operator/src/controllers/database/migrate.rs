@@ -2,6 +2,7 @@
 //! in a history table, each in its own transaction, under a PostgreSQL advisory lock so that
 //! two operator replicas (or a replica and a person) never apply a migration twice.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use sha2::{Digest, Sha256};
@@ -22,6 +23,8 @@ pub struct Migration {
     pub sql: String,
     /// SHA-256 of the SQL, hex.
     pub checksum: String,
+    /// The SQL that undoes it (`NNNN_description.down.sql`), if there is one.
+    pub down: Option<String>,
 }
 
 /// Why migrations did not all apply.
@@ -33,6 +36,11 @@ pub enum MigrateError {
     /// Two files share a version.
     #[error("migrations {0:?} and {1:?} have the same version")]
     DuplicateVersion(String, String),
+    /// Rolling back needs a down file that is not there.
+    #[error(
+        "cannot roll back to version {target}: {id} has no down file (NNNN_description.down.sql); add it, or raise targetVersion"
+    )]
+    DownMissing { id: String, target: i64 },
     /// An applied migration's file changed since it was applied.
     #[error(
         "migration {id} was applied with checksum {applied} but its file now has checksum {declared}; restore the file (applied migrations are never changed) or add a new migration"
@@ -60,6 +68,7 @@ impl MigrateError {
         match self {
             MigrateError::BadName(_) | MigrateError::DuplicateVersion(..) => "InvalidMigrations",
             MigrateError::ChecksumMismatch { .. } => "ChecksumMismatch",
+            MigrateError::DownMissing { .. } => "DownMigrationMissing",
             MigrateError::Failed { .. } => "MigrationFailed",
             MigrateError::Sql { .. } => "MigrationHistoryError",
         }
@@ -86,12 +95,27 @@ pub fn parse(name: &str, sql: &str) -> Result<Migration, MigrateError> {
         description: description.replace('_', " "),
         sql: sql.to_string(),
         checksum: hex::encode(Sha256::digest(sql.as_bytes())),
+        down: None,
     })
 }
 
-/// Sorts migrations by version; refuses duplicates. `.down.sql` files are not migrations.
-pub fn order(mut migrations: Vec<Migration>) -> Result<Vec<Migration>, MigrateError> {
-    migrations.retain(|m| !m.id.ends_with(".down"));
+/// Sorts migrations by version, attaching each `.down` file to its migration; refuses
+/// duplicates and down files without a migration.
+pub fn order(all: Vec<Migration>) -> Result<Vec<Migration>, MigrateError> {
+    let (downs, mut migrations): (Vec<Migration>, Vec<Migration>) =
+        all.into_iter().partition(|m| m.id.ends_with(".down"));
+    for down in downs {
+        let up = down.id.trim_end_matches(".down");
+        match migrations.iter_mut().find(|m| m.id == up) {
+            Some(m) => m.down = Some(down.sql),
+            None => {
+                return Err(MigrateError::BadName(format!(
+                    "{}.sql (no migration {up} to undo)",
+                    down.id
+                )));
+            }
+        }
+    }
     migrations.sort_by_key(|m| m.version);
     for pair in migrations.windows(2) {
         if pair[0].version == pair[1].version {
@@ -109,12 +133,37 @@ pub fn order(mut migrations: Vec<Migration>) -> Result<Vec<Migration>, MigrateEr
 pub struct Report {
     /// Migrations recorded as applied after the run.
     pub applied: usize,
-    /// Declared migrations not applied after the run.
+    /// Declared migrations not applied after the run (up to the target).
     pub pending: usize,
     /// Id of the newest applied migration.
     pub last: Option<String>,
-    /// Ids applied by this run.
+    /// Ids applied by this run (or, with `dry_run`, that would be).
     pub newly_applied: Vec<String>,
+    /// Ids rolled back by this run (or, with `dry_run`, that would be).
+    pub rolled_back: Vec<String>,
+    /// Ids recorded without running (baseline or adoption).
+    pub recorded: Vec<String>,
+}
+
+/// How a run goes.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The history table, optionally schema-qualified.
+    pub table: String,
+    /// Apply up to this version, rolling back what is above it.
+    pub target: Option<i64>,
+    /// All pending migrations in one transaction.
+    pub single_transaction: bool,
+    /// Ids whose changed checksum is accepted.
+    pub accept_changed: Vec<String>,
+    /// Versions up to this are recorded as applied without running.
+    pub baseline: Option<i64>,
+    /// Another runner's history table and its version column.
+    pub adopt: Option<(String, String)>,
+    /// Say what would happen, change nothing.
+    pub dry_run: bool,
+    /// Who applies, recorded in the history.
+    pub applied_by: String,
 }
 
 fn lock_key(table: &str) -> i64 {
@@ -131,137 +180,314 @@ fn table_sql(table: &str) -> String {
     }
 }
 
-/// Applies every pending migration in order, stopping at the first failure or checksum
-/// mismatch (the error says which); on error, the report of what was applied before it is
-/// lost only in the sense that the history table holds it.
+/// Brings the database to the target: applies pending migrations in order, or rolls back with
+/// down files, under an advisory lock. Stops at the first failure, checksum mismatch or missing
+/// down file; the error says which, and the report says what was done before it.
 pub async fn run(
     conn: &mut PgConnection,
-    table: &str,
     migrations: &[Migration],
-    applied_by: &str,
+    options: &Options,
 ) -> Result<Report, (Report, MigrateError)> {
-    let key = lock_key(table);
-    let fail = |e: MigrateError| (Report::default(), e);
+    let key = lock_key(&options.table);
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(key)
         .execute(&mut *conn)
         .await
-        .map_err(|e| fail(sql_error("take the migrations advisory lock")(e)))?;
-    let result = run_locked(conn, table, migrations, applied_by).await;
+        .map_err(|e| {
+            (
+                Report::default(),
+                sql_error("take the migrations advisory lock")(e),
+            )
+        })?;
+    let mut report = Report::default();
+    let result = run_locked(conn, migrations, options, &mut report).await;
     // The lock is released with the session too; unlock now so a pooled connection is clean.
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
         .bind(key)
         .execute(&mut *conn)
         .await;
-    result
+    match result {
+        Ok(()) => Ok(report),
+        Err(e) => Err((report, e)),
+    }
+}
+
+/// Reads the history: version -> checksum. An absent table is an empty history.
+async fn history(
+    conn: &mut PgConnection,
+    table: &str,
+) -> Result<BTreeMap<i64, String>, MigrateError> {
+    let exists: (bool,) = sqlx::query_as("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table_sql(table))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(sql_error("look up the migrations history table"))?;
+    if !exists.0 {
+        return Ok(BTreeMap::new());
+    }
+    let rows: Vec<(i64, String)> = sqlx::query_as(audited(format!(
+        "SELECT version, checksum FROM {} ORDER BY version",
+        table_sql(table)
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(sql_error("read the migrations history table"))?;
+    Ok(rows.into_iter().collect())
+}
+
+fn record_sql(history: &str, m: &Migration, millis: i64, applied_by: &str) -> String {
+    format!(
+        "INSERT INTO {history} (version, description, checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {millis}, {})",
+        m.version,
+        literal(&m.description),
+        literal(&m.checksum),
+        literal(applied_by)
+    )
+}
+
+fn failed(id: &str, error: &sqlx::Error) -> MigrateError {
+    let message = match error {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    };
+    MigrateError::Failed {
+        id: id.to_string(),
+        message,
+    }
 }
 
 async fn run_locked(
     conn: &mut PgConnection,
-    table: &str,
     migrations: &[Migration],
-    applied_by: &str,
-) -> Result<Report, (Report, MigrateError)> {
-    let history = table_sql(table);
-    let fail = |r: &Report, e: MigrateError| (r.clone(), e);
-    let mut report = Report::default();
-    if let Some((schema, _)) = table.split_once('.') {
+    options: &Options,
+    report: &mut Report,
+) -> Result<(), MigrateError> {
+    let history_table = table_sql(&options.table);
+    let target = options.target.unwrap_or(i64::MAX);
+    if !options.dry_run {
+        if let Some((schema, _)) = options.table.split_once('.') {
+            sqlx::raw_sql(audited(format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                ident(schema)
+            )))
+            .execute(&mut *conn)
+            .await
+            .map_err(sql_error("create the migrations schema"))?;
+        }
         sqlx::raw_sql(audited(format!(
-            "CREATE SCHEMA IF NOT EXISTS {}",
-            ident(schema)
+            "CREATE TABLE IF NOT EXISTS {history_table} (
+                version bigint PRIMARY KEY,
+                description text NOT NULL,
+                checksum text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now(),
+                execution_ms bigint NOT NULL,
+                applied_by text NOT NULL
+            )"
         )))
         .execute(&mut *conn)
         .await
-        .map_err(|e| fail(&report, sql_error("create the migrations schema")(e)))?;
+        .map_err(sql_error("create the migrations history table"))?;
     }
-    sqlx::raw_sql(audited(format!(
-        "CREATE TABLE IF NOT EXISTS {history} (
-            version bigint PRIMARY KEY,
-            description text NOT NULL,
-            checksum text NOT NULL,
-            applied_at timestamptz NOT NULL DEFAULT now(),
-            execution_ms bigint NOT NULL,
-            applied_by text NOT NULL
-        )"
-    )))
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| fail(&report, sql_error("create the migrations history table")(e)))?;
-    let applied: Vec<(i64, String)> = sqlx::query_as(audited(format!(
-        "SELECT version, checksum FROM {history} ORDER BY version"
-    )))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| fail(&report, sql_error("read the migrations history table")(e)))?;
-    let applied: std::collections::BTreeMap<i64, String> = applied.into_iter().collect();
-    report.applied = applied.len();
-    report.last = migrations
-        .iter()
-        .filter(|m| applied.contains_key(&m.version))
-        .map(|m| m.id.clone())
-        .next_back();
-    report.pending = migrations
-        .iter()
-        .filter(|m| !applied.contains_key(&m.version))
-        .count();
+    let mut applied = history(conn, &options.table).await?;
 
-    for migration in migrations {
-        if let Some(checksum) = applied.get(&migration.version) {
-            if checksum != &migration.checksum {
-                return Err(fail(
-                    &report,
-                    MigrateError::ChecksumMismatch {
-                        id: migration.id.clone(),
-                        applied: checksum.clone(),
-                        declared: migration.checksum.clone(),
-                    },
-                ));
-            }
+    // Adoption and baseline: record, do not run.
+    let mut adopted: BTreeSet<i64> = BTreeSet::new();
+    if let (Some((table, column)), true) = (&options.adopt, applied.is_empty()) {
+        let rows: Vec<(i64,)> = sqlx::query_as(audited(format!(
+            "SELECT {}::bigint FROM {}",
+            ident(column),
+            table_sql(table)
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(sql_error("read the history table to adopt"))?;
+        adopted.extend(rows.into_iter().map(|(v,)| v));
+    }
+    let baseline = options.baseline.unwrap_or(i64::MIN);
+    for m in migrations {
+        if applied.contains_key(&m.version)
+            || !(m.version <= baseline || adopted.contains(&m.version))
+        {
             continue;
         }
+        if !options.dry_run {
+            sqlx::raw_sql(audited(record_sql(
+                &history_table,
+                m,
+                0,
+                "baseline (recorded, not run)",
+            )))
+            .execute(&mut *conn)
+            .await
+            .map_err(sql_error("record a baseline migration"))?;
+        }
+        applied.insert(m.version, m.checksum.clone());
+        report.recorded.push(m.id.clone());
+    }
+
+    // Checksums of what is applied.
+    for m in migrations
+        .iter()
+        .filter(|m| applied.contains_key(&m.version))
+    {
+        let recorded = applied.get(&m.version).cloned().unwrap_or_default();
+        if recorded == m.checksum {
+            continue;
+        }
+        if !options.accept_changed.contains(&m.id) {
+            return Err(MigrateError::ChecksumMismatch {
+                id: m.id.clone(),
+                applied: recorded,
+                declared: m.checksum.clone(),
+            });
+        }
+        if !options.dry_run {
+            sqlx::raw_sql(audited(format!(
+                "UPDATE {history_table} SET checksum = {} WHERE version = {}",
+                literal(&m.checksum),
+                m.version
+            )))
+            .execute(&mut *conn)
+            .await
+            .map_err(sql_error("accept a changed checksum"))?;
+        }
+    }
+
+    let count = |applied: &BTreeMap<i64, String>, report: &mut Report| {
+        report.applied = applied.len();
+        report.pending = migrations
+            .iter()
+            .filter(|m| m.version <= target && !applied.contains_key(&m.version))
+            .count();
+        report.last = migrations
+            .iter()
+            .filter(|m| applied.contains_key(&m.version))
+            .map(|m| m.id.clone())
+            .next_back();
+    };
+    count(&applied, report);
+
+    // Roll back what is above the target, newest first; refuse up front if a down file is missing.
+    let to_undo: Vec<&Migration> = migrations
+        .iter()
+        .rev()
+        .filter(|m| m.version > target && applied.contains_key(&m.version))
+        .collect();
+    if let Some(m) = to_undo.iter().find(|m| m.down.is_none()) {
+        return Err(MigrateError::DownMissing {
+            id: m.id.clone(),
+            target,
+        });
+    }
+    let unknown_above: Vec<i64> = applied
+        .keys()
+        .copied()
+        .filter(|v| *v > target && !migrations.iter().any(|m| m.version == *v))
+        .collect();
+    if let Some(v) = unknown_above.first() {
+        return Err(MigrateError::DownMissing {
+            id: format!("version {v}"),
+            target,
+        });
+    }
+    for m in to_undo {
+        if !options.dry_run {
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(sql_error("begin a rollback transaction"))?;
+            let down = m.down.clone().unwrap_or_default();
+            if let Err(error) = sqlx::raw_sql(audited(down)).execute(&mut *tx).await {
+                let _ = tx.rollback().await;
+                return Err(failed(&format!("{}.down", m.id), &error));
+            }
+            sqlx::raw_sql(audited(format!(
+                "DELETE FROM {history_table} WHERE version = {}",
+                m.version
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_error("remove a rolled-back migration from the history"))?;
+            tx.commit().await.map_err(sql_error("commit a rollback"))?;
+        }
+        applied.remove(&m.version);
+        report.rolled_back.push(m.id.clone());
+        count(&applied, report);
+    }
+
+    // Apply what is pending up to the target.
+    let pending: Vec<&Migration> = migrations
+        .iter()
+        .filter(|m| m.version <= target && !applied.contains_key(&m.version))
+        .collect();
+    if options.dry_run {
+        report.newly_applied = pending.iter().map(|m| m.id.clone()).collect();
+        return Ok(());
+    }
+    if options.single_transaction && !pending.is_empty() {
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(sql_error("begin the migrations transaction"))?;
+        for m in &pending {
+            let started = Instant::now();
+            if let Err(error) = sqlx::raw_sql(audited(m.sql.as_str()))
+                .execute(&mut *tx)
+                .await
+            {
+                let _ = tx.rollback().await;
+                return Err(failed(&m.id, &error));
+            }
+            let millis = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+            sqlx::raw_sql(audited(record_sql(
+                &history_table,
+                m,
+                millis,
+                &options.applied_by,
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(sql_error("record a migration"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(sql_error("commit the migrations"))?;
+        for m in pending {
+            applied.insert(m.version, m.checksum.clone());
+            report.newly_applied.push(m.id.clone());
+        }
+        count(&applied, report);
+        return Ok(());
+    }
+    for m in pending {
         let started = Instant::now();
         let mut tx = conn
             .begin()
             .await
-            .map_err(|e| fail(&report, sql_error("begin a migration transaction")(e)))?;
-        if let Err(error) = sqlx::raw_sql(audited(migration.sql.as_str()))
+            .map_err(sql_error("begin a migration transaction"))?;
+        if let Err(error) = sqlx::raw_sql(audited(m.sql.as_str()))
             .execute(&mut *tx)
             .await
         {
-            let message = match &error {
-                sqlx::Error::Database(db) => db.message().to_string(),
-                other => other.to_string(),
-            };
             let _ = tx.rollback().await;
-            return Err(fail(
-                &report,
-                MigrateError::Failed {
-                    id: migration.id.clone(),
-                    message,
-                },
-            ));
+            return Err(failed(&m.id, &error));
         }
         let millis = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        let record = format!(
-            "INSERT INTO {history} (version, description, checksum, execution_ms, applied_by) VALUES ({}, {}, {}, {millis}, {})",
-            migration.version,
-            literal(&migration.description),
-            literal(&migration.checksum),
-            literal(applied_by)
-        );
-        sqlx::raw_sql(audited(record))
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| fail(&report, sql_error("record a migration")(e)))?;
-        tx.commit()
-            .await
-            .map_err(|e| fail(&report, sql_error("commit a migration")(e)))?;
-        report.applied += 1;
-        report.pending = report.pending.saturating_sub(1);
-        report.last = Some(migration.id.clone());
-        report.newly_applied.push(migration.id.clone());
+        sqlx::raw_sql(audited(record_sql(
+            &history_table,
+            m,
+            millis,
+            &options.applied_by,
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(sql_error("record a migration"))?;
+        tx.commit().await.map_err(sql_error("commit a migration"))?;
+        applied.insert(m.version, m.checksum.clone());
+        report.newly_applied.push(m.id.clone());
+        count(&applied, report);
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! transaction) -> migrations -> Secrets -> status.
 
 mod catalog;
-mod migrate;
+pub mod migrate;
 mod plan;
 mod sql;
 
@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use homeplane_crds::database::{Database, DatabaseStatus, ExternalServer, SslMode};
+use homeplane_crds::database::{
+    Database, DatabaseStatus, ExternalServer, SslMode, TransactionMode,
+};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams};
@@ -34,8 +36,10 @@ use sql::audited;
 const CONTROLLER: &str = "database";
 /// How often a converged Database is checked again (hand-made grants are revoked by then).
 const RESYNC: Duration = Duration::from_secs(120);
-/// How soon a Database whose server cannot be reached is tried again.
-const RETRY: Duration = Duration::from_secs(15);
+/// Failed attempts in a row before the Database is `Stalled`.
+const MAX_ATTEMPTS: i32 = 5;
+/// Condition set when homeplane stopped retrying.
+const STALLED: &str = "Stalled";
 /// Most plan lines kept in status.
 const MAX_PLAN_LINES: usize = 50;
 /// Annotation on role Secrets: the `rotatePasswords` value their password was made for.
@@ -86,14 +90,26 @@ struct Outcome {
     ready: Desired,
     degraded: Option<Desired>,
     action: Action,
+    /// A failure that retrying may cure (counted towards `Stalled`).
+    retry: bool,
 }
 
 impl Outcome {
+    /// Blocked until the spec or the environment changes.
     fn blocked(reason: &'static str, message: String, action: Action) -> Self {
         Self {
             ready: Desired::no(READY, reason, message.clone()),
             degraded: Some(Desired::yes(DEGRADED, reason, message)),
             action,
+            retry: false,
+        }
+    }
+
+    /// Failed for now; tried again with backoff, and `Stalled` after [`MAX_ATTEMPTS`].
+    fn retrying(reason: &'static str, message: String) -> Self {
+        Self {
+            retry: true,
+            ..Self::blocked(reason, message, Action::await_change())
         }
     }
 }
@@ -103,9 +119,41 @@ async fn reconcile(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error
     let started = Instant::now();
     let mut status = db.status.clone().unwrap_or_default();
     let old = status.clone();
-    let outcome = converge(&db, &ctx, &mut status).await?;
     let generation = db.metadata.generation;
+    if status.observed_generation != generation {
+        status.failed_attempts = 0;
+    }
+    if status.failed_attempts >= MAX_ATTEMPTS {
+        // Stalled: leave the server alone until the spec changes.
+        return Ok(Action::await_change());
+    }
+    let outcome = converge(&db, &ctx, &mut status).await?;
     status.observed_generation = generation;
+    status.failed_attempts = if outcome.retry {
+        status.failed_attempts + 1
+    } else {
+        0
+    };
+    let stalled = status.failed_attempts >= MAX_ATTEMPTS;
+    let action = if stalled {
+        Action::await_change()
+    } else {
+        outcome.action
+    };
+    if stalled {
+        let message = format!(
+            "gave up after {MAX_ATTEMPTS} failed attempts in a row: {}; change the spec to try again",
+            outcome.ready.message
+        );
+        conditions::set(
+            &mut status.conditions,
+            Desired::yes(STALLED, "TooManyFailures", message),
+            generation,
+            now(),
+        );
+    } else {
+        conditions::remove(&mut status.conditions, STALLED);
+    }
     conditions::set(&mut status.conditions, outcome.ready, generation, now());
     match outcome.degraded {
         Some(degraded) => conditions::set(&mut status.conditions, degraded, generation, now()),
@@ -124,7 +172,7 @@ async fn reconcile(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error
     }
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     ctx.succeeded(&super::key(db.as_ref()));
-    Ok(outcome.action)
+    Ok(action)
 }
 
 fn api(db: &Database, ctx: &Context) -> Api<Database> {
@@ -159,6 +207,7 @@ async fn converge(
             ),
             degraded: None,
             action: Action::await_change(),
+            retry: false,
         });
     };
 
@@ -172,13 +221,12 @@ async fn converge(
         .as_ref()
         .and_then(|s| Some((secret_value(s, "username")?, secret_value(s, "password")?)));
     let Some((admin_user, admin_password)) = credentials else {
-        return Ok(Outcome::blocked(
+        return Ok(Outcome::retrying(
             "AdminSecretMissing",
             format!(
                 "Secret {ns}/{} with keys username and password is missing; create it with the server's admin credentials",
                 server.admin_secret
             ),
-            Action::requeue(RETRY),
         ));
     };
 
@@ -315,13 +363,12 @@ async fn converge(
                 sqlx::Error::Database(d) => d.message().to_string(),
                 other => other.to_string(),
             };
-            return Ok(Outcome::blocked(
+            return Ok(Outcome::retrying(
                 "AccessPlanFailed",
                 format!(
                     "`{}` failed: {detail}; nothing of the plan was applied",
                     statement.summary
                 ),
-                Action::requeue(RETRY),
             ));
         }
     }
@@ -376,16 +423,22 @@ async fn converge(
             ));
         }
     };
-    let table = db
-        .spec
-        .migrations
-        .as_ref()
-        .map(|m| m.table.clone())
-        .unwrap_or_else(|| "schema_migrations".into());
     let mut migration_error = None;
-    if !migrations.is_empty() {
-        let applied_by = format!("homeplane ({ns}/{})", db.name_any());
-        let report = match migrate::run(&mut conn, &table, &migrations, &applied_by).await {
+    if let (Some(spec), false) = (db.spec.migrations.as_ref(), migrations.is_empty()) {
+        let options = migrate::Options {
+            table: spec.table.clone(),
+            target: spec.target_version,
+            single_transaction: spec.transaction == TransactionMode::All,
+            accept_changed: spec.accept_changed_checksums.clone(),
+            baseline: spec.baseline,
+            adopt: spec
+                .adopt
+                .as_ref()
+                .map(|a| (a.table.clone(), a.version_column.clone())),
+            dry_run: false,
+            applied_by: format!("homeplane ({ns}/{})", db.name_any()),
+        };
+        let report = match migrate::run(&mut conn, &migrations, &options).await {
             Ok(report) => report,
             Err((report, error)) => {
                 migration_error = Some(error);
@@ -395,6 +448,19 @@ async fn converge(
         status.migrations_applied = i32::try_from(report.applied).unwrap_or(i32::MAX);
         status.migrations_pending = i32::try_from(report.pending).unwrap_or(i32::MAX);
         status.last_migration = report.last;
+        if !report.rolled_back.is_empty() {
+            let note = format!("rolled back {}", report.rolled_back.join(", "));
+            ctx.event(db, EventType::Normal, "MigrationsRolledBack", note)
+                .await;
+        }
+        if !report.recorded.is_empty() {
+            let note = format!(
+                "recorded {} migration(s) as applied without running them (baseline or adopted history)",
+                report.recorded.len()
+            );
+            ctx.event(db, EventType::Normal, "MigrationsAdopted", note)
+                .await;
+        }
         if !report.newly_applied.is_empty() {
             ctx.event(
                 db,
@@ -416,14 +482,16 @@ async fn converge(
 
     if let Some(error) = migration_error {
         let reason = error.reason();
-        let action = if reason == "MigrationHistoryError" {
-            Action::requeue(RETRY)
-        } else {
-            Action::await_change()
-        };
         ctx.event(db, EventType::Warning, reason, error.to_string())
             .await;
-        return Ok(Outcome::blocked(reason, error.to_string(), action));
+        if reason == "MigrationHistoryError" {
+            return Ok(Outcome::retrying(reason, error.to_string()));
+        }
+        return Ok(Outcome::blocked(
+            reason,
+            error.to_string(),
+            Action::await_change(),
+        ));
     }
     if !missing.is_empty() {
         return Ok(Outcome::blocked(
@@ -447,6 +515,7 @@ async fn converge(
         ready: Desired::yes(READY, "Reconciled", message),
         degraded: None,
         action: Action::requeue(RESYNC),
+        retry: false,
     })
 }
 
@@ -461,22 +530,20 @@ fn unreachable(server: &ExternalServer, error: &sqlx::Error) -> Outcome {
         _ => false,
     };
     if auth {
-        Outcome::blocked(
+        Outcome::retrying(
             "AuthenticationFailed",
             format!(
                 "{}:{} refused the admin credentials; check the username and password in spec.server.external.adminSecret",
                 server.host, server.port
             ),
-            Action::requeue(RETRY),
         )
     } else {
-        Outcome::blocked(
+        Outcome::retrying(
             "ServerUnreachable",
             format!(
                 "cannot connect to PostgreSQL at {}:{}: {error}",
                 server.host, server.port
             ),
-            Action::requeue(RETRY),
         )
     }
 }
@@ -630,7 +697,7 @@ async fn collect_migrations(
             )));
         };
         for (file, sql) in cm.data.unwrap_or_default() {
-            if !file.ends_with(".sql") || file.ends_with(".down.sql") {
+            if !file.ends_with(".sql") {
                 continue;
             }
             match migrate::parse(&file, &sql) {

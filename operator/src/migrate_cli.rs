@@ -1,0 +1,78 @@
+//! `homeplane migrate`: the Database controller's migration runner on a folder, for local
+//! development and for scripts.
+
+use anyhow::{Context as _, bail};
+use sqlx::{Connection, PgConnection};
+
+use crate::cli::MigrateArgs;
+use crate::controllers::database::migrate::{self, Options};
+
+/// Runs the migrations of `args.dir` against `args.database_url` and prints what happened.
+pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(&args.dir)
+        .with_context(|| format!("failed to read {}", args.dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(String::from) else {
+            continue;
+        };
+        if !name.ends_with(".sql") {
+            continue;
+        }
+        let sql = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        files.push(migrate::parse(&name, &sql)?);
+    }
+    let migrations = migrate::order(files)?;
+    let mut conn = PgConnection::connect(&args.database_url)
+        .await
+        .context("failed to connect to --database-url")?;
+    let options = Options {
+        table: args.table,
+        target: args.target,
+        single_transaction: args.single_transaction,
+        accept_changed: args.accept_changed,
+        baseline: args.baseline,
+        adopt: args.adopt.map(|table| (table, "version".to_string())),
+        dry_run: args.dry_run,
+        applied_by: format!("homeplane migrate ({})", whoami()),
+    };
+    let (report, error) = match migrate::run(&mut conn, &migrations, &options).await {
+        Ok(report) => (report, None),
+        Err((report, error)) => (report, Some(error)),
+    };
+    for id in &report.recorded {
+        println!("recorded {id} (baseline or adopted, not run)");
+    }
+    let (undo, apply) = if options.dry_run {
+        ("would roll back", "would apply")
+    } else {
+        ("rolled back", "applied")
+    };
+    for id in &report.rolled_back {
+        println!("{undo} {id}");
+    }
+    for id in &report.newly_applied {
+        println!("{apply} {id}");
+    }
+    println!(
+        "{} applied, {} pending{}",
+        report.applied,
+        report.pending,
+        report
+            .last
+            .as_deref()
+            .map(|l| format!(", last {l}"))
+            .unwrap_or_default()
+    );
+    let _ = conn.close().await;
+    if let Some(error) = error {
+        bail!(error);
+    }
+    Ok(())
+}
+
+fn whoami() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "unknown".to_string())
+}
