@@ -347,6 +347,10 @@ pub struct DatabaseStatus {
     /// Number of declared migrations not yet applied.
     #[serde(default)]
     pub migrations_pending: i32,
+    /// Whether homeplane created the database on the server (only then does
+    /// `deletionPolicy: Delete` drop it).
+    #[serde(default)]
+    pub created_database: bool,
     /// Failed attempts in a row for this generation; at 5 the Database is `Stalled` and waits
     /// for a spec change.
     #[serde(default, skip_serializing_if = "is_zero")]

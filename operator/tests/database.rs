@@ -501,3 +501,111 @@ fn bad_servers_and_missing_extensions_are_clear_conditions() {
         );
     }
 }
+
+#[test]
+fn deletion_policy_decides_what_is_dropped() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let ns = TestNamespace::new(cluster, "db-delete").unwrap();
+    admin_secret(cluster, &ns.name, "pg-admin", &pg.user, &pg.password);
+    let s = suffix();
+    let manifest = |name: &str, policy: &str| {
+        format!(
+            "apiVersion: homeplane.dev/v1alpha1\nkind: Database\nmetadata: {{name: {name}}}\nspec:\n  databaseName: hp_{name}_{s}\n  deletionPolicy: {policy}\n  server: {{external: {{host: \"{}\", port: {}, adminSecret: pg-admin, sslMode: disable}}}}\n  tiers: [{{name: convenience, schemas: [notes]}}]\n  roles: [{{name: {name}_{s}, access: [{{tier: convenience, level: write}}]}}]\n  migrations: {{inline: [{{id: \"0001_t\", sql: \"CREATE TABLE notes.kept (id int); INSERT INTO notes.kept VALUES (1);\"}}]}}\n",
+            pg.host, pg.port
+        )
+    };
+    for (name, policy) in [("keep", "Retain"), ("drop", "Delete")] {
+        let (ok, text) = cluster.apply(&ns.name, &manifest(name, policy)).unwrap();
+        assert!(ok, "{text}");
+    }
+    let _operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
+    for name in ["keep", "drop"] {
+        wait_reason(cluster, &ns.name, name, "Ready", "Reconciled");
+    }
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "database",
+            "keep",
+            "drop",
+            "-n",
+            &ns.name,
+            "--timeout=60s",
+        ])
+        .unwrap();
+    let left = pg
+        .admin("postgres", &format!(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = 'hp_keep_{s}'), (SELECT count(*) FROM pg_database WHERE datname = 'hp_drop_{s}'), (SELECT count(*) FROM pg_roles WHERE rolname = 'keep_{s}'), (SELECT count(*) FROM pg_roles WHERE rolname = 'drop_{s}')"
+        ))
+        .unwrap();
+    assert_eq!(
+        left, "1|0|1|0",
+        "Retain keeps database and role; Delete drops what homeplane created"
+    );
+    assert_eq!(
+        pg.admin(&format!("hp_keep_{s}"), "SELECT count(*) FROM notes.kept")
+            .unwrap(),
+        "1",
+        "retained data is intact"
+    );
+}
+
+#[test]
+fn a_server_that_keeps_failing_stalls_instead_of_hammering() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let ns = TestNamespace::new(cluster, "db-stall").unwrap();
+    admin_secret(cluster, &ns.name, "pg-admin", &pg.user, &pg.password);
+    let closed_port = homeplane_testkit::free_port().unwrap();
+    let manifest = format!(
+        "apiVersion: homeplane.dev/v1alpha1\nkind: Database\nmetadata: {{name: gone}}\nspec:\n  server: {{external: {{host: \"{}\", port: {closed_port}, adminSecret: pg-admin, sslMode: disable}}}}\n",
+        pg.host
+    );
+    let (ok, text) = cluster.apply(&ns.name, &manifest).unwrap();
+    assert!(ok, "{text}");
+    let _operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
+    let message = wait_reason(cluster, &ns.name, "gone", "Stalled", "TooManyFailures");
+    assert!(
+        message.contains("gave up after 5 failed attempts")
+            && message.contains("change the spec to try again"),
+        "{message}"
+    );
+    let attempts = cluster
+        .kubectl_ok(&[
+            "get",
+            "db",
+            "gone",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.failedAttempts}",
+        ])
+        .unwrap();
+    assert_eq!(attempts, "5");
+    std::thread::sleep(Duration::from_secs(5));
+    let still = cluster
+        .kubectl_ok(&[
+            "get",
+            "db",
+            "gone",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.status.failedAttempts}",
+        ])
+        .unwrap();
+    assert_eq!(
+        still, "5",
+        "a stalled Database is not retried until its spec changes"
+    );
+    // Fixing the spec (the right port) starts over and succeeds.
+    let fixed = manifest.replace(
+        &format!("port: {closed_port}"),
+        &format!("port: {}", pg.port),
+    );
+    let (ok, text) = cluster.apply(&ns.name, &fixed).unwrap();
+    assert!(ok, "{text}");
+    wait_reason(cluster, &ns.name, "gone", "Ready", "Reconciled");
+    assert_eq!(condition(cluster, &ns.name, "gone", "Stalled").0, "");
+}

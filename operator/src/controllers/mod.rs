@@ -126,6 +126,9 @@ pub enum Error {
         #[source]
         source: sqlx::Error,
     },
+    /// Adding or removing a finalizer, or the cleanup behind it, failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// The operating system's random source failed.
     #[error("failed to generate a password: {0}")]
     Random(String),
@@ -145,6 +148,7 @@ impl Error {
             Error::Kube { .. } => "kube",
             Error::Postgres { .. } => "postgres",
             Error::Random(_) => "random",
+            Error::Finalizer(_) => "finalizer",
             Error::Serialize { .. } => "serialize",
         }
     }
@@ -155,6 +159,7 @@ impl Error {
             Error::Kube { .. } => "KubernetesApiError",
             Error::Postgres { .. } => "PostgresError",
             Error::Random(_) => "RandomSourceError",
+            Error::Finalizer(_) => "FinalizerError",
             Error::Serialize { .. } => "SerializationError",
         }
     }

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use homeplane_crds::common::DeletionPolicy;
 use homeplane_crds::database::{
     Database, DatabaseStatus, ExternalServer, SslMode, TransactionMode,
 };
@@ -21,6 +22,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -58,7 +60,7 @@ impl Pools {
                     PgPoolOptions::new()
                         .max_connections(3)
                         .min_connections(0)
-                        .acquire_timeout(Duration::from_secs(10))
+                        .acquire_timeout(Duration::from_secs(5))
                         .idle_timeout(Duration::from_secs(300))
                         .connect_lazy_with(options)
                 })
@@ -114,8 +116,86 @@ impl Outcome {
     }
 }
 
+/// Finalizer that lets `deletionPolicy` run before a Database object goes away.
+const FINALIZER: &str = "homeplane.dev/database-cleanup";
+
 #[instrument(skip_all, fields(database = %db.name_any(), namespace = db.namespace().unwrap_or_default()))]
 async fn reconcile(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api = api(&db, &ctx);
+    finalizer(&api, FINALIZER, db, |event| async {
+        match event {
+            FinalizerEvent::Apply(db) => apply(db, ctx.clone()).await,
+            FinalizerEvent::Cleanup(db) => cleanup(db, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Runs when a Database object is deleted. `Retain` keeps everything; `Delete` drops the
+/// roles homeplane manages for it and the database itself if homeplane created it.
+async fn cleanup(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if db.spec.deletion_policy == DeletionPolicy::Retain {
+        info!("deletionPolicy Retain: the database, its roles and data stay on the server");
+        return Ok(Action::await_change());
+    }
+    let Some(server) = db.spec.server.external.as_ref() else {
+        return Ok(Action::await_change());
+    };
+    let ns = db.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let admin = secrets
+        .get_opt(&server.admin_secret)
+        .await
+        .map_err(Error::kube("read the admin Secret"))?;
+    let Some((user, password)) = admin
+        .as_ref()
+        .and_then(|s| Some((secret_value(s, "username")?, secret_value(s, "password")?)))
+    else {
+        ctx.event(db.as_ref(), EventType::Warning, "CleanupSkipped", format!("Secret {ns}/{} is gone, so nothing could be dropped; the database and roles stay on the server", server.admin_secret)).await;
+        return Ok(Action::await_change());
+    };
+    let options = connect_options(server, &user, &password).database("postgres");
+    let pool = ctx
+        .postgres
+        .get_or_connect(&pool_key(server, &user, &password, "postgres"), options);
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| sql_error("connect to drop the database", e))?;
+    let dbname = database_name(&db);
+    if db.status.as_ref().is_some_and(|s| s.created_database) {
+        sqlx::raw_sql(audited(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            sql::ident(&dbname)
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| sql_error("drop the database", e))?;
+        info!(%dbname, "dropped database (deletionPolicy Delete)");
+    }
+    let mark = format!("{}{ns}/{}", plan::ROLE_COMMENT_PREFIX, db.name_any());
+    let roles: Vec<(String,)> = sqlx::query_as(
+        "SELECT rolname::text FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = $1",
+    )
+    .bind(&mark)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| sql_error("list the Database's roles", e))?;
+    for (role,) in roles {
+        if let Err(error) = sqlx::raw_sql(audited(format!("DROP ROLE {}", sql::ident(&role))))
+            .execute(&mut *conn)
+            .await
+        {
+            let note = format!("role {role} was kept: {error}");
+            ctx.event(db.as_ref(), EventType::Warning, "RoleKept", note)
+                .await;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let mut status = db.status.clone().unwrap_or_default();
     let old = status.clone();
@@ -257,6 +337,7 @@ async fn converge(
         .await
         .map_err(|e| sql_error("create the database", e))?;
         info!(%dbname, "created database");
+        status.created_database = true;
     }
     drop(conn);
     let pool = ctx.postgres.get_or_connect(
