@@ -1,5 +1,5 @@
 # The two commands of README.md, and a few helpers. Build caches live in ~/.cache/homeplane.
-.PHONY: demo demo-down test crds lint fmt
+.PHONY: demo demo-down test crds lint fmt bench
 
 ## Start the local homelab: control plane, simulated Pi + GPU node, PostgreSQL, the operator.
 demo:
@@ -22,3 +22,7 @@ lint:
 
 fmt:
 	@bash -c 'source scripts/lib.sh && cargo fmt --all'
+
+## Benchmarks (not tests): print figures and write them to bench/results/.
+bench:
+	@bash bench/migrate.sh

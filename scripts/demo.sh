@@ -46,8 +46,20 @@ up() {
 
   log "applying the example homelab (manifests/homelab)"
   "$kubectl" apply --server-side -k manifests/homelab | grep -v unchanged || true
+  # In the demo the homelab database lives on the demo PostgreSQL: give homeplane its admin
+  # credentials and point the Database there.
+  local pg_url pg_password pg_port
+  pg_url="$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env")"
+  pg_password="${pg_url#postgres://postgres:}"; pg_password="${pg_password%%@*}"
+  pg_port="${pg_url##*:}"; pg_port="${pg_port%%/*}"
+  "$kubectl" create secret generic pg-admin -n data --from-literal=username=postgres \
+    --from-literal=password="$pg_password" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  "$kubectl" patch database homelab -n data --type merge \
+    -p "{\"spec\":{\"server\":{\"external\":{\"host\":\"127.0.0.1\",\"port\":$pg_port}}}}" >/dev/null
   "$kubectl" wait --for=condition=Available --timeout=90s deployment -l app.kubernetes.io/part-of=homelab -A >/dev/null
   "$kubectl" wait --for=condition=Ready --timeout=60s nodeclass --all >/dev/null
+  "$kubectl" wait --for=condition=Ready --timeout=90s database/homelab -n data >/dev/null \
+    || log "the homelab Database is not Ready yet: kubectl describe database homelab -n data"
   sleep 1 # let the capacity plans catch up with the last pods
 
   {
@@ -62,12 +74,16 @@ up() {
   echo; echo "== kubectl get nodeclass"; "$kubectl" get nodeclass
   echo; echo "== kubectl get pods -A -l app.kubernetes.io/part-of=homelab -o wide"
   "$kubectl" get pods -A -l app.kubernetes.io/part-of=homelab -o wide | awk '{print $1, $2, $4, $8}' | column -t
+  echo; echo "== kubectl get databases -A"; "$kubectl" get databases -A
+  echo; echo "== role Secrets (one per login role, with a connection URI)"
+  "$kubectl" get secrets -n data -l app.kubernetes.io/managed-by=homeplane
   echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
   echo
   echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Try:"
   echo "  source .homeplane/demo/env"
   echo "  kubectl get nodeclass pi -o yaml      # the Pi's capacity plan"
   echo "  psql \"\$DATABASE_URL\"                  # the demo PostgreSQL (superuser)"
+  echo "  kubectl get secret homelab-readonly -n data -o jsonpath='{.data.uri}' | base64 -d"
   echo "  curl -s \$HOMEPLANE_METRICS_URL        # the operator's metrics"
   echo "  make demo-down                        # stop everything"
 }

@@ -191,6 +191,17 @@ spec:
         &["spec.server", "exactly one of external or managed"],
     ),
     (
+        "role name with a quote (SQL injection)",
+        r#"apiVersion: homeplane.dev/v1alpha1
+kind: Database
+metadata: {name: injection}
+spec:
+  server: {external: {host: db, adminSecret: pg-admin}}
+  roles: [{name: "app\"; DROP TABLE clinical.notes; --"}]
+"#,
+        &["spec.roles[0].name", "should match"],
+    ),
+    (
         "cluster-wide observer agent",
         r#"apiVersion: homeplane.dev/v1alpha1
 kind: Agent
