@@ -199,9 +199,14 @@ where
     K: Resource<DynamicType = ()> + Send + Sync + 'static,
 {
     ctx.metrics.failed(controller, error.category());
-    let source = std::error::Error::source(error)
-        .map(|s| s.to_string())
-        .unwrap_or_default();
+    // The whole chain of causes: "failed to create the database: error returned from ...".
+    let mut causes = Vec::new();
+    let mut cause = std::error::Error::source(error);
+    while let Some(c) = cause {
+        causes.push(c.to_string());
+        cause = c.source();
+    }
+    let source = causes.join(": ");
     warn!(controller, object = %obj.name_any(), error = %error, %source, "reconcile failed");
     let delay = backoff(ctx.failed(&key(obj.as_ref())));
     let note = format!("{error}: {source}; retrying in {}s", delay.as_secs());

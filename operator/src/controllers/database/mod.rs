@@ -197,6 +197,15 @@ async fn cleanup(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> 
 
 async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    // The cached object may predate our own last status write; build on the stored status.
+    let Some(db) = api(&db, &ctx)
+        .get_opt(&db.name_any())
+        .await
+        .map_err(Error::kube("read the Database"))?
+    else {
+        return Ok(Action::await_change());
+    };
+    let db = Arc::new(db);
     let mut status = db.status.clone().unwrap_or_default();
     let old = status.clone();
     let generation = db.metadata.generation;
@@ -257,6 +266,15 @@ async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
 
 fn api(db: &Database, ctx: &Context) -> Api<Database> {
     Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default())
+}
+
+/// The comment of a database homeplane created for this object.
+fn created_mark(db: &Database) -> String {
+    format!(
+        "created by homeplane: {}/{}",
+        db.namespace().unwrap_or_default(),
+        db.name_any()
+    )
 }
 
 /// The database name on the server.
@@ -322,22 +340,38 @@ async fn converge(
         Err(error) => return Ok(unreachable(server, &error)),
     };
     status.server_version = catalog::server_version(&mut conn).await.ok();
-    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(&dbname)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| sql_error("look up the database", e))?;
-    if exists.is_none() {
-        sqlx::raw_sql(audited(format!(
-            "CREATE DATABASE {} OWNER {}",
-            sql::ident(&dbname),
-            sql::ident(&admin_user)
-        )))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| sql_error("create the database", e))?;
-        info!(%dbname, "created database");
-        status.created_database = true;
+    let created = created_mark(db);
+    let exists: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+    )
+    .bind(&dbname)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| sql_error("look up the database", e))?;
+    match exists {
+        Some((comment,)) => status.created_database = comment.as_deref() == Some(created.as_str()),
+        None => {
+            // The comment records, on the server itself, that homeplane made this database:
+            // only such a database is ever dropped (deletionPolicy Delete).
+            // CREATE DATABASE cannot share a statement string (an implicit transaction).
+            let db_ident = sql::ident(&dbname);
+            let create = format!(
+                "CREATE DATABASE {db_ident} OWNER {}",
+                sql::ident(&admin_user)
+            );
+            let comment = format!(
+                "COMMENT ON DATABASE {db_ident} IS {}",
+                sql::literal(&created)
+            );
+            for statement in [create, comment] {
+                sqlx::raw_sql(audited(statement))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| sql_error("create the database", e))?;
+            }
+            info!(%dbname, "created database");
+            status.created_database = true;
+        }
     }
     drop(conn);
     let pool = ctx.postgres.get_or_connect(
