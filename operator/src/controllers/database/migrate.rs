@@ -510,17 +510,20 @@ mod tests {
     }
 
     #[test]
-    fn orders_by_version_and_refuses_duplicates() {
+    fn orders_by_version_and_attaches_down_files() {
         let ms = vec![
             parse("0010_b", "").unwrap(),
-            parse("0002_a", "").unwrap(),
-            parse("0003_x.down", "").unwrap(),
+            parse("0002_a", "up").unwrap(),
+            parse("0002_a.down", "down").unwrap(),
         ];
         let ordered = order(ms).unwrap();
         assert_eq!(
             ordered.iter().map(|m| m.version).collect::<Vec<_>>(),
             vec![2, 10]
         );
+        assert_eq!(ordered[0].down.as_deref(), Some("down"));
+        let orphan = vec![parse("0003_x.down", "").unwrap()];
+        assert!(matches!(order(orphan), Err(MigrateError::BadName(_))));
         let dup = vec![parse("0001_a", "").unwrap(), parse("1_b", "").unwrap()];
         assert!(matches!(
             order(dup),
