@@ -137,6 +137,8 @@ spec:
         CREATE TABLE public_data.weather (id bigserial PRIMARY KEY, celsius int NOT NULL);
         INSERT INTO clinical.notes (body) VALUES ('private');
         INSERT INTO public_data.weather (celsius) VALUES (21);
+        CREATE FUNCTION clinical.note_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM clinical.notes';
+        CREATE FUNCTION public_data.warmest() RETURNS int LANGUAGE sql AS 'SELECT max(celsius) FROM public_data.weather';
 "#,
         host = pg.host,
         port = pg.port
@@ -283,6 +285,80 @@ spec:
         events.contains("revoked what the spec does not declare"),
         "{events}"
     );
+
+    // Functions: PUBLIC's default EXECUTE is revoked in tier schemas; readers may execute.
+    let routines = pg
+        .admin(&db, &format!(
+            "SELECT has_function_privilege('{readonly}', 'clinical.note_count()', 'EXECUTE'), has_function_privilege('{app}', 'clinical.note_count()', 'EXECUTE')"
+        ))
+        .unwrap();
+    assert_eq!(routines, "f|t");
+    assert_eq!(
+        as_role(&readonly, "SELECT public_data.warmest()"),
+        (true, "21".to_string())
+    );
+
+    // Rotation: a deleted Secret comes back with a new password, and only that one works.
+    let old_password = password(&readonly);
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "secret",
+            &format!("homelab-readonly-{s}"),
+            "-n",
+            &ns.name,
+        ])
+        .unwrap();
+    let new_password = eventually(Duration::from_secs(60), "a new readonly Secret", || {
+        let out = cluster.kubectl(&[
+            "get",
+            "secret",
+            &format!("homelab-readonly-{s}"),
+            "-n",
+            &ns.name,
+        ])?;
+        Ok(out.status.success().then(|| password(&readonly)))
+    })
+    .unwrap();
+    assert_ne!(new_password, old_password);
+    assert!(
+        pg.psql_as(&readonly, &new_password, &db, "SELECT 1")
+            .unwrap()
+            .0
+    );
+    let (ok, text) = pg
+        .psql_as(&readonly, &old_password, &db, "SELECT 1")
+        .unwrap();
+    assert!(
+        !ok && text.contains("password authentication failed"),
+        "{text}"
+    );
+
+    // A role removed from the spec is retired: no login, no privileges, still there.
+    let without = spec.replace(
+        &format!("  - name: remote_rw_{s}\n    access: [{{tier: convenience, level: write}}]\n"),
+        "",
+    );
+    assert_ne!(without, spec);
+    let (ok, text) = cluster.apply(&ns.name, &without).unwrap();
+    assert!(ok, "{text}");
+    eventually(Duration::from_secs(60), "remote_rw to be retired", || {
+        let state = pg.admin(
+            "postgres",
+            &format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'remote_rw_{s}'"),
+        )?;
+        Ok((state == "f").then_some(()))
+    })
+    .unwrap();
+    let left = pg
+        .admin(
+            &db,
+            &format!(
+                "SELECT has_table_privilege('remote_rw_{s}', 'public_data.weather', 'INSERT')"
+            ),
+        )
+        .unwrap();
+    assert_eq!(left, "f");
 
     // Extensions, and no password anywhere in status.
     let extensions = pg

@@ -7,13 +7,22 @@ use sqlx::PgConnection;
 
 use super::plan::{Catalog, DefaultGrant, Grant, ObjectKind, ObservedRole};
 
-/// `pg_class.relkind` / `pg_default_acl.defaclobjtype` as text: `S` is a sequence, the rest
+/// `pg_class.relkind` as text: `S` is a sequence, the rest
 /// (tables, views, materialized views, foreign tables) take table privileges.
 fn kind(relkind: &str) -> ObjectKind {
     if relkind == "S" {
         ObjectKind::Sequence
     } else {
         ObjectKind::Table
+    }
+}
+
+/// `pg_default_acl.defaclobjtype`: `r` tables, `S` sequences, `f` functions.
+fn default_kind(objtype: &str) -> ObjectKind {
+    match objtype {
+        "S" => ObjectKind::Sequence,
+        "f" => ObjectKind::Routine,
+        _ => ObjectKind::Table,
     }
 }
 
@@ -67,6 +76,42 @@ pub async fn observe(
         .map(|(schema, name, relkind)| (schema, name, kind(&relkind)))
         .collect();
 
+    // Functions and procedures, named with their argument types; a function without an ACL
+    // has the default one, which lets PUBLIC execute it.
+    let routines: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, p.proname::text || '(' || pg_get_function_identity_arguments(p.oid) || ')'
+         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = ANY($1) AND p.prokind IN ('f', 'p')",
+    )
+    .bind(schemas)
+    .fetch_all(&mut *conn)
+    .await?;
+    catalog.objects.extend(
+        routines
+            .into_iter()
+            .map(|(schema, name)| (schema, name, ObjectKind::Routine)),
+    );
+    let routine_grants: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, p.proname::text || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+                coalesce(r.rolname::text, 'public'), a.privilege_type
+         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         CROSS JOIN LATERAL aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a
+         LEFT JOIN pg_roles r ON r.oid = a.grantee
+         WHERE n.nspname = ANY($1) AND p.prokind IN ('f', 'p') AND a.grantee <> p.proowner",
+    )
+    .bind(schemas)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (schema, name, grantee, privilege) in routine_grants {
+        catalog.grants.insert(Grant {
+            grantee,
+            kind: ObjectKind::Routine,
+            schema,
+            name,
+            privilege,
+        });
+    }
+
     let schema_grants: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT n.nspname::text, coalesce(r.rolname::text, 'public'), a.privilege_type
          FROM pg_namespace n CROSS JOIN LATERAL aclexplode(n.nspacl) a
@@ -114,13 +159,13 @@ pub async fn observe(
          JOIN pg_namespace n ON n.oid = d.defaclnamespace
          CROSS JOIN LATERAL aclexplode(d.defaclacl) a
          LEFT JOIN pg_roles g ON g.oid = a.grantee
-         WHERE n.nspname = ANY($1) AND d.defaclobjtype IN ('r', 'S')",
+         WHERE n.nspname = ANY($1) AND d.defaclobjtype IN ('r', 'S', 'f')",
     )
     .bind(schemas)
     .fetch_all(&mut *conn)
     .await?;
     for (owner, schema, objtype, grantee, privilege) in defaults {
-        let kind = kind(&objtype);
+        let kind = default_kind(&objtype);
         catalog.default_grants.insert(DefaultGrant {
             owner,
             schema,

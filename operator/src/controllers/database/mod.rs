@@ -436,77 +436,11 @@ async fn converge(
     }
 
     // Observe, plan, apply in one transaction.
-    let role_names: Vec<String> = db.spec.roles.iter().map(|r| r.name.clone()).collect();
-    let tier_schemas: Vec<String> = db
-        .spec
-        .tiers
-        .iter()
-        .flat_map(|t| t.schemas.clone())
-        .collect();
-    let mark = format!("{}{ns}/{}", plan::ROLE_COMMENT_PREFIX, db.name_any());
-    let observed = catalog::observe(&mut conn, &role_names, &mark, &tier_schemas)
-        .await
-        .map_err(|e| sql_error("read the catalog", e))?;
-    let owner_mark = format!("{ns}/{}", db.name_any());
-    let plan_ctx = plan::Context {
-        admin: &admin_user,
-        database: &dbname,
-        owner_mark: &owner_mark,
-        passwords: &passwords,
-    };
-    let statements = match plan::build(&db.spec, &observed, &plan_ctx) {
-        Ok(statements) => statements,
-        Err(invalid) => {
-            return Ok(Outcome::blocked(
-                "InvalidSpec",
-                format!("{invalid}; fix the spec and apply again"),
-                Action::await_change(),
-            ));
-        }
-    };
-    let mut tx = conn
-        .begin()
-        .await
-        .map_err(|e| sql_error("begin the access transaction", e))?;
-    for statement in &statements {
-        if let Err(error) = sqlx::raw_sql(audited(statement.sql.as_str()))
-            .execute(&mut *tx)
-            .await
-        {
-            let _ = tx.rollback().await;
-            let detail = match &error {
-                sqlx::Error::Database(d) => d.message().to_string(),
-                other => other.to_string(),
-            };
-            return Ok(Outcome::retrying(
-                "AccessPlanFailed",
-                format!(
-                    "`{}` failed: {detail}; nothing of the plan was applied",
-                    statement.summary
-                ),
-            ));
-        }
-    }
-    tx.commit()
-        .await
-        .map_err(|e| sql_error("commit the access transaction", e))?;
-    let revoked: Vec<&str> = statements
-        .iter()
-        .filter(|s| plan::is_revoke(s))
-        .map(|s| s.summary.as_str())
-        .collect();
-    if !revoked.is_empty() && db.status.is_some() {
-        ctx.event(
-            db,
-            EventType::Warning,
-            "UndeclaredPrivilegesRevoked",
-            format!(
-                "revoked what the spec does not declare: {}",
-                revoked.join("; ")
-            ),
-        )
-        .await;
-    }
+    let statements =
+        match converge_access(&mut conn, db, ctx, &admin_user, &dbname, &passwords, true).await? {
+            Ok(statements) => statements,
+            Err(outcome) => return Ok(outcome),
+        };
     if !statements.iter().all(|s| s.sql.contains(" ON DATABASE ")) {
         status.last_plan = statements
             .iter()
@@ -576,6 +510,28 @@ async fn converge(
             ctx.event(db, EventType::Normal, "MigrationsAdopted", note)
                 .await;
         }
+        if !report.newly_applied.is_empty() || !report.rolled_back.is_empty() {
+            // New tables and functions follow their tier now, not at the next resync.
+            match converge_access(
+                &mut conn,
+                db,
+                ctx,
+                &admin_user,
+                &dbname,
+                &BTreeMap::new(),
+                false,
+            )
+            .await?
+            {
+                Ok(more) => status.last_plan.extend(
+                    more.iter()
+                        .filter(|s| !s.sql.contains(" ON DATABASE "))
+                        .map(|s| s.summary.clone())
+                        .take(MAX_PLAN_LINES),
+                ),
+                Err(outcome) => return Ok(outcome),
+            }
+        }
         if !report.newly_applied.is_empty() {
             ctx.event(
                 db,
@@ -632,6 +588,93 @@ async fn converge(
         action: Action::requeue(RESYNC),
         retry: false,
     })
+}
+
+/// Observes the catalog, plans the access and applies it in one transaction. The inner error is
+/// the outcome to report when the plan cannot be made or applied.
+#[allow(clippy::too_many_arguments)]
+async fn converge_access(
+    conn: &mut sqlx::PgConnection,
+    db: &Database,
+    ctx: &Context,
+    admin_user: &str,
+    dbname: &str,
+    passwords: &BTreeMap<String, String>,
+    report_revokes: bool,
+) -> Result<Result<Vec<plan::Statement>, Outcome>, Error> {
+    let role_names: Vec<String> = db.spec.roles.iter().map(|r| r.name.clone()).collect();
+    let tier_schemas: Vec<String> = db
+        .spec
+        .tiers
+        .iter()
+        .flat_map(|t| t.schemas.clone())
+        .collect();
+    let ns = db.namespace().unwrap_or_default();
+    let mark = format!("{}{ns}/{}", plan::ROLE_COMMENT_PREFIX, db.name_any());
+    let observed = catalog::observe(&mut *conn, &role_names, &mark, &tier_schemas)
+        .await
+        .map_err(|e| sql_error("read the catalog", e))?;
+    let owner_mark = format!("{ns}/{}", db.name_any());
+    let plan_ctx = plan::Context {
+        admin: admin_user,
+        database: dbname,
+        owner_mark: &owner_mark,
+        passwords,
+    };
+    let statements = match plan::build(&db.spec, &observed, &plan_ctx) {
+        Ok(statements) => statements,
+        Err(invalid) => {
+            return Ok(Err(Outcome::blocked(
+                "InvalidSpec",
+                format!("{invalid}; fix the spec and apply again"),
+                Action::await_change(),
+            )));
+        }
+    };
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| sql_error("begin the access transaction", e))?;
+    for statement in &statements {
+        if let Err(error) = sqlx::raw_sql(audited(statement.sql.as_str()))
+            .execute(&mut *tx)
+            .await
+        {
+            let _ = tx.rollback().await;
+            let detail = match &error {
+                sqlx::Error::Database(d) => d.message().to_string(),
+                other => other.to_string(),
+            };
+            return Ok(Err(Outcome::retrying(
+                "AccessPlanFailed",
+                format!(
+                    "`{}` failed: {detail}; nothing of the plan was applied",
+                    statement.summary
+                ),
+            )));
+        }
+    }
+    tx.commit()
+        .await
+        .map_err(|e| sql_error("commit the access transaction", e))?;
+    let revoked: Vec<&str> = statements
+        .iter()
+        .filter(|s| plan::is_revoke(s))
+        .map(|s| s.summary.as_str())
+        .collect();
+    if report_revokes && !revoked.is_empty() && db.status.is_some() {
+        ctx.event(
+            db,
+            EventType::Warning,
+            "UndeclaredPrivilegesRevoked",
+            format!(
+                "revoked what the spec does not declare: {}",
+                revoked.join("; ")
+            ),
+        )
+        .await;
+    }
+    Ok(Ok(statements))
 }
 
 fn sql_error(action: &'static str, source: sqlx::Error) -> Error {

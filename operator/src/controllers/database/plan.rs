@@ -56,6 +56,8 @@ pub enum ObjectKind {
     Table,
     /// A sequence.
     Sequence,
+    /// A function or procedure; its name is `name(identity arguments)`.
+    Routine,
 }
 
 /// One privilege of one grantee on one object (`PUBLIC` is the grantee `public`).
@@ -151,6 +153,7 @@ fn privileges(kind: ObjectKind, access: Access) -> &'static [&'static str] {
         (ObjectKind::Table, Access::Write) => TABLE_WRITE,
         (ObjectKind::Sequence, Access::Read) => SEQUENCE_READ,
         (ObjectKind::Sequence, Access::Write) => SEQUENCE_WRITE,
+        (ObjectKind::Routine, _) => &["EXECUTE"],
     }
 }
 
@@ -159,6 +162,7 @@ fn keyword(kind: ObjectKind) -> &'static str {
         ObjectKind::Schema => "SCHEMA",
         ObjectKind::Table => "TABLE",
         ObjectKind::Sequence => "SEQUENCE",
+        ObjectKind::Routine => "ROUTINE",
     }
 }
 
@@ -167,6 +171,7 @@ fn plural(kind: ObjectKind) -> &'static str {
         ObjectKind::Schema => "SCHEMAS",
         ObjectKind::Table => "TABLES",
         ObjectKind::Sequence => "SEQUENCES",
+        ObjectKind::Routine => "ROUTINES",
     }
 }
 
@@ -181,6 +186,11 @@ fn grantee_sql(grantee: &str) -> String {
 fn object_sql(g: &Grant) -> String {
     match g.kind {
         ObjectKind::Schema => format!("SCHEMA {}", ident(&g.schema)),
+        ObjectKind::Routine => {
+            // `name(argument types)`: quote the name; the types come from PostgreSQL itself.
+            let (name, args) = g.name.split_once('(').unwrap_or((&g.name, ")"));
+            format!("ROUTINE {}({args}", qualified(&g.schema, name))
+        }
         kind => format!("{} {}", keyword(kind), qualified(&g.schema, &g.name)),
     }
 }
@@ -346,7 +356,7 @@ pub fn build(
     // Objects created later by the admin role (migrations) follow their tier.
     let mut desired_defaults: BTreeSet<DefaultGrant> = BTreeSet::new();
     for ((role, schema), level) in &access {
-        for kind in [ObjectKind::Table, ObjectKind::Sequence] {
+        for kind in [ObjectKind::Table, ObjectKind::Sequence, ObjectKind::Routine] {
             for privilege in privileges(kind, *level) {
                 desired_defaults.insert(DefaultGrant {
                     owner: ctx.admin.to_string(),
@@ -573,6 +583,9 @@ roles:
                     .default_grants
                     .insert(ad(schema, ObjectKind::Sequence, grantee, p));
             }
+            catalog
+                .default_grants
+                .insert(ad(schema, ObjectKind::Routine, grantee, "EXECUTE"));
         }
         let plan = build(&spec(), &catalog, &ctx(&passwords)).unwrap();
         let sql = sql(&plan);
@@ -632,6 +645,32 @@ roles:
             !sql.iter().any(|s| s.contains("\"foreign\"")),
             "roles of others are left alone"
         );
+    }
+
+    #[test]
+    fn routines_lose_public_execute_and_readers_get_it() {
+        let mut catalog = Catalog::default();
+        catalog.objects.insert((
+            "public_data".into(),
+            "score(integer, text)".into(),
+            ObjectKind::Routine,
+        ));
+        catalog.grants.insert(Grant {
+            grantee: "public".into(),
+            kind: ObjectKind::Routine,
+            schema: "public_data".into(),
+            name: "score(integer, text)".into(),
+            privilege: "EXECUTE".into(),
+        });
+        let sql = sql(&build(&spec(), &catalog, &ctx(&BTreeMap::new())).unwrap());
+        assert!(
+            sql.contains(
+                &"REVOKE EXECUTE ON ROUTINE \"public_data\".\"score\"(integer, text) FROM PUBLIC"
+                    .to_string()
+            ),
+            "{sql:#?}"
+        );
+        assert!(sql.contains(&"GRANT EXECUTE ON ROUTINE \"public_data\".\"score\"(integer, text) TO \"readonly\"".to_string()));
     }
 
     #[test]
