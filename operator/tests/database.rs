@@ -254,37 +254,44 @@ spec:
         },
     )
     .unwrap();
-    let plan = cluster
-        .kubectl_ok(&[
-            "get",
-            "database",
-            "homelab",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.status.lastPlan}",
-        ])
-        .unwrap();
-    assert!(
-        plan.contains(&format!(
-            "REVOKE SELECT ON TABLE \\\"clinical\\\".\\\"notes\\\" FROM \\\"{readonly}\\\""
-        )),
-        "{plan}"
-    );
-    let events = cluster
-        .kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            &ns.name,
-            "--field-selector",
-            "reason=UndeclaredPrivilegesRevoked",
-        ])
-        .unwrap();
-    assert!(
-        events.contains("revoked what the spec does not declare"),
-        "{events}"
-    );
+    // The status write follows the transaction; wait for it.
+    let revoke =
+        format!("REVOKE SELECT ON TABLE \\\"clinical\\\".\\\"notes\\\" FROM \\\"{readonly}\\\"");
+    eventually(
+        Duration::from_secs(30),
+        "status.lastPlan to show the REVOKE",
+        || {
+            let plan = cluster.kubectl_ok(&[
+                "get",
+                "database",
+                "homelab",
+                "-n",
+                &ns.name,
+                "-o",
+                "jsonpath={.status.lastPlan}",
+            ])?;
+            Ok(plan.contains(&revoke).then_some(()))
+        },
+    )
+    .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "a Warning event about the revoked grant",
+        || {
+            let events = cluster.kubectl_ok(&[
+                "get",
+                "events",
+                "-n",
+                &ns.name,
+                "--field-selector",
+                "reason=UndeclaredPrivilegesRevoked",
+            ])?;
+            Ok(events
+                .contains("revoked what the spec does not declare")
+                .then_some(()))
+        },
+    )
+    .unwrap();
 
     // Functions: PUBLIC's default EXECUTE is revoked in tier schemas; readers may execute.
     let routines = pg
