@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts and stops a throwaway PostgreSQL server (Debian's) on a private loopback port, with its
-# data in DIR. The server runs as the `postgres` system user (PostgreSQL refuses to run as
-# root); the superuser `postgres` gets a generated password written to DIR/env as DATABASE_URL.
+# data in DIR and TLS on (a self-signed certificate). The server runs as the `postgres` system
+# user (PostgreSQL refuses to run as root); the superuser `postgres` gets a generated password
+# written to DIR/env as DATABASE_URL.
 #
 #   scripts/postgres.sh up DIR | down DIR
 set -euo pipefail
@@ -31,8 +32,14 @@ up() {
       --pwfile="$dir/password" -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
   password=$(cat "$dir/password")
+  # TLS with a self-signed certificate, so clients can be tested with sslmode=require.
+  if [ ! -f "$dir/data/server.key" ]; then
+    as_owner openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=localhost" \
+      -keyout "$dir/data/server.key" -out "$dir/data/server.crt" 2>/dev/null
+    chmod 600 "$dir/data/server.key"
+  fi
   as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off" >/dev/null
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off -c ssl=on" >/dev/null
   echo "export DATABASE_URL=postgres://postgres:$password@127.0.0.1:$port/postgres" > "$dir/env"
   chmod 600 "$dir/env"
   log "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') up on 127.0.0.1:$port ($dir)"

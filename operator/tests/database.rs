@@ -692,3 +692,80 @@ fn a_server_that_keeps_failing_stalls_instead_of_hammering() {
     wait_reason(cluster, &ns.name, "gone", "Ready", "Reconciled");
     assert_eq!(condition(cluster, &ns.name, "gone", "Stalled").0, "");
 }
+
+#[test]
+fn keywords_tls_and_password_rotation() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let ns = TestNamespace::new(cluster, "db-tls").unwrap();
+    admin_secret(cluster, &ns.name, "pg-admin", &pg.user, &pg.password);
+    let db = format!("hp_tls_{}", suffix());
+    // A role and a schema named like SQL keywords, over TLS.
+    let manifest = |ssl: &str, rotation: &str| {
+        format!(
+            "apiVersion: homeplane.dev/v1alpha1\nkind: Database\nmetadata: {{name: kw}}\nspec:\n  databaseName: {db}\n  deletionPolicy: Delete\n  rotatePasswords: \"{rotation}\"\n  server: {{external: {{host: \"{}\", port: {}, adminSecret: pg-admin, sslMode: {ssl}}}}}\n  tiers: [{{name: orders, schemas: [order]}}]\n  roles: [{{name: select, access: [{{tier: orders, level: write}}]}}]\n  migrations: {{inline: [{{id: \"0001_t\", sql: \"CREATE TABLE \\\"order\\\".\\\"table\\\" (id int); INSERT INTO \\\"order\\\".\\\"table\\\" VALUES (7);\"}}]}}\n",
+            pg.host, pg.port
+        )
+    };
+    let (ok, text) = cluster
+        .apply(&ns.name, &manifest("verify-full", "1"))
+        .unwrap();
+    assert!(ok, "{text}");
+    let _operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
+    // verify-full refuses the server's self-signed certificate, and says so.
+    let message = wait_reason(cluster, &ns.name, "kw", "Degraded", "ServerUnreachable");
+    assert!(
+        message.to_lowercase().contains("certificate") || message.to_lowercase().contains("tls"),
+        "{message}"
+    );
+
+    let (ok, text) = cluster.apply(&ns.name, &manifest("require", "1")).unwrap();
+    assert!(ok, "{text}");
+    wait_reason(cluster, &ns.name, "kw", "Ready", "Reconciled");
+    let tls = pg
+        .admin("postgres", &format!("SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'homeplane' AND a.datname = '{db}'"))
+        .unwrap();
+    assert_eq!(tls, "t", "homeplane's connections use TLS");
+    let password = secret_field(cluster, &ns.name, "kw-select", "password");
+    assert_eq!(
+        pg.psql_as(
+            "select",
+            &password,
+            &db,
+            "SELECT id FROM \"order\".\"table\""
+        )
+        .unwrap(),
+        (true, "7".to_string())
+    );
+
+    // Changing rotatePasswords gives the role a new password; the old one stops working.
+    let (ok, text) = cluster.apply(&ns.name, &manifest("require", "2")).unwrap();
+    assert!(ok, "{text}");
+    let rotated = eventually(Duration::from_secs(60), "a rotated password", || {
+        let now = secret_field(cluster, &ns.name, "kw-select", "password");
+        Ok((now != password && !now.is_empty()).then_some(now))
+    })
+    .unwrap();
+    eventually(Duration::from_secs(30), "the new password to work", || {
+        Ok(pg
+            .psql_as("select", &rotated, &db, "SELECT 1")?
+            .0
+            .then_some(()))
+    })
+    .unwrap();
+    assert!(
+        !pg.psql_as("select", &password, &db, "SELECT 1").unwrap().0,
+        "the old password must fail"
+    );
+    cluster
+        .kubectl_ok(&["delete", "database", "kw", "-n", &ns.name, "--timeout=60s"])
+        .unwrap();
+    assert_eq!(
+        pg.admin(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'select'"
+        )
+        .unwrap(),
+        "0"
+    );
+}
