@@ -424,12 +424,18 @@ async fn run_locked(
         report.newly_applied = pending.iter().map(|m| m.id.clone()).collect();
         return Ok(());
     }
-    if options.single_transaction && !pending.is_empty() {
+    // One transaction per migration, or one for all of them.
+    let batches: Vec<&[&Migration]> = if options.single_transaction {
+        vec![pending.as_slice()]
+    } else {
+        pending.chunks(1).collect()
+    };
+    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
         let mut tx = conn
             .begin()
             .await
-            .map_err(sql_error("begin the migrations transaction"))?;
-        for m in &pending {
+            .map_err(sql_error("begin a migration transaction"))?;
+        for m in batch {
             let started = Instant::now();
             if let Err(error) = sqlx::raw_sql(audited(m.sql.as_str()))
                 .execute(&mut *tx)
@@ -449,42 +455,11 @@ async fn run_locked(
             .await
             .map_err(sql_error("record a migration"))?;
         }
-        tx.commit()
-            .await
-            .map_err(sql_error("commit the migrations"))?;
-        for m in pending {
+        tx.commit().await.map_err(sql_error("commit a migration"))?;
+        for m in batch {
             applied.insert(m.version, m.checksum.clone());
             report.newly_applied.push(m.id.clone());
         }
-        count(&applied, report);
-        return Ok(());
-    }
-    for m in pending {
-        let started = Instant::now();
-        let mut tx = conn
-            .begin()
-            .await
-            .map_err(sql_error("begin a migration transaction"))?;
-        if let Err(error) = sqlx::raw_sql(audited(m.sql.as_str()))
-            .execute(&mut *tx)
-            .await
-        {
-            let _ = tx.rollback().await;
-            return Err(failed(&m.id, &error));
-        }
-        let millis = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-        sqlx::raw_sql(audited(record_sql(
-            &history_table,
-            m,
-            millis,
-            &options.applied_by,
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(sql_error("record a migration"))?;
-        tx.commit().await.map_err(sql_error("commit a migration"))?;
-        applied.insert(m.version, m.checksum.clone());
-        report.newly_applied.push(m.id.clone());
         count(&applied, report);
     }
     Ok(())
