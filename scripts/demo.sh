@@ -62,8 +62,11 @@ up() {
     || log "the homelab Database is not Ready yet: kubectl describe database homelab -n data"
   sleep 1 # let the capacity plans catch up with the last pods
 
+  cp "$state/cluster/kubeconfig" "$state/kubeconfig"
+  chmod 600 "$state/kubeconfig"
   {
-    cat "$state/cluster/env"
+    echo "export KUBECONFIG=$state/kubeconfig"
+    echo "export PATH=$bin:\$PATH"
     cat "$state/postgres/env"
     echo "export HOMEPLANE_METRICS_URL=http://127.0.0.1:$port/metrics"
   } > "$state/env"
