@@ -530,6 +530,12 @@ fn bad_servers_and_missing_extensions_are_clear_conditions() {
             "  extensions: [{name: vector}, {name: pg_trgm}]\n",
         ),
         db("no-secret", pg.port, "missing", ""),
+        db(
+            "bad-version",
+            pg.port,
+            "right",
+            "  extensions: [{name: pg_trgm, version: \"99.0\"}]\n",
+        ),
     ] {
         let (ok, text) = cluster.apply(&ns.name, &manifest).unwrap();
         assert!(ok, "{text}");
@@ -576,7 +582,24 @@ fn bad_servers_and_missing_extensions_are_clear_conditions() {
         message.contains("Secret") && message.contains("missing"),
         "{message}"
     );
-    for name in ["wrong-password", "unreachable", "no-vector", "no-secret"] {
+    let message = wait_reason(
+        cluster,
+        &ns.name,
+        "bad-version",
+        "Degraded",
+        "ExtensionFailed",
+    );
+    assert!(
+        message.contains("CREATE EXTENSION \"pg_trgm\" VERSION '99.0'"),
+        "{message}"
+    );
+    for name in [
+        "wrong-password",
+        "unreachable",
+        "no-vector",
+        "no-secret",
+        "bad-version",
+    ] {
         assert_eq!(
             condition(cluster, &ns.name, name, "Ready").0,
             "False",

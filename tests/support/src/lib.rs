@@ -303,7 +303,9 @@ pub struct Operator {
 
 impl Operator {
     /// Starts `binary run` against `cluster` with the leader Lease in `namespace`, reconciling
-    /// the namespaced objects of `namespace` only.
+    /// the namespaced objects of `namespace` only (unless `extra` names another
+    /// `--watch-namespace`), so that operators of tests running side by side never touch each
+    /// other's objects.
     pub fn start(
         binary: &str,
         cluster: &Cluster,
@@ -325,6 +327,11 @@ impl Operator {
                 "--identity",
                 identity,
             ])
+            .args(if extra.contains(&"--watch-namespace") {
+                vec![]
+            } else {
+                vec!["--watch-namespace", namespace]
+            })
             .args(extra)
             .env("KUBECONFIG", &cluster.kubeconfig)
             .env("RUST_LOG", "info")

@@ -400,18 +400,37 @@ async fn converge(
         .iter()
         .filter(|e| available.contains(&e.name))
     {
-        let version = extension
-            .version
-            .as_ref()
-            .map(|v| format!(" VERSION {}", sql::literal(v)))
-            .unwrap_or_default();
-        sqlx::raw_sql(audited(format!(
-            "CREATE EXTENSION IF NOT EXISTS {}{version}",
-            sql::ident(&extension.name)
-        )))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| sql_error("create an extension", e))?;
+        let installed: Option<(String,)> =
+            sqlx::query_as("SELECT extversion FROM pg_extension WHERE extname = $1")
+                .bind(&extension.name)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| sql_error("look up an extension", e))?;
+        let name = sql::ident(&extension.name);
+        let statement = match (installed, &extension.version) {
+            (None, Some(version)) => {
+                format!("CREATE EXTENSION {name} VERSION {}", sql::literal(version))
+            }
+            (None, None) => format!("CREATE EXTENSION {name}"),
+            (Some((current,)), Some(version)) if &current != version => {
+                format!("ALTER EXTENSION {name} UPDATE TO {}", sql::literal(version))
+            }
+            _ => continue,
+        };
+        if let Err(error) = sqlx::raw_sql(audited(statement.clone()))
+            .execute(&mut *conn)
+            .await
+        {
+            let detail = match &error {
+                sqlx::Error::Database(d) => d.message().to_string(),
+                other => other.to_string(),
+            };
+            return Ok(Outcome::blocked(
+                "ExtensionFailed",
+                format!("`{statement}` failed: {detail}; check spec.extensions"),
+                Action::requeue(RESYNC),
+            ));
+        }
     }
 
     // Role Secrets: which roles need a new password.
