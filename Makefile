@@ -25,4 +25,5 @@ fmt:
 
 ## Benchmarks (not tests): print figures and write them to bench/results/.
 bench:
+	@bash bench/foundation.sh
 	@bash bench/migrate.sh
