@@ -31,6 +31,14 @@ status=${PIPESTATUS[0]}
 set -e
 passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' "$results")
 failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$results")
-[ "$status" = 0 ] || die "tests failed (${passed} passed, ${failed} failed)"
-log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s)"
+# Stop the servers now, so that the summary is the last line printed.
+trap - EXIT
+"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"
+"$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"
+if [ "$status" = 0 ]; then
+  log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s)"
+else
+  log "make test failed"
+fi
 echo "${passed} passed, ${failed} failed"
+exit "$status"
