@@ -170,6 +170,31 @@ impl Error {
     }
 }
 
+/// Server-side applies `status` to the status subresource of `obj`, with homeplane's field
+/// manager. Every controller's status goes out this way.
+pub async fn apply_status<K>(
+    api: &kube::Api<K>,
+    obj: &K,
+    status: impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(Error::kube("update status"))
+}
+
 /// The key of an object for backoff bookkeeping.
 pub fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(

@@ -9,7 +9,6 @@ use std::time::Instant;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -17,7 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::{Context, Error, FIELD_MANAGER, error_policy, now};
+use super::{Context, Error, apply_status, error_policy, now};
 use crate::conditions::{self, Desired, READY};
 
 /// Runs the placeholder controller of `K` until `shutdown` is cancelled.
@@ -89,19 +88,10 @@ where
         now(),
     );
     if conditions != old || old_generation != generation {
-        let patch = serde_json::json!({
-            "apiVersion": K::api_version(&()),
-            "kind": kind,
-            "status": { "observedGeneration": generation, "conditions": conditions },
-        });
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-        api.patch_status(
-            &obj.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("update status"))?;
+        let status =
+            serde_json::json!({ "observedGeneration": generation, "conditions": conditions });
+        apply_status(&api, obj.as_ref(), status).await?;
     }
     ctx.metrics.reconciled(controller, started.elapsed());
     ctx.succeeded(&super::key(obj.as_ref()));

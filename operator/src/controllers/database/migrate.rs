@@ -246,13 +246,9 @@ fn record_sql(history: &str, m: &Migration, millis: i64, applied_by: &str) -> St
 }
 
 fn failed(id: &str, error: &sqlx::Error) -> MigrateError {
-    let message = match error {
-        sqlx::Error::Database(db) => db.message().to_string(),
-        other => other.to_string(),
-    };
     MigrateError::Failed {
         id: id.to_string(),
-        message,
+        message: super::sql::message(error),
     }
 }
 

@@ -31,7 +31,7 @@ use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
-use super::{Context, Error, FIELD_MANAGER, error_policy, now};
+use super::{Context, Error, FIELD_MANAGER, apply_status, error_policy, now};
 use crate::conditions::{self, DEGRADED, Desired, READY};
 use sql::audited;
 
@@ -143,28 +143,18 @@ async fn cleanup(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> 
         return Ok(Action::await_change());
     };
     let ns = db.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let admin = secrets
-        .get_opt(&server.admin_secret)
-        .await
-        .map_err(Error::kube("read the admin Secret"))?;
-    let Some((user, password)) = admin
-        .as_ref()
-        .and_then(|s| Some((secret_value(s, "username")?, secret_value(s, "password")?)))
-    else {
+    let Some((user, password)) = admin_credentials(ctx.as_ref(), &ns, server).await? else {
         ctx.event(db.as_ref(), EventType::Warning, "CleanupSkipped", format!("Secret {ns}/{} is gone, so nothing could be dropped; the database and roles stay on the server", server.admin_secret)).await;
         return Ok(Action::await_change());
     };
-    let options = connect_options(server, &user, &password).database("postgres");
-    let pool = ctx
-        .postgres
-        .get_or_connect(&pool_key(server, &user, &password, "postgres"), options);
-    let mut conn = pool
+    let mut conn = pool(ctx.as_ref(), server, &user, &password, "postgres")
         .acquire()
         .await
         .map_err(|e| sql_error("connect to drop the database", e))?;
     let dbname = database_name(&db);
-    if db.status.as_ref().is_some_and(|s| s.created_database) {
+    // Only a database that carries homeplane's mark of creation on the server is dropped.
+    let comment = database_comment(&mut conn, &dbname).await?.flatten();
+    if comment.as_deref() == Some(created_mark(&db).as_str()) {
         sqlx::raw_sql(audited(format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             sql::ident(&dbname)
@@ -174,11 +164,10 @@ async fn cleanup(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> 
         .map_err(|e| sql_error("drop the database", e))?;
         info!(%dbname, "dropped database (deletionPolicy Delete)");
     }
-    let mark = format!("{}{ns}/{}", plan::ROLE_COMMENT_PREFIX, db.name_any());
     let roles: Vec<(String,)> = sqlx::query_as(
         "SELECT rolname::text FROM pg_roles WHERE shobj_description(oid, 'pg_authid') = $1",
     )
-    .bind(&mark)
+    .bind(role_mark(&db))
     .fetch_all(&mut *conn)
     .await
     .map_err(|e| sql_error("list the Database's roles", e))?;
@@ -249,15 +238,7 @@ async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
         None => conditions::remove(&mut status.conditions, DEGRADED),
     }
     if status != old || db.status.is_none() {
-        let patch = serde_json::json!({"apiVersion": "homeplane.dev/v1alpha1", "kind": "Database", "status": status});
-        api(&db, &ctx)
-            .patch_status(
-                &db.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(Error::kube("update Database status"))?;
+        apply_status(&api(&db, &ctx), db.as_ref(), &status).await?;
     }
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     ctx.succeeded(&super::key(db.as_ref()));
@@ -275,6 +256,60 @@ fn created_mark(db: &Database) -> String {
         db.namespace().unwrap_or_default(),
         db.name_any()
     )
+}
+
+/// The comment of the roles homeplane manages for this object.
+fn role_mark(db: &Database) -> String {
+    format!(
+        "{}{}/{}",
+        plan::ROLE_COMMENT_PREFIX,
+        db.namespace().unwrap_or_default(),
+        db.name_any()
+    )
+}
+
+/// The admin username and password from `spec.server.external.adminSecret`; `None` when the
+/// Secret or one of its keys is missing.
+async fn admin_credentials(
+    ctx: &Context,
+    ns: &str,
+    server: &ExternalServer,
+) -> Result<Option<(String, String)>, Error> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&server.admin_secret)
+        .await
+        .map_err(Error::kube("read the admin Secret"))?;
+    Ok(secret
+        .as_ref()
+        .and_then(|s| Some((secret_value(s, "username")?, secret_value(s, "password")?))))
+}
+
+/// The pool for `dbname` on `server` as `user`.
+fn pool(
+    ctx: &Context,
+    server: &ExternalServer,
+    user: &str,
+    password: &str,
+    dbname: &str,
+) -> PgPool {
+    let options = connect_options(server, user, password).database(dbname);
+    ctx.postgres
+        .get_or_connect(&pool_key(server, user, password, dbname), options)
+}
+
+/// The comment of database `dbname`: `None` when the database does not exist.
+async fn database_comment(
+    conn: &mut sqlx::PgConnection,
+    dbname: &str,
+) -> Result<Option<Option<String>>, Error> {
+    let row: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+    )
+    .bind(dbname)
+    .fetch_optional(conn)
+    .await
+    .map_err(|e| sql_error("look up the database", e))?;
+    Ok(row.map(|(comment,)| comment))
 }
 
 /// The database name on the server.
@@ -311,14 +346,7 @@ async fn converge(
 
     // Dereference: the admin credentials.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let admin = secrets
-        .get_opt(&server.admin_secret)
-        .await
-        .map_err(Error::kube("read the admin Secret"))?;
-    let credentials = admin
-        .as_ref()
-        .and_then(|s| Some((secret_value(s, "username")?, secret_value(s, "password")?)));
-    let Some((admin_user, admin_password)) = credentials else {
+    let Some((admin_user, admin_password)) = admin_credentials(ctx, &ns, server).await? else {
         return Ok(Outcome::retrying(
             "AdminSecretMissing",
             format!(
@@ -330,26 +358,15 @@ async fn converge(
 
     // Connect, creating the database if needed.
     let dbname = database_name(db);
-    let options = connect_options(server, &admin_user, &admin_password);
-    let maintenance = ctx.postgres.get_or_connect(
-        &pool_key(server, &admin_user, &admin_password, "postgres"),
-        options.clone().database("postgres"),
-    );
+    let maintenance = pool(ctx, server, &admin_user, &admin_password, "postgres");
     let mut conn = match maintenance.acquire().await {
         Ok(conn) => conn,
         Err(error) => return Ok(unreachable(server, &error)),
     };
     status.server_version = catalog::server_version(&mut conn).await.ok();
     let created = created_mark(db);
-    let exists: Option<(Option<String>,)> = sqlx::query_as(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
-    )
-    .bind(&dbname)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(|e| sql_error("look up the database", e))?;
-    match exists {
-        Some((comment,)) => status.created_database = comment.as_deref() == Some(created.as_str()),
+    match database_comment(&mut conn, &dbname).await? {
+        Some(comment) => status.created_database = comment.as_deref() == Some(created.as_str()),
         None => {
             // The comment records, on the server itself, that homeplane made this database:
             // only such a database is ever dropped (deletionPolicy Delete).
@@ -374,11 +391,10 @@ async fn converge(
         }
     }
     drop(conn);
-    let pool = ctx.postgres.get_or_connect(
-        &pool_key(server, &admin_user, &admin_password, &dbname),
-        options.database(&dbname),
-    );
-    let mut conn = match pool.acquire().await {
+    let mut conn = match pool(ctx, server, &admin_user, &admin_password, &dbname)
+        .acquire()
+        .await
+    {
         Ok(conn) => conn,
         Err(error) => return Ok(unreachable(server, &error)),
     };
@@ -421,10 +437,7 @@ async fn converge(
             .execute(&mut *conn)
             .await
         {
-            let detail = match &error {
-                sqlx::Error::Database(d) => d.message().to_string(),
-                other => other.to_string(),
-            };
+            let detail = sql::message(&error);
             return Ok(Outcome::blocked(
                 "ExtensionFailed",
                 format!("`{statement}` failed: {detail}; check spec.extensions"),
@@ -460,12 +473,9 @@ async fn converge(
             Ok(statements) => statements,
             Err(outcome) => return Ok(outcome),
         };
-    if !statements.iter().all(|s| s.sql.contains(" ON DATABASE ")) {
-        status.last_plan = statements
-            .iter()
-            .take(MAX_PLAN_LINES)
-            .map(|s| s.summary.clone())
-            .collect();
+    let changes = plan::changes(&statements);
+    if !changes.is_empty() {
+        status.last_plan = changes.into_iter().take(MAX_PLAN_LINES).collect();
     }
 
     // Credentials for the roles that got a new password.
@@ -542,12 +552,9 @@ async fn converge(
             )
             .await?
             {
-                Ok(more) => status.last_plan.extend(
-                    more.iter()
-                        .filter(|s| !s.sql.contains(" ON DATABASE "))
-                        .map(|s| s.summary.clone())
-                        .take(MAX_PLAN_LINES),
-                ),
+                Ok(more) => status
+                    .last_plan
+                    .extend(plan::changes(&more).into_iter().take(MAX_PLAN_LINES)),
                 Err(outcome) => return Ok(outcome),
             }
         }
@@ -629,8 +636,7 @@ async fn converge_access(
         .flat_map(|t| t.schemas.clone())
         .collect();
     let ns = db.namespace().unwrap_or_default();
-    let mark = format!("{}{ns}/{}", plan::ROLE_COMMENT_PREFIX, db.name_any());
-    let observed = catalog::observe(&mut *conn, &role_names, &mark, &tier_schemas)
+    let observed = catalog::observe(&mut *conn, &role_names, &role_mark(db), &tier_schemas)
         .await
         .map_err(|e| sql_error("read the catalog", e))?;
     let owner_mark = format!("{ns}/{}", db.name_any());
@@ -660,10 +666,7 @@ async fn converge_access(
             .await
         {
             let _ = tx.rollback().await;
-            let detail = match &error {
-                sqlx::Error::Database(d) => d.message().to_string(),
-                other => other.to_string(),
-            };
+            let detail = sql::message(&error);
             return Ok(Err(Outcome::retrying(
                 "AccessPlanFailed",
                 format!(

@@ -422,6 +422,16 @@ pub fn build(
     Ok(plan)
 }
 
+/// The summaries of the statements that change something: all but the idempotent
+/// database-level ones that every plan carries.
+pub fn changes(statements: &[Statement]) -> Vec<String> {
+    statements
+        .iter()
+        .filter(|s| !s.sql.contains(" ON DATABASE "))
+        .map(|s| s.summary.clone())
+        .collect()
+}
+
 /// Whether a statement is a REVOKE of a privilege somebody granted outside the spec (for
 /// reporting hand-made changes).
 pub fn is_revoke(statement: &Statement) -> bool {

@@ -18,6 +18,14 @@ pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// What PostgreSQL said about a failed statement (its message alone for a server error).
+pub fn message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Marks a statement built from [`ident`] and [`literal`] (or a migration file's own SQL) as
 /// audited for sqlx, which refuses unmarked dynamic SQL.
 pub fn audited(sql: impl Into<String>) -> sqlx::AssertSqlSafe<String> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use homeplane_crds::nodeclass::{NodeClass, NodeClassStatus};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::controller::{Action, Config};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -21,7 +21,7 @@ use tracing::{info, instrument};
 
 pub use plan::OVERCOMMITTED;
 
-use super::{Context, Error, FIELD_MANAGER, error_policy, now};
+use super::{Context, Error, apply_status, error_policy, now};
 use crate::conditions::{self, DEGRADED, Desired, READY};
 
 const CONTROLLER: &str = "nodeclass";
@@ -150,19 +150,7 @@ async fn write_status(
         .find(|c| c.type_ == OVERCOMMITTED)
         .map(|c| c.message.clone())
         .unwrap_or_default();
-    let patch = serde_json::json!({
-        "apiVersion": "homeplane.dev/v1alpha1",
-        "kind": "NodeClass",
-        "status": new,
-    });
-    Api::<NodeClass>::all(ctx.client.clone())
-        .patch_status(
-            &nc.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("update NodeClass status"))?;
+    apply_status(&Api::<NodeClass>::all(ctx.client.clone()), nc, &new).await?;
     if is != was {
         info!(overcommitted = is, "capacity changed");
         if is {
