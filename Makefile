@@ -27,3 +27,4 @@ fmt:
 bench:
 	@bash bench/foundation.sh
 	@bash bench/migrate.sh
+	@bash bench/state.sh

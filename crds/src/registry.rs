@@ -167,7 +167,11 @@ pub struct KubernetesObserver {
     /// Label selector, e.g. `app.kubernetes.io/managed-by=homeplane`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_selector: Option<String>,
-    /// JSON pointer of the field in each object, e.g. `/spec/replicas`.
+    /// Field selector, e.g. `spec.nodeName=pi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_selector: Option<String>,
+    /// JSON pointer of the field in each object; a `*` segment stands for every element of a
+    /// list, e.g. `/spec/containers/*/resources/limits/cpu`, e.g. `/spec/replicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// How the selected values become one: `value` (a single object), `count`, `all`, `any`,

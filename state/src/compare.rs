@@ -63,8 +63,8 @@ pub fn compare(comparison: Comparison, desired: &Value, observed: &Value) -> Out
             })
         }
         Comparison::MatchesRegex => match (desired.as_str(), text(observed)) {
-            (Some(pattern), Some(text)) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
-                Ok(re) => verdict(re.is_match(&text)),
+            (Some(pattern), Some(text)) => match anchored(pattern, &text) {
+                Ok(matched) => verdict(matched),
                 Err(e) => Outcome::Unknown(format!(
                     "desired {pattern:?} is not a regular expression: {e}"
                 )),
@@ -80,6 +80,32 @@ pub fn compare(comparison: Comparison, desired: &Value, observed: &Value) -> Out
             _ => Outcome::Unknown("set-equals compares two lists".to_string()),
         },
     }
+}
+
+/// Most compiled patterns kept per thread.
+const PATTERNS: usize = 4096;
+
+thread_local! {
+    /// Compiled patterns: a catalogue repeats the same few, and compiling dominates the cost.
+    static COMPILED: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Whether all of `text` matches `pattern`.
+fn anchored(pattern: &str, text: &str) -> Result<bool, regex::Error> {
+    COMPILED.with(|cell| {
+        let mut compiled = cell.borrow_mut();
+        if let Some(re) = compiled.get(pattern) {
+            return Ok(re.is_match(text));
+        }
+        let re = regex::Regex::new(&format!("^(?:{pattern})$"))?;
+        let matched = re.is_match(text);
+        if compiled.len() >= PATTERNS {
+            compiled.clear();
+        }
+        compiled.insert(pattern.to_string(), re);
+        Ok(matched)
+    })
 }
 
 /// Equality where numbers compare by value and a number equals its text form.
