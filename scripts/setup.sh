@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what homeplane's demo and tests need and a fresh machine of this kind lacks:
-# Debian packages (openssl, curl, PostgreSQL) and the Go-built control plane. Idempotent and
+# Debian packages (openssl, curl, PostgreSQL, age, zstd), the Go-built control plane and the
+# local S3 server (versitygw). Idempotent and
 # quiet when everything is there.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -10,6 +11,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 [ -x "$(pg_bindir 2>/dev/null)/initdb" ] || need+=(postgresql postgresql-contrib)
+command -v age >/dev/null || need+=(age)
+command -v zstd >/dev/null || need+=(zstd)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -19,3 +22,4 @@ fi
 command -v go >/dev/null || die "Go is missing (the machine should ship Go 1.26)"
 command -v cargo >/dev/null || die "Rust is missing (the machine should ship cargo)"
 "$HOMEPLANE_ROOT/scripts/build-cluster.sh" >/dev/null
+"$HOMEPLANE_ROOT/scripts/s3.sh" bin >/dev/null

@@ -14,14 +14,21 @@ cargo clippy --workspace --all-targets --locked -q -- -D warnings
 
 dir="$HOMEPLANE_ROOT/.homeplane/test/cluster"
 pg="$HOMEPLANE_ROOT/.homeplane/test/postgres"
+s3="$HOMEPLANE_ROOT/.homeplane/test/s3"
 "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$dir"
-trap '"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"; "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"' EXIT
+trap '"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"; "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"; "$HOMEPLANE_ROOT/scripts/s3.sh" down "$s3"' EXIT
 "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$pg"
+"$HOMEPLANE_ROOT/scripts/s3.sh" up "$s3"
 export HOMEPLANE_TEST_KUBECONFIG="$dir/kubeconfig"
 HOMEPLANE_TEST_DATABASE_URL="$(sed -n 's/^export DATABASE_URL=//p' "$pg/env")"
 export HOMEPLANE_TEST_DATABASE_URL
 HOMEPLANE_CLUSTER_BIN="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 export HOMEPLANE_CLUSTER_BIN
+# The S3 server's endpoint and root credentials (tests create their own buckets).
+HOMEPLANE_TEST_S3_ENDPOINT="$(sed -n 's/^export AWS_ENDPOINT_URL=//p' "$s3/env")"
+HOMEPLANE_TEST_S3_ACCESS_KEY_ID="$(sed -n 's/^export AWS_ACCESS_KEY_ID=//p' "$s3/env")"
+HOMEPLANE_TEST_S3_SECRET_ACCESS_KEY="$(sed -n 's/^export AWS_SECRET_ACCESS_KEY=//p' "$s3/env")"
+export HOMEPLANE_TEST_S3_ENDPOINT HOMEPLANE_TEST_S3_ACCESS_KEY_ID HOMEPLANE_TEST_S3_SECRET_ACCESS_KEY
 
 log "running the tests"
 results="$HOMEPLANE_ROOT/.homeplane/test/results.txt"
@@ -35,6 +42,7 @@ failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$results")
 trap - EXIT
 "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"
 "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"
+"$HOMEPLANE_ROOT/scripts/s3.sh" down "$s3"
 if [ "$status" = 0 ]; then
   log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s)"
 else

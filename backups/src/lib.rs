@@ -1,6 +1,11 @@
-//! homeplane's backup pipeline without a Kubernetes client. Today: how an upload is cut into
-//! multipart parts within the limits of Cloudflare R2 (and S3).
+//! homeplane's backup pipeline without a Kubernetes client: part sizing for R2, the S3 client,
+//! age keys, the streaming backup and restore, manifests, PostgreSQL sources and sinks, and
+//! retention.
 
+pub mod crypto;
+pub mod manifest;
 pub mod parts;
+pub mod pipeline;
+pub mod store;
 
 pub use parts::{PartPlan, PartPlanError};

@@ -561,3 +561,68 @@ impl Postgres {
         Ok(text)
     }
 }
+
+/// A real S3-compatible server (versitygw): the one named by `HOMEPLANE_TEST_S3_ENDPOINT`
+/// (started by `make test`), or one started now for this test process. Tests make their own
+/// buckets.
+pub struct S3Server {
+    /// Endpoint URL.
+    pub endpoint: String,
+    /// Root access key id.
+    pub access_key_id: String,
+    /// Root secret access key.
+    pub secret_access_key: String,
+}
+
+static S3_SERVER: OnceLock<S3Server> = OnceLock::new();
+
+impl S3Server {
+    /// The server of this test run.
+    pub fn shared() -> &'static S3Server {
+        S3_SERVER.get_or_init(|| match Self::connect() {
+            Ok(s) => s,
+            Err(e) => panic!("no test S3 server: {e:#}"),
+        })
+    }
+
+    fn connect() -> Result<S3Server> {
+        if let (Ok(endpoint), Ok(access_key_id), Ok(secret_access_key)) = (
+            std::env::var("HOMEPLANE_TEST_S3_ENDPOINT"),
+            std::env::var("HOMEPLANE_TEST_S3_ACCESS_KEY_ID"),
+            std::env::var("HOMEPLANE_TEST_S3_SECRET_ACCESS_KEY"),
+        ) {
+            return Ok(S3Server {
+                endpoint,
+                access_key_id,
+                secret_access_key,
+            });
+        }
+        let dir = std::env::temp_dir().join(format!("homeplane-s3-{}", std::process::id()));
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/s3.sh"))
+            .arg("up")
+            .arg(&dir)
+            .env("HOMEPLANE_S3_OWNER_PID", std::process::id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("scripts/s3.sh up {} failed", dir.display());
+        }
+        let env = std::fs::read_to_string(dir.join("env"))?;
+        let var = |name: &str| -> Result<String> {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(String::from)
+                .with_context(|| format!("{name} missing from {}", dir.display()))
+        };
+        Ok(S3Server {
+            endpoint: var("AWS_ENDPOINT_URL")?,
+            access_key_id: var("AWS_ACCESS_KEY_ID")?,
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
+        })
+    }
+
+    /// A bucket name of its own for one test.
+    pub fn bucket_name(prefix: &str) -> String {
+        format!("{prefix}-{}", suffix())
+    }
+}

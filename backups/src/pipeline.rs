@@ -1,0 +1,856 @@
+//! The streaming pipeline. Backup: source → zstd → age (to recipients) → SHA-256 of the
+//! ciphertext → S3 multipart upload in fixed-size parts with a bounded number in flight, then
+//! the truthful completion: complete the upload to a staging key, check its size, publish it
+//! under the final key with the checksum in its metadata (a server-side copy, refused if the
+//! key exists), check again, write the manifest. Any failure aborts the upload and removes
+//! whatever was written. Restore: download → verify size and checksum while streaming → age
+//! decrypt with an identity → zstd decompress → sink.
+//!
+//! Memory: compression and encryption run on one blocking thread that fills part buffers; a
+//! semaphore with `concurrency` permits is taken before a buffer is started and released when
+//! its upload ends, so at most `part size × concurrency` bytes of parts exist at any time,
+//! whatever the size of the source.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use age::x25519;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::io::SyncIoBridge;
+
+use crate::crypto::{self, Compress, Identity, StreamError};
+use crate::manifest::{self, Manifest, SourceInfo};
+use crate::parts::{MAX_PARTS, PartPlan};
+use crate::store::{S3Error, S3FailureKind, Store, manifest_key, staging_key};
+
+/// Version written to manifests and object metadata.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What to back up where.
+pub struct BackupRequest {
+    /// Final object key.
+    pub key: String,
+    /// age recipients.
+    pub recipients: Vec<x25519::Recipient>,
+    /// Compression before encryption.
+    pub compress: Compress,
+    /// Part size and parts in flight.
+    pub plan: PartPlan,
+    /// What the source is, for the manifest.
+    pub source: SourceInfo,
+}
+
+/// A completed, checked backup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupReport {
+    /// Its manifest (also written to `manifest_key`).
+    pub manifest: Manifest,
+    /// Key of the manifest object.
+    pub manifest_key: String,
+}
+
+/// Why a backup failed. Whatever was uploaded has been removed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The source failed (e.g. pg_dump exited with an error).
+    #[error("reading the source failed: {0}")]
+    Source(String),
+    /// Compression or encryption failed.
+    #[error("compressing or encrypting failed: {0}")]
+    Encrypt(String),
+    /// An S3 call failed.
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    /// The object in the bucket does not have the size that was sent.
+    #[error("the uploaded object {key} has {found} bytes but {sent} were sent")]
+    SizeMismatch { key: String, found: u64, sent: u64 },
+    /// The object's recorded checksum is not the one computed while uploading.
+    #[error("the object {key} records SHA-256 {found:?} but {sent} was computed while uploading")]
+    ChecksumMismatch {
+        key: String,
+        found: Option<String>,
+        sent: String,
+    },
+    /// The backup needs more parts than S3 allows at this part size.
+    #[error("the backup outgrew {max} parts of {part_size} bytes; raise the part size")]
+    TooManyParts { max: u64, part_size: u64 },
+    /// A pipeline task stopped unexpectedly.
+    #[error("the backup pipeline stopped unexpectedly: {0}")]
+    Internal(String),
+}
+
+impl BackupError {
+    /// A CamelCase reason for conditions, events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackupError::Source(_) => "SourceFailed",
+            BackupError::Encrypt(_) => "EncryptionFailed",
+            BackupError::S3(e) => e.kind.reason(),
+            BackupError::SizeMismatch { .. } => "SizeMismatch",
+            BackupError::ChecksumMismatch { .. } => "ChecksumMismatch",
+            BackupError::TooManyParts { .. } => "TooManyParts",
+            BackupError::Internal(_) => "Internal",
+        }
+    }
+}
+
+/// One filled part on its way to the uploader; holds its memory permit.
+struct Part {
+    number: i32,
+    data: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The writer at the end of the encryption chain: hashes the ciphertext and cuts it into parts.
+struct PartSink {
+    part_size: usize,
+    buf: Vec<u8>,
+    permit: Option<OwnedSemaphorePermit>,
+    next_part: i32,
+    hasher: Sha256,
+    total: u64,
+    slots: Arc<Semaphore>,
+    tx: mpsc::Sender<Part>,
+    rt: Handle,
+    failure: Arc<Mutex<Option<BackupError>>>,
+}
+
+impl PartSink {
+    fn send_part(&mut self) -> io::Result<()> {
+        if self.next_part as u64 > MAX_PARTS {
+            record(
+                &self.failure,
+                BackupError::TooManyParts {
+                    max: MAX_PARTS,
+                    part_size: self.part_size as u64,
+                },
+            );
+            return Err(io::Error::other("too many parts"));
+        }
+        let data = Bytes::from(std::mem::take(&mut self.buf));
+        let permit = self
+            .permit
+            .take()
+            .ok_or_else(|| io::Error::other("part without a memory slot"))?;
+        let part = Part {
+            number: self.next_part,
+            data,
+            _permit: permit,
+        };
+        self.next_part += 1;
+        self.tx
+            .blocking_send(part)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+
+    fn finish(mut self) -> io::Result<(u64, String, u64)> {
+        if self.permit.is_some() || self.next_part == 1 {
+            if self.permit.is_none() {
+                self.take_slot()?;
+            }
+            self.send_part()?;
+        }
+        let parts = (self.next_part - 1) as u64;
+        Ok((self.total, hex::encode(self.hasher.finalize_reset()), parts))
+    }
+
+    fn take_slot(&mut self) -> io::Result<()> {
+        let permit = self
+            .rt
+            .block_on(self.slots.clone().acquire_owned())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))?;
+        self.permit = Some(permit);
+        self.buf = Vec::with_capacity(self.part_size);
+        Ok(())
+    }
+}
+
+impl Write for PartSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if self.permit.is_none() {
+            self.take_slot()?;
+        }
+        let n = data.len().min(self.part_size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.hasher.update(&data[..n]);
+        self.total += n as u64;
+        if self.buf.len() == self.part_size {
+            self.send_part()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads the source and remembers its failure, so it is told apart from upload failures.
+struct SourceReader<R> {
+    inner: R,
+    failure: Arc<Mutex<Option<BackupError>>>,
+}
+
+impl<R: Read> Read for SourceReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            record(&self.failure, BackupError::Source(e.to_string()));
+        })
+    }
+}
+
+fn record(slot: &Arc<Mutex<Option<BackupError>>>, error: BackupError) {
+    if let Ok(mut slot) = slot.lock()
+        && slot.is_none()
+    {
+        *slot = Some(error);
+    }
+}
+
+fn take(slot: &Arc<Mutex<Option<BackupError>>>) -> Option<BackupError> {
+    slot.lock().ok().and_then(|mut s| s.take())
+}
+
+struct Encoded {
+    source_bytes: u64,
+    encrypted_bytes: u64,
+    sha256: String,
+    parts: u64,
+}
+
+/// Streams `source` through the pipeline into `request.key`. On success the object, its
+/// checksum metadata and its manifest are in the bucket and were checked; on failure nothing
+/// that looks complete is left.
+pub async fn backup<R>(
+    store: &Store,
+    source: R,
+    request: BackupRequest,
+) -> Result<BackupReport, BackupError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let started_at = jiff::Timestamp::now();
+    let key = request.key.clone();
+    let staging = staging_key(&key);
+    // Never overwrite a backup (conditional writes refuse it too where the server supports
+    // them on copies; this check also saves a pointless upload).
+    refuse_existing(store, &key).await?;
+    let upload_id = store
+        .client()
+        .create_multipart_upload()
+        .bucket(store.bucket())
+        .key(&staging)
+        .content_type("application/octet-stream")
+        .send()
+        .await
+        .map_err(|e| S3Error::from_sdk(format!("starting the upload of {staging}"), e))?
+        .upload_id()
+        .map(String::from)
+        .ok_or_else(|| BackupError::Internal("the server returned no upload id".into()))?;
+
+    let result = run(store, source, &request, &staging, &upload_id, started_at).await;
+    match result {
+        Ok(report) => Ok(report),
+        Err((error, completed)) => {
+            tracing::warn!(key = %key, reason = error.reason(), "backup failed; removing what was uploaded");
+            if !completed && let Err(e) = store.abort(&staging, &upload_id).await {
+                tracing::warn!(key = %key, error = %e, "aborting the multipart upload failed");
+            }
+            // The final key is only removed when this run could have written it (after the
+            // staging upload completed), never an object a conditional write refused to replace.
+            let written_by_us = completed
+                && !matches!(&error, BackupError::S3(e) if e.kind == S3FailureKind::AlreadyExists);
+            let mut leftovers = vec![staging.clone()];
+            if written_by_us {
+                leftovers.push(key.clone());
+                leftovers.push(manifest_key(&key));
+            }
+            for k in leftovers {
+                if let Err(e) = store.delete(&k).await {
+                    tracing::warn!(key = %k, error = %e, "removing a failed backup's object failed");
+                }
+            }
+            Err(error)
+        }
+    }
+}
+
+/// The upload and completion; the bool says whether the multipart upload was completed.
+async fn run<R>(
+    store: &Store,
+    source: R,
+    request: &BackupRequest,
+    staging: &str,
+    upload_id: &str,
+    started_at: jiff::Timestamp,
+) -> Result<BackupReport, (BackupError, bool)>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let plan = request.plan;
+    let part_size = usize::try_from(plan.part_size()).map_err(|e| (internal(e), false))?;
+    let concurrency = usize::try_from(plan.memory_bound() / plan.part_size()).unwrap_or(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let (tx, rx) = mpsc::channel::<Part>(concurrency);
+    let failure = Arc::new(Mutex::new(None));
+    let rt = Handle::current();
+    let sink = PartSink {
+        part_size,
+        buf: Vec::new(),
+        permit: None,
+        next_part: 1,
+        hasher: Sha256::new(),
+        total: 0,
+        slots,
+        tx,
+        rt: rt.clone(),
+        failure: failure.clone(),
+    };
+    let recipients = request.recipients.clone();
+    let compress = request.compress;
+    let source_failure = failure.clone();
+    let encoder = tokio::task::spawn_blocking(move || -> Result<Encoded, String> {
+        let reader = SourceReader {
+            inner: SyncIoBridge::new_with_handle(source, rt),
+            failure: source_failure,
+        };
+        let (source_bytes, sink) =
+            crypto::encrypt(reader, &recipients, compress, sink).map_err(|e| e.to_string())?;
+        let (encrypted_bytes, sha256, parts) = sink.finish().map_err(|e| e.to_string())?;
+        Ok(Encoded {
+            source_bytes,
+            encrypted_bytes,
+            sha256,
+            parts,
+        })
+    });
+
+    let uploaded = upload_parts(store, staging, upload_id, rx).await;
+    let encoded = encoder.await;
+    let mut parts = uploaded.map_err(|e| (BackupError::S3(e), false))?;
+    let encoded = match encoded {
+        Ok(Ok(encoded)) => encoded,
+        Ok(Err(message)) => {
+            let error = take(&failure).unwrap_or(BackupError::Encrypt(message));
+            return Err((error, false));
+        }
+        Err(join) => return Err((internal(join), false)),
+    };
+    parts.sort_by_key(|p| p.part_number());
+    if parts.len() as u64 != encoded.parts {
+        return Err((
+            BackupError::Internal(format!(
+                "{} parts were cut but {} uploaded",
+                encoded.parts,
+                parts.len()
+            )),
+            false,
+        ));
+    }
+
+    store
+        .client()
+        .complete_multipart_upload()
+        .bucket(store.bucket())
+        .key(staging)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| {
+            (
+                S3Error::from_sdk(format!("completing the upload of {staging}"), e).into(),
+                false,
+            )
+        })?;
+    let done = |e: BackupError| (e, true);
+    check_size(store, staging, encoded.encrypted_bytes)
+        .await
+        .map_err(done)?;
+
+    let key = &request.key;
+    let metadata = HashMap::from([
+        ("sha256".to_string(), encoded.sha256.clone()),
+        ("source-bytes".to_string(), encoded.source_bytes.to_string()),
+        (
+            "compression".to_string(),
+            request.compress.name().to_string(),
+        ),
+        ("homeplane-version".to_string(), VERSION.to_string()),
+    ]);
+    refuse_existing(store, key).await.map_err(done)?;
+    publish(
+        store,
+        staging,
+        key,
+        encoded.encrypted_bytes,
+        plan.part_size(),
+        metadata,
+    )
+    .await
+    .map_err(done)?;
+    let info = check_size(store, key, encoded.encrypted_bytes)
+        .await
+        .map_err(done)?;
+    if info.get("sha256") != Some(&encoded.sha256) {
+        return Err(done(BackupError::ChecksumMismatch {
+            key: key.clone(),
+            found: info.get("sha256").cloned(),
+            sent: encoded.sha256,
+        }));
+    }
+    store.delete(staging).await.map_err(|e| done(e.into()))?;
+
+    let manifest = Manifest {
+        format: manifest::FORMAT.to_string(),
+        object_key: key.clone(),
+        source: request.source.clone(),
+        source_bytes: encoded.source_bytes,
+        encrypted_bytes: encoded.encrypted_bytes,
+        sha256: encoded.sha256,
+        compression: request.compress.name().to_string(),
+        compression_level: match request.compress {
+            Compress::Zstd(level) => Some(level),
+            Compress::None => None,
+        },
+        recipients: request.recipients.iter().map(crypto::fingerprint).collect(),
+        part_size: plan.part_size(),
+        parts: encoded.parts,
+        homeplane_version: VERSION.to_string(),
+        started_at: started_at.to_string(),
+        completed_at: jiff::Timestamp::now().to_string(),
+    };
+    let manifest_key = manifest_key(key);
+    let body = serde_json::to_vec_pretty(&manifest).map_err(|e| done(internal(e)))?;
+    store
+        .client()
+        .put_object()
+        .bucket(store.bucket())
+        .key(&manifest_key)
+        .content_type("application/json")
+        .if_none_match("*")
+        .body(ByteStream::from(body))
+        .send()
+        .await
+        .map_err(|e| {
+            done(S3Error::from_sdk(format!("writing the manifest {manifest_key}"), e).into())
+        })?;
+    Ok(BackupReport {
+        manifest,
+        manifest_key,
+    })
+}
+
+async fn refuse_existing(store: &Store, key: &str) -> Result<(), BackupError> {
+    if store.head(key).await?.is_some() {
+        return Err(BackupError::S3(S3Error {
+            action: format!("publishing {key}"),
+            detail: "an object with this key already exists and is never overwritten".into(),
+            kind: S3FailureKind::AlreadyExists,
+        }));
+    }
+    Ok(())
+}
+
+fn internal(e: impl std::fmt::Display) -> BackupError {
+    BackupError::Internal(e.to_string())
+}
+
+/// Uploads the parts as they come, at most as many at once as there are memory slots.
+async fn upload_parts(
+    store: &Store,
+    key: &str,
+    upload_id: &str,
+    mut rx: mpsc::Receiver<Part>,
+) -> Result<Vec<CompletedPart>, S3Error> {
+    let mut inflight = FuturesUnordered::new();
+    let mut done = Vec::new();
+    let mut producing = true;
+    loop {
+        tokio::select! {
+            part = rx.recv(), if producing => match part {
+                Some(part) => inflight.push(upload_part(store, key, upload_id, part)),
+                None => producing = false,
+            },
+            Some(result) = inflight.next(), if !inflight.is_empty() => done.push(result?),
+            else => break,
+        }
+    }
+    Ok(done)
+}
+
+async fn upload_part(
+    store: &Store,
+    key: &str,
+    upload_id: &str,
+    part: Part,
+) -> Result<CompletedPart, S3Error> {
+    let number = part.number;
+    let out = store
+        .client()
+        .upload_part()
+        .bucket(store.bucket())
+        .key(key)
+        .upload_id(upload_id)
+        .part_number(number)
+        .content_length(part.data.len() as i64)
+        .body(ByteStream::from(part.data.clone()))
+        .customize()
+        // The body is sent over TLS and checked end to end by its SHA-256; signing the
+        // payload would hash every byte a second time on a small CPU.
+        .disable_payload_signing()
+        .send()
+        .await
+        .map_err(|e| S3Error::from_sdk(format!("uploading part {number} of {key}"), e))?;
+    drop(part);
+    Ok(CompletedPart::builder()
+        .part_number(number)
+        .set_e_tag(out.e_tag().map(String::from))
+        .build())
+}
+
+async fn check_size(
+    store: &Store,
+    key: &str,
+    sent: u64,
+) -> Result<HashMap<String, String>, BackupError> {
+    match store.head(key).await? {
+        Some(info) if info.size == sent => Ok(info.metadata),
+        Some(info) => Err(BackupError::SizeMismatch {
+            key: key.to_string(),
+            found: info.size,
+            sent,
+        }),
+        None => Err(BackupError::SizeMismatch {
+            key: key.to_string(),
+            found: 0,
+            sent,
+        }),
+    }
+}
+
+/// Server-side copy of the checked staging object to its final key with its metadata, refused
+/// when the key exists; part by part above the single-copy limit.
+async fn publish(
+    store: &Store,
+    staging: &str,
+    key: &str,
+    size: u64,
+    part_size: u64,
+    metadata: HashMap<String, String>,
+) -> Result<(), BackupError> {
+    let source = format!("{}/{}", store.bucket(), staging);
+    let client = store.client();
+    if size <= store.copy_in_one_limit {
+        client
+            .copy_object()
+            .bucket(store.bucket())
+            .key(key)
+            .copy_source(&source)
+            .metadata_directive(MetadataDirective::Replace)
+            .set_metadata(Some(metadata))
+            .content_type("application/octet-stream")
+            .if_none_match("*")
+            .send()
+            .await
+            .map_err(|e| S3Error::from_sdk(format!("publishing {key}"), e))?;
+        return Ok(());
+    }
+    let upload_id = client
+        .create_multipart_upload()
+        .bucket(store.bucket())
+        .key(key)
+        .set_metadata(Some(metadata))
+        .content_type("application/octet-stream")
+        .send()
+        .await
+        .map_err(|e| S3Error::from_sdk(format!("starting to publish {key}"), e))?
+        .upload_id()
+        .map(String::from)
+        .ok_or_else(|| BackupError::Internal("the server returned no upload id".into()))?;
+    let copied = async {
+        let mut parts = Vec::new();
+        let mut start = 0u64;
+        let mut number = 1;
+        while start < size {
+            let end = (start + part_size).min(size) - 1;
+            let out = client
+                .upload_part_copy()
+                .bucket(store.bucket())
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(number)
+                .copy_source(&source)
+                .copy_source_range(format!("bytes={start}-{end}"))
+                .send()
+                .await
+                .map_err(|e| S3Error::from_sdk(format!("publishing part {number} of {key}"), e))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(
+                        out.copy_part_result()
+                            .and_then(|r| r.e_tag())
+                            .map(String::from),
+                    )
+                    .build(),
+            );
+            start = end + 1;
+            number += 1;
+        }
+        client
+            .complete_multipart_upload()
+            .bucket(store.bucket())
+            .key(key)
+            .upload_id(&upload_id)
+            .if_none_match("*")
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| S3Error::from_sdk(format!("completing the publication of {key}"), e))?;
+        Ok::<(), S3Error>(())
+    }
+    .await;
+    if let Err(e) = copied {
+        let _ = store.abort(key, &upload_id).await;
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// A finished restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Bytes of the encrypted object read.
+    pub encrypted_bytes: u64,
+    /// Plain bytes written to the sink.
+    pub plain_bytes: u64,
+    /// SHA-256 of the encrypted object, verified.
+    pub sha256: String,
+}
+
+/// Why a restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// No object with that key.
+    #[error("there is no object {key} in bucket {bucket}")]
+    NotFound { key: String, bucket: String },
+    /// The object has no recorded checksum: it is not a complete homeplane backup.
+    #[error(
+        "the object {0} has no sha256 metadata: it is not a complete homeplane backup (an interrupted upload, or another tool's object)"
+    )]
+    NoChecksum(String),
+    /// The object's bytes do not match its recorded checksum or size.
+    #[error("the backup object {key} is damaged: {detail}")]
+    Damaged { key: String, detail: String },
+    /// The identity does not match any recipient.
+    #[error("{0}")]
+    WrongIdentity(String),
+    /// Writing the plain stream failed.
+    #[error("writing the restored data failed: {0}")]
+    Sink(String),
+    /// An S3 call failed.
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    /// A pipeline task stopped unexpectedly.
+    #[error("the restore pipeline stopped unexpectedly: {0}")]
+    Internal(String),
+}
+
+impl RestoreError {
+    /// A CamelCase reason for conditions and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RestoreError::NotFound { .. } => "NotFound",
+            RestoreError::NoChecksum(_) => "NoChecksum",
+            RestoreError::Damaged { .. } => "Damaged",
+            RestoreError::WrongIdentity(_) => "WrongIdentity",
+            RestoreError::Sink(_) => "SinkFailed",
+            RestoreError::S3(e) => e.kind.reason(),
+            RestoreError::Internal(_) => "Internal",
+        }
+    }
+}
+
+/// Reads the ciphertext, hashing and counting it; at the end refuses a wrong size or checksum
+/// before the last plain bytes are released, so a damaged object never restores silently.
+struct VerifyingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+    size: u64,
+    sha256: String,
+    verdict: Arc<Mutex<Option<String>>>,
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.hasher.update(&buf[..n]);
+            self.read += n as u64;
+            if self.read > self.size {
+                return Err(self.fail(format!(
+                    "it holds more than the {} bytes recorded",
+                    self.size
+                )));
+            }
+            return Ok(n);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.read != self.size {
+            return Err(self.fail(format!(
+                "it is truncated: {} of {} bytes",
+                self.read, self.size
+            )));
+        }
+        let found = hex::encode(self.hasher.finalize_reset());
+        if found != self.sha256 {
+            return Err(self.fail(format!(
+                "its SHA-256 is {found} but {} was recorded",
+                self.sha256
+            )));
+        }
+        Ok(0)
+    }
+}
+
+impl<R> VerifyingReader<R> {
+    fn fail(&self, message: String) -> io::Error {
+        if let Ok(mut v) = self.verdict.lock()
+            && v.is_none()
+        {
+            *v = Some(message.clone());
+        }
+        io::Error::new(io::ErrorKind::InvalidData, message)
+    }
+}
+
+/// Downloads `key`, verifies it against its recorded size and checksum (and `expected_sha256`
+/// when given, e.g. from a Backup's status), decrypts it with `identities`, decompresses it and
+/// writes the plain stream to `sink`, which is shut down at the end and returned.
+pub async fn restore<W>(
+    store: &Store,
+    key: &str,
+    identities: Vec<Identity>,
+    expected_sha256: Option<&str>,
+    sink: W,
+) -> Result<(RestoreReport, W), RestoreError>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let info = store
+        .head(key)
+        .await?
+        .ok_or_else(|| RestoreError::NotFound {
+            key: key.to_string(),
+            bucket: store.bucket().to_string(),
+        })?;
+    let recorded = info
+        .metadata
+        .get("sha256")
+        .cloned()
+        .ok_or_else(|| RestoreError::NoChecksum(key.to_string()))?;
+    if let Some(expected) = expected_sha256
+        && expected != recorded
+    {
+        return Err(RestoreError::Damaged {
+            key: key.to_string(),
+            detail: format!(
+                "its recorded SHA-256 is {recorded} but the backup record says {expected}"
+            ),
+        });
+    }
+    let compress = match info.metadata.get("compression").map(String::as_str) {
+        Some("none") => Compress::None,
+        _ => Compress::Zstd(0),
+    };
+    let body = store
+        .client()
+        .get_object()
+        .bucket(store.bucket())
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| S3Error::from_sdk(format!("downloading {key}"), e))?
+        .body
+        .into_async_read();
+    let verdict = Arc::new(Mutex::new(None));
+    let rt = Handle::current();
+    let size = info.size;
+    let reader_verdict = verdict.clone();
+    let sha = recorded.clone();
+    let decoded = tokio::task::spawn_blocking(move || {
+        let reader = VerifyingReader {
+            inner: SyncIoBridge::new_with_handle(body, rt.clone()),
+            hasher: Sha256::new(),
+            read: 0,
+            size,
+            sha256: sha,
+            verdict: reader_verdict,
+        };
+        crypto::decrypt(
+            reader,
+            &identities,
+            compress,
+            SyncIoBridge::new_with_handle(sink, rt),
+        )
+    })
+    .await
+    .map_err(|e| RestoreError::Internal(e.to_string()))?;
+    let damaged = |detail: String| RestoreError::Damaged {
+        key: key.to_string(),
+        detail,
+    };
+    match decoded {
+        Ok((plain_bytes, sink)) => {
+            let mut sink = sink.into_inner();
+            sink.shutdown()
+                .await
+                .map_err(|e| RestoreError::Sink(e.to_string()))?;
+            Ok((
+                RestoreReport {
+                    encrypted_bytes: size,
+                    plain_bytes,
+                    sha256: recorded,
+                },
+                sink,
+            ))
+        }
+        Err(e) => {
+            if let Some(v) = verdict.lock().ok().and_then(|mut v| v.take()) {
+                return Err(damaged(v));
+            }
+            Err(match e {
+                StreamError::WrongIdentity => RestoreError::WrongIdentity(e.to_string()),
+                StreamError::Age(detail) => damaged(detail),
+                StreamError::Io(io) if io.kind() == io::ErrorKind::InvalidData => {
+                    damaged(format!("decryption failed ({io})"))
+                }
+                StreamError::Io(io) => RestoreError::Sink(io.to_string()),
+            })
+        }
+    }
+}
