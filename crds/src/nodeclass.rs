@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::Resources;
+use crate::common::{POSITIVE_QUANTITY, Resources};
 
 /// A class of node that workloads are placed on by name, such as `pi` or `gpu`: which nodes
 /// belong to it, what it tolerates, its GPU resource, and the CPU and memory defaults and
@@ -78,6 +78,61 @@ pub struct NodeClassSpec {
     /// homeplane does not place; limits above allocatable minus this reserve are overcommitted.
     #[serde(default)]
     pub reserved: Resources,
+    /// CPU architecture of the class's nodes (`arm64` for a Raspberry Pi). Workloads placed in
+    /// the class are pinned to it with the `kubernetes.io/arch` node label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<Architecture>,
+    /// What the class's nodes can give, as their owner knows it (a Pi 5: 4 CPUs, 8Gi).
+    /// `homeplane plan -f DIR` uses it offline, where there are no nodes to ask; in the cluster
+    /// the nodes' own allocatable counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<ExpectedCapacity>,
+}
+
+/// CPU architecture of a node, as in the `kubernetes.io/arch` label.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// 64-bit ARM (Raspberry Pi 4 and 5).
+    Arm64,
+    /// 64-bit x86.
+    Amd64,
+}
+
+impl Architecture {
+    /// The value of the `kubernetes.io/arch` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Architecture::Arm64 => "arm64",
+            Architecture::Amd64 => "amd64",
+        }
+    }
+}
+
+/// The expected allocatable of a class: how many nodes, and what each gives.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpectedCapacity {
+    /// Number of nodes in the class.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub nodes: i32,
+    /// CPU of one node, e.g. `4`.
+    #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("cpu must be a positive quantity such as 4 or 3500m"))]
+    #[schemars(length(max = 32))]
+    pub cpu: String,
+    /// Memory of one node, e.g. `8Gi`.
+    #[x_kube(validation = Rule::new(POSITIVE_QUANTITY).message("memory must be a positive quantity such as 8Gi"))]
+    #[schemars(length(max = 32))]
+    pub memory: String,
+    /// GPUs of one node (of the class's `gpuResource`).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 64))]
+    pub gpu: i32,
+}
+
+fn one() -> i32 {
+    1
 }
 
 /// The observed state of a NodeClass: its nodes and capacity plan.

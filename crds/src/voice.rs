@@ -36,6 +36,7 @@ use crate::common::{DURATION_RULE, Placement};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("self.stages.all(s, !has(s.servedBy) || self.stages.exists(t, t.name == s.servedBy && has(t.workload)))").message("servedBy must name another stage of this pipeline that has a workload").field_path(".stages"))]
 #[serde(rename_all = "camelCase")]
 pub struct VoicePipelineSpec {
     /// The stages in order; each stage's output goes to the next.
@@ -51,6 +52,39 @@ pub struct VoicePipelineSpec {
     #[x_kube(validation = Rule::new(DURATION_RULE).message("probeInterval must be a duration such as 5m"))]
     #[schemars(length(max = 32))]
     pub probe_interval: String,
+    /// An end-to-end latency probe: an endpoint (usually on the gateway) that runs one request
+    /// through the whole chain and answers when it is done. homeplane calls it every
+    /// `probeInterval`, keeps p50/p95 over the last `window` calls, and reports
+    /// `Degraded` (reason `LatencyBudgetExceeded`) while p95 is over `latencyBudget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<LatencyProbe>,
+}
+
+/// How the end-to-end latency of a pipeline is measured.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LatencyProbe {
+    /// URL called with GET; any 2xx answer counts as one end-to-end run.
+    #[x_kube(validation = Rule::new("self.matches('^https?://.+')").message("probe.url must be an http:// or https:// URL"))]
+    #[schemars(length(max = 512))]
+    pub url: String,
+    /// How long one call may take before it counts as failed, e.g. `10s`.
+    #[serde(default = "default_probe_timeout")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("probe.timeout must be a duration such as 10s"))]
+    #[schemars(length(max = 32))]
+    pub timeout: String,
+    /// Number of recent calls p50 and p95 are computed over.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub window: i32,
+}
+
+fn default_probe_timeout() -> String {
+    "10s".to_string()
+}
+
+fn default_window() -> i32 {
+    20
 }
 
 fn default_budget() -> String {
@@ -63,7 +97,7 @@ fn default_probe_interval() -> String {
 
 /// One stage of a voice pipeline.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
-#[x_kube(validation = Rule::new("has(self.external) != has(self.workload)").message("a stage must set exactly one of external or workload"))]
+#[x_kube(validation = Rule::new("(has(self.external) ? 1 : 0) + (has(self.workload) ? 1 : 0) + (has(self.servedBy) ? 1 : 0) == 1").message("a stage must set exactly one of external, workload or servedBy"))]
 #[serde(rename_all = "camelCase")]
 pub struct Stage {
     /// Name of the stage, unique in the pipeline.
@@ -80,6 +114,16 @@ pub struct Stage {
     /// A stage homeplane runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<StageWorkload>,
+    /// A stage served by another stage's workload, named here: one GPU server hosting several
+    /// models (speech-to-text, LLM and text-to-speech on the one GPU of the node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40))]
+    pub served_by: Option<String>,
+    /// Path appended to the stage's endpoint, e.g. `/v1/audio/transcriptions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must start with /"))]
+    #[schemars(length(max = 256))]
+    pub path: Option<String>,
 }
 
 /// Role of a stage.
@@ -127,6 +171,10 @@ pub struct StageWorkload {
     /// Port the stage serves on.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// HTTP path that answers 2xx when the stage is ready (its readiness probe), e.g. `/health`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub health_path: Option<String>,
     /// Node class, CPU, memory and GPUs.
     pub placement: Placement,
 }

@@ -4,6 +4,7 @@ mod cli;
 mod conditions;
 mod controllers;
 mod crdgen;
+mod duration;
 mod leader;
 mod metrics;
 mod migrate_cli;
@@ -12,6 +13,7 @@ mod run;
 mod startup;
 mod telemetry;
 mod web;
+mod workload;
 
 use clap::Parser;
 
@@ -19,6 +21,8 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     telemetry::init();
+    // reqwest's TLS uses the process-wide rustls provider: the same ring that kube uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args).await,
         cli::Command::Migrate(args) => migrate_cli::run(args).await,

@@ -6,9 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use homeplane_crds::{
-    Agent, AgentRun, Backup, BackupPolicy, MemoryServer, StateRegistry, VoicePipeline, Workflow,
-};
+use homeplane_crds::{Agent, AgentRun, Backup, BackupPolicy, StateRegistry, Workflow};
 use kube::Client;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -117,16 +115,8 @@ async fn lead_and_reconcile(
         ctx.clone(),
         stop.clone(),
     ));
-    controllers.spawn(pending::run::<VoicePipeline>(
-        "voicepipeline",
-        ctx.clone(),
-        stop.clone(),
-    ));
-    controllers.spawn(pending::run::<MemoryServer>(
-        "memoryserver",
-        ctx.clone(),
-        stop.clone(),
-    ));
+    controllers.spawn(controllers::voice::run(ctx.clone(), stop.clone()));
+    controllers.spawn(controllers::memory::run(ctx.clone(), stop.clone()));
     controllers.spawn(pending::run::<StateRegistry>(
         "stateregistry",
         ctx.clone(),

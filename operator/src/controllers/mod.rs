@@ -3,8 +3,10 @@
 //! exponentially per object and resets on success).
 
 pub mod database;
+pub mod memory;
 pub mod nodeclass;
 pub mod pending;
+pub mod voice;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -132,6 +134,9 @@ pub enum Error {
     /// The operating system's random source failed.
     #[error("failed to generate a password: {0}")]
     Random(String),
+    /// An object the reconcile depends on holds a value the API server should have refused.
+    #[error("invalid spec: {0}")]
+    Spec(String),
     /// An object could not be serialized.
     #[error("failed to serialize {what}")]
     Serialize {
@@ -150,6 +155,7 @@ impl Error {
             Error::Random(_) => "random",
             Error::Finalizer(_) => "finalizer",
             Error::Serialize { .. } => "serialize",
+            Error::Spec(_) => "spec",
         }
     }
 
@@ -161,6 +167,7 @@ impl Error {
             Error::Random(_) => "RandomSourceError",
             Error::Finalizer(_) => "FinalizerError",
             Error::Serialize { .. } => "SerializationError",
+            Error::Spec(_) => "InvalidSpec",
         }
     }
 
@@ -241,6 +248,21 @@ where
             .await
     });
     Action::requeue(delay)
+}
+
+/// Logs what a controller's stream yields besides reconcile results: watch failures, objects
+/// that do not deserialize, missing RBAC. (Reconcile errors are logged by [`error_policy`].)
+pub fn log_stream_error<T, E: std::fmt::Display>(
+    controller: &'static str,
+) -> impl FnMut(Result<T, kube::runtime::controller::Error<Error, E>>) -> futures::future::Ready<()>
+{
+    move |result| {
+        match result {
+            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
+            Err(error) => warn!(controller, %error, "controller stream error"),
+        }
+        futures::future::ready(())
+    }
 }
 
 /// The current time.

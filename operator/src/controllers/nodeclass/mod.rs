@@ -2,7 +2,7 @@
 //! publishes the capacity plan. Pipeline: dereference (nodes, pods) -> build (pure plan) ->
 //! status.
 
-mod plan;
+pub(crate) mod plan;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,7 +71,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 #[instrument(skip_all, fields(nodeclass = %nc.name_any()))]
 async fn reconcile(nc: Arc<NodeClass>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let (nodes, pods) = dereference(&nc, &ctx).await?;
+    let (nodes, pods) = dereference(&nc, &ctx.client).await?;
     let generation = nc.metadata.generation;
     let old = nc.status.clone().unwrap_or_default();
     let mut status = old.clone();
@@ -106,19 +106,22 @@ async fn reconcile(nc: Arc<NodeClass>, ctx: Arc<Context>) -> Result<Action, Erro
 }
 
 /// Lists the nodes that match the class and the pods scheduled on them.
-async fn dereference(nc: &NodeClass, ctx: &Context) -> Result<(Vec<Node>, Vec<Pod>), Error> {
+pub(crate) async fn dereference(
+    nc: &NodeClass,
+    client: &kube::Client,
+) -> Result<(Vec<Node>, Vec<Pod>), Error> {
     let selector: Vec<String> = nc
         .spec
         .node_selector
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let nodes = Api::<Node>::all(ctx.client.clone())
+    let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default().labels(&selector.join(",")))
         .await
         .map_err(Error::kube("list the nodes of the class"))?
         .items;
-    let pods_api = Api::<Pod>::all(ctx.client.clone());
+    let pods_api = Api::<Pod>::all(client.clone());
     let mut pods = Vec::new();
     for node in &nodes {
         let on_node = format!("spec.nodeName={}", node.name_any());

@@ -33,12 +33,12 @@ pub struct Plan {
 
 /// What one pod asks for, in exact units.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Asks {
-    cpu_request: Milli,
-    cpu_limit: Option<Milli>,
-    memory_request: Milli,
-    memory_limit: Option<Milli>,
-    gpu: Milli,
+pub(crate) struct Asks {
+    pub(crate) cpu_request: Milli,
+    pub(crate) cpu_limit: Option<Milli>,
+    pub(crate) memory_request: Milli,
+    pub(crate) memory_limit: Option<Milli>,
+    pub(crate) gpu: Milli,
 }
 
 fn quantity(map: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<Milli> {
@@ -48,7 +48,7 @@ fn quantity(map: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<Mill
 
 /// Sums what the containers of a pod ask for; an init container counts where it asks for more
 /// than all regular containers together (as the scheduler counts it).
-fn asks(pod: &Pod, gpu_resource: Option<&str>) -> Asks {
+pub(crate) fn asks(pod: &Pod, gpu_resource: Option<&str>) -> Asks {
     let Some(spec) = pod.spec.as_ref() else {
         return Asks::default();
     };
@@ -97,7 +97,7 @@ fn asks(pod: &Pod, gpu_resource: Option<&str>) -> Asks {
     total
 }
 
-fn active(pod: &Pod) -> bool {
+pub(crate) fn active(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     !matches!(phase, Some("Succeeded") | Some("Failed"))
 }

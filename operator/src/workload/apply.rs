@@ -1,0 +1,267 @@
+//! Sending workloads to the cluster: server-side apply with homeplane's field manager, pruning
+//! by owner label, and reading each workload's rollout back.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::info;
+
+use super::rollout::{self, Rollout};
+use super::{INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Objects, Runner};
+use crate::controllers::{Error, FIELD_MANAGER};
+
+/// Server-side applies one namespaced object with homeplane's field manager.
+pub async fn apply_one<K>(client: &Client, obj: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let mut body = serde_json::to_value(obj).map_err(|source| Error::Serialize {
+        what: "a workload object",
+        source,
+    })?;
+    body["apiVersion"] = K::api_version(&()).into();
+    body["kind"] = K::kind(&()).into();
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(Error::kube("apply a workload object"))
+}
+
+/// Applies the objects of one workload; returns the runner as the API server has it.
+pub async fn apply(client: &Client, objects: &Objects) -> Result<Runner, Error> {
+    if let Some(service) = &objects.service {
+        apply_one(client, service).await?;
+    }
+    Ok(match &objects.runner {
+        Runner::Deployment(d) => Runner::Deployment(Box::new(apply_one(client, d.as_ref()).await?)),
+        Runner::StatefulSet(s) => {
+            Runner::StatefulSet(Box::new(apply_one(client, s.as_ref()).await?))
+        }
+    })
+}
+
+fn owned(owner_label: &str) -> ListParams {
+    ListParams::default().labels(&format!(
+        "{OWNER_LABEL}={owner_label},{MANAGED_BY_LABEL}={MANAGED_BY}"
+    ))
+}
+
+async fn prune_kind<K>(
+    client: &Client,
+    namespace: &str,
+    owner_label: &str,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<String>, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let mut pruned = Vec::new();
+    let list = api
+        .list(&owned(owner_label))
+        .await
+        .map_err(Error::kube("list objects to prune"))?;
+    for obj in list.items {
+        let name = obj.name_any();
+        let id = format!("{}/{name}", K::kind(&()));
+        if keep.contains(&id) || obj.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(Error::kube("delete an object the spec no longer asks for")(
+                    e,
+                ));
+            }
+        }
+        info!(object = %id, "pruned");
+        pruned.push(id);
+    }
+    Ok(pruned)
+}
+
+/// Deletes the Deployments, StatefulSets, Services and ConfigMaps labelled as `owner_label`'s
+/// that are not in `keep` (`Kind/name`). Returns what was deleted (`Kind/name`).
+pub async fn prune(
+    client: &Client,
+    namespace: &str,
+    owner_label: &str,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<String>, Error> {
+    let mut pruned = prune_kind::<Deployment>(client, namespace, owner_label, keep).await?;
+    pruned.extend(prune_kind::<StatefulSet>(client, namespace, owner_label, keep).await?);
+    pruned.extend(prune_kind::<Service>(client, namespace, owner_label, keep).await?);
+    pruned.extend(prune_kind::<ConfigMap>(client, namespace, owner_label, keep).await?);
+    Ok(pruned)
+}
+
+/// The rollout of an applied workload, with its pods' scheduling read from the cluster.
+pub async fn rollout(client: &Client, runner: &Runner) -> Result<Rollout, Error> {
+    let (namespace, name, state) = match runner {
+        Runner::Deployment(d) => (d.namespace(), d.name_any(), rollout::deployment(d)),
+        Runner::StatefulSet(s) => (s.namespace(), s.name_any(), rollout::statefulset(s)),
+    };
+    if state.is_ready() {
+        return Ok(state);
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace.unwrap_or_default());
+    let list = pods
+        .list(&ListParams::default().labels(&format!(
+            "{INSTANCE_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}"
+        )))
+        .await
+        .map_err(Error::kube("list a workload's pods"))?;
+    Ok(rollout::combine(state, &list.items))
+}
+
+/// A NodeClass and the room in it, read from the cluster, not counting `replacing`'s pods.
+/// `None` when the class does not exist.
+pub async fn room(
+    client: &Client,
+    class: &str,
+    replacing: Option<&str>,
+) -> Result<
+    Option<(
+        homeplane_crds::nodeclass::NodeClass,
+        super::capacity::ClassRoom,
+    )>,
+    Error,
+> {
+    let api: Api<homeplane_crds::nodeclass::NodeClass> = Api::all(client.clone());
+    let Some(nc) = api
+        .get_opt(class)
+        .await
+        .map_err(Error::kube("read a NodeClass"))?
+    else {
+        return Ok(None);
+    };
+    let (nodes, pods) = crate::controllers::nodeclass::dereference(&nc, client).await?;
+    let room = super::capacity::room(class, &nc.spec, &nodes, &pods, replacing)
+        .map_err(|e| Error::Spec(e.to_string()))?;
+    Ok(Some((nc, room)))
+}
+
+/// What became of a set of workloads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Converged {
+    /// Nothing was created or changed; `reason` (`Unschedulable`, `NodeClassNotFound`,
+    /// `InvalidPlacement`) and a message saying what to fix.
+    Refused {
+        /// CamelCase reason for the condition.
+        reason: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// Applied; each workload's rollout by name, and what was pruned.
+    Applied {
+        /// Rollout per workload name.
+        rollouts: std::collections::BTreeMap<String, Rollout>,
+        /// `Kind/name` of what was deleted.
+        pruned: Vec<String>,
+    },
+}
+
+/// Builds `workloads` for `owner`, checks that they fit their classes together (GPUs
+/// included), and only then applies them and prunes what the owner no longer asks for (other
+/// than `keep`, `Kind/name`, e.g. a ConfigMap the controller applies itself). Nothing is
+/// created when anything does not fit.
+pub async fn converge(
+    client: &Client,
+    owner: &super::Owner,
+    workloads: &[super::Workload],
+    keep: &BTreeSet<String>,
+) -> Result<Converged, Error> {
+    use std::collections::BTreeMap;
+
+    use super::capacity::{self, Demand};
+
+    let label = owner.label();
+    let mut by_class: BTreeMap<&str, Vec<&super::Workload>> = BTreeMap::new();
+    for w in workloads {
+        by_class
+            .entry(w.placement.class.as_str())
+            .or_default()
+            .push(w);
+    }
+    let mut built = Vec::new();
+    for (class, ws) in by_class {
+        let Some((nc, room)) = room(client, class, Some(&label)).await? else {
+            let users: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
+            return Ok(Converged::Refused {
+                reason: "NodeClassNotFound",
+                message: format!(
+                    "NodeClass {class} (asked for by {}) does not exist: create it or change placement.class",
+                    users.join(", ")
+                ),
+            });
+        };
+        let class_ref = super::Class {
+            name: class,
+            spec: &nc.spec,
+        };
+        let mut demands = Vec::new();
+        for w in ws {
+            let objects = match super::build(w, owner, class_ref) {
+                Ok(o) => o,
+                Err(e) => {
+                    return Ok(Converged::Refused {
+                        reason: "InvalidPlacement",
+                        message: e.to_string(),
+                    });
+                }
+            };
+            demands.push(Demand {
+                name: w.name.clone(),
+                asks: objects.asks,
+                replicas: w.replicas,
+            });
+            built.push(objects);
+        }
+        if let Err(e) = capacity::fit(&room, &demands) {
+            return Ok(Converged::Refused {
+                reason: "Unschedulable",
+                message: e.0,
+            });
+        }
+    }
+    let mut rollouts = BTreeMap::new();
+    let mut names: BTreeSet<String> = keep.clone();
+    for objects in &built {
+        let runner = apply(client, objects).await?;
+        let (kind, name) = match &runner {
+            Runner::Deployment(d) => ("Deployment", d.name_any()),
+            Runner::StatefulSet(s) => ("StatefulSet", s.name_any()),
+        };
+        if objects.service.is_some() {
+            names.insert(format!("Service/{name}"));
+        }
+        names.insert(format!("{kind}/{name}"));
+        rollouts.insert(name, rollout(client, &runner).await?);
+    }
+    let pruned = prune(client, &owner.namespace, &label, &names).await?;
+    Ok(Converged::Applied { rollouts, pruned })
+}
