@@ -5,7 +5,11 @@ HOMEPLANE_CACHE="${HOMEPLANE_CACHE:-$HOME/.cache/homeplane}"
 export GOMODCACHE="${GOMODCACHE_OVERRIDE:-$HOMEPLANE_CACHE/go/mod}"
 export GOCACHE="${GOCACHE_OVERRIDE:-$HOMEPLANE_CACHE/go/build}"
 export GOFLAGS="-mod=mod -buildvcs=false"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOMEPLANE_CACHE/target}"
+# Cargo's intermediate artifacts are shared by every checkout (a second clone rebuilds
+# nothing it already built); the final artifacts (the `homeplane` binary the tests start) are
+# per checkout, so that two checkouts building side by side never run each other's binary.
+export CARGO_BUILD_BUILD_DIR="${CARGO_BUILD_BUILD_DIR:-$HOMEPLANE_CACHE/target}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOMEPLANE_CACHE/out/$(printf '%s' "$HOMEPLANE_ROOT" | sha256sum | cut -c1-12)}"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '==> %s\n' "$*" >&2; }
