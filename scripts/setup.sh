@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what homeplane's demo and tests need and a fresh machine of this kind lacks:
-# Debian packages (openssl, curl, PostgreSQL, age, zstd), the Go-built control plane and the
-# local S3 server (versitygw). Idempotent and
+# Debian packages (openssl, curl, PostgreSQL, age, zstd, podman), the Go-built control plane and
+# the local S3 server (versitygw). Idempotent and
 # quiet when everything is there.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -13,6 +13,11 @@ command -v python3 >/dev/null || need+=(python3)
 [ -x "$(pg_bindir 2>/dev/null)/initdb" ] || need+=(postgresql postgresql-contrib)
 command -v age >/dev/null || need+=(age)
 command -v zstd >/dev/null || need+=(zstd)
+# Podman's Docker-compatible API (the state registry's docker observer), runc (crun refuses
+# hybrid cgroups) and a static busybox for the test image built with `podman import`.
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

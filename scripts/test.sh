@@ -15,10 +15,13 @@ cargo clippy --workspace --all-targets --locked -q -- -D warnings
 dir="$HOMEPLANE_ROOT/.homeplane/test/cluster"
 pg="$HOMEPLANE_ROOT/.homeplane/test/postgres"
 s3="$HOMEPLANE_ROOT/.homeplane/test/s3"
+podman_dir="$HOMEPLANE_ROOT/.homeplane/test/podman"
 "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$dir"
-trap '"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"; "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"; "$HOMEPLANE_ROOT/scripts/s3.sh" down "$s3"' EXIT
+trap '"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"; "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"; "$HOMEPLANE_ROOT/scripts/s3.sh" down "$s3"; "$HOMEPLANE_ROOT/scripts/podman.sh" down "$podman_dir"' EXIT
 "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$pg"
 "$HOMEPLANE_ROOT/scripts/s3.sh" up "$s3"
+"$HOMEPLANE_ROOT/scripts/podman.sh" up "$podman_dir"
+export HOMEPLANE_TEST_PODMAN_DIR="$podman_dir"
 export HOMEPLANE_TEST_KUBECONFIG="$dir/kubeconfig"
 HOMEPLANE_TEST_DATABASE_URL="$(sed -n 's/^export DATABASE_URL=//p' "$pg/env")"
 export HOMEPLANE_TEST_DATABASE_URL
@@ -43,6 +46,7 @@ trap - EXIT
 "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"
 "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"
 "$HOMEPLANE_ROOT/scripts/s3.sh" down "$s3"
+"$HOMEPLANE_ROOT/scripts/podman.sh" down "$podman_dir"
 if [ "$status" = 0 ]; then
   log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s)"
 else

@@ -324,6 +324,12 @@ pub struct StateRegistryStatus {
     /// Drifted properties without a Drift object because of `maxDriftObjects`.
     #[serde(default)]
     pub not_materialized: i32,
+    /// Properties refused because of an error in the catalogue (see the `Degraded` condition).
+    #[serde(default)]
+    pub refused: i32,
+    /// Corrections run in `Correct` mode since the operator started.
+    #[serde(default)]
+    pub corrections: i32,
     /// When the last evaluation ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluation_time: Option<Time>,

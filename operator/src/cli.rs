@@ -24,6 +24,12 @@ pub enum Command {
     /// does: `NNNN_description.sql` files, optional `.down.sql` files, an advisory lock, one
     /// transaction per migration, SHA-256 checksums in the history table.
     Migrate(MigrateArgs),
+    /// Read the state registry's records.
+    Drift {
+        /// What to read.
+        #[command(subcommand)]
+        command: DriftCommand,
+    },
     /// Print every CustomResourceDefinition as YAML (or write one file per CRD with --out).
     Crd {
         /// Write `<plural>.homeplane.dev.yaml` files into this folder instead of printing.
@@ -64,6 +70,36 @@ pub struct RunArgs {
     /// How long to wait for homeplane's CRDs to be established before giving up.
     #[arg(long, default_value = "60", value_parser = parse_seconds)]
     pub crd_timeout: Duration,
+    /// homeplane's own PostgreSQL database (drift history, backup catalogue):
+    /// postgres://user:password@host:port/database. Without it, no history is recorded.
+    #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
+    pub history_database_url: Option<String>,
+    /// Days of drift history kept.
+    #[arg(long, env = "HOMEPLANE_DRIFT_HISTORY_DAYS", default_value_t = 90)]
+    pub drift_history_days: u64,
+}
+
+/// `homeplane drift ...`.
+#[derive(Debug, Subcommand)]
+pub enum DriftCommand {
+    /// Print the transitions of one property (InSync, Drifted, Unknown), oldest first.
+    History(DriftHistoryArgs),
+}
+
+/// Options of `homeplane drift history`.
+#[derive(Debug, Args)]
+pub struct DriftHistoryArgs {
+    /// The property id, e.g. `pi.containers.cpu-limits`.
+    pub property: String,
+    /// homeplane's own database: postgres://user:password@host:port/database.
+    #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
+    pub history_database_url: String,
+    /// Only the registries of this namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Most transitions printed (the newest).
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {

@@ -4,7 +4,9 @@ mod cli;
 mod conditions;
 mod controllers;
 mod crdgen;
+mod drift_cli;
 mod duration;
+mod history;
 mod leader;
 mod metrics;
 mod migrate_cli;
@@ -26,6 +28,9 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Run(args) => run::run(args).await,
         cli::Command::Migrate(args) => migrate_cli::run(args).await,
+        cli::Command::Drift {
+            command: cli::DriftCommand::History(args),
+        } => drift_cli::history(args).await,
         cli::Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
         cli::Command::Crd { out: None } => crdgen::render_all()
             .map(|y| print!("{y}"))

@@ -26,6 +26,20 @@ pub struct ErrorLabels {
     pub category: &'static str,
 }
 
+/// Labels of state-registry metrics per severity.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SeverityLabels {
+    /// `info`, `warning` or `critical`.
+    pub severity: &'static str,
+}
+
+/// Labels of correction metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// `applied` or `failed`.
+    pub outcome: &'static str,
+}
+
 /// The operator's metrics and the registry that serves them.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +47,9 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
     leader: Gauge,
+    drifted: Family<SeverityLabels, Gauge>,
+    unknown: Gauge,
+    corrections: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,12 +83,33 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        let drifted = Family::<SeverityLabels, Gauge>::default();
+        let unknown = Gauge::default();
+        let corrections = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "drifted_properties",
+            "State-registry properties out of their desired state, per severity",
+            drifted.clone(),
+        );
+        registry.register(
+            "unknown_properties",
+            "State-registry properties that could not be observed",
+            unknown.clone(),
+        );
+        registry.register(
+            "drift_corrections",
+            "Corrections run by state registries in Correct mode, per outcome",
+            corrections.clone(),
+        );
         Self {
             registry,
             reconciles,
             errors,
             durations,
             leader,
+            drifted,
+            unknown,
+            corrections,
         }
     }
 }
@@ -99,6 +137,23 @@ impl Metrics {
     /// Records whether this replica leads.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Sets the drifted properties per severity and the unknown ones, over all registries.
+    pub fn set_drift(&self, drifted: &std::collections::BTreeMap<&'static str, i64>, unknown: i64) {
+        for (severity, n) in drifted {
+            self.drifted
+                .get_or_create(&SeverityLabels { severity })
+                .set(*n);
+        }
+        self.unknown.set(unknown);
+    }
+
+    /// Counts one correction.
+    pub fn corrected(&self, outcome: &'static str) {
+        self.corrections
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// The metrics in the Prometheus text format.

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use homeplane_crds::{Agent, AgentRun, Backup, BackupPolicy, StateRegistry, Workflow};
+use homeplane_crds::{Agent, AgentRun, Backup, BackupPolicy, Workflow};
 use kube::Client;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +88,18 @@ async fn lead_and_reconcile(
     }
     metrics.set_leader(true);
 
+    let history = match &args.history_database_url {
+        Some(url) => Some(controllers::registry::History {
+            pool: crate::history::connect(url)
+                .await
+                .context("--history-database-url: homeplane's database")?,
+            retention: Duration::from_secs(args.drift_history_days.saturating_mul(86_400)),
+        }),
+        None => {
+            info!("no --history-database-url: drift history is not recorded");
+            None
+        }
+    };
     let ctx = Arc::new(Context::new(
         client,
         metrics.clone(),
@@ -117,9 +129,9 @@ async fn lead_and_reconcile(
     ));
     controllers.spawn(controllers::voice::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::memory::run(ctx.clone(), stop.clone()));
-    controllers.spawn(pending::run::<StateRegistry>(
-        "stateregistry",
+    controllers.spawn(controllers::registry::run(
         ctx.clone(),
+        history,
         stop.clone(),
     ));
     info!(controllers = controllers.len(), "controllers started");

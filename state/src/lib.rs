@@ -5,6 +5,7 @@
 
 pub mod catalogue;
 pub mod compare;
+pub mod derived;
 pub mod duration;
 pub mod engine;
 pub mod observation;

@@ -6,6 +6,7 @@ pub mod database;
 pub mod memory;
 pub mod nodeclass;
 pub mod pending;
+pub mod registry;
 pub mod voice;
 
 use std::collections::HashMap;

@@ -43,10 +43,17 @@ pub async fn observe(properties: &[(&str, &HttpObserver)]) -> HashMap<String, Ob
                 .collect();
         }
     };
-    let answers: HashMap<&str, Result<Answer, String>> = futures::stream::iter(by_url)
+    let requests: Vec<(String, Duration)> = by_url
+        .into_iter()
+        .map(|(url, timeout)| (url.to_string(), timeout))
+        .collect();
+    let answers: HashMap<String, Result<Answer, String>> = futures::stream::iter(requests)
         .map(|(url, timeout)| {
             let client = client.clone();
-            async move { (url, get(&client, url, timeout).await) }
+            async move {
+                let answer = get(&client, &url, timeout).await;
+                (url, answer)
+            }
         })
         .buffer_unordered(CONCURRENCY)
         .collect()

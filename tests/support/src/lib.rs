@@ -626,3 +626,94 @@ impl S3Server {
         format!("{prefix}-{}", suffix())
     }
 }
+
+/// Podman's Docker-compatible API service: the one in `HOMEPLANE_TEST_PODMAN_DIR` (started by
+/// `make test` with scripts/podman.sh), or one started now for this test process.
+pub struct Podman {
+    /// The folder of the service (socket, storage, `env`).
+    pub dir: PathBuf,
+}
+
+static PODMAN: OnceLock<Podman> = OnceLock::new();
+static TEST_IMAGE: OnceLock<String> = OnceLock::new();
+
+impl Podman {
+    /// The service of this test run.
+    pub fn shared() -> &'static Podman {
+        PODMAN.get_or_init(|| match Self::connect() {
+            Ok(p) => p,
+            Err(e) => panic!("no Podman API service: {e:#}"),
+        })
+    }
+
+    fn connect() -> Result<Podman> {
+        if let Some(dir) = std::env::var_os("HOMEPLANE_TEST_PODMAN_DIR") {
+            return Ok(Podman { dir: dir.into() });
+        }
+        let dir = std::env::temp_dir().join(format!("homeplane-podman-{}", std::process::id()));
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/podman.sh"))
+            .arg("up")
+            .arg(&dir)
+            .env("HOMEPLANE_PODMAN_OWNER_PID", std::process::id().to_string())
+            .status()
+            .context("failed to run scripts/podman.sh")?;
+        if !status.success() {
+            bail!("scripts/podman.sh up {} failed", dir.display());
+        }
+        Ok(Podman { dir })
+    }
+
+    /// The Docker Engine API endpoint, `unix:///…/podman.sock`.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.dir.join("podman.sock").display())
+    }
+
+    /// Runs the podman CLI against the service's storage; returns stdout.
+    pub fn podman(&self, args: &[&str]) -> Result<String> {
+        let env = std::fs::read_to_string(self.dir.join("env"))?;
+        let mut cmd = Command::new("podman");
+        for line in env.lines() {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                cmd.env(k, v.trim_matches('"'));
+            }
+        }
+        let out = cmd.args(args).output().context("failed to run podman")?;
+        if !out.status.success() {
+            bail!(
+                "podman {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// An image built here with `podman import` from a root file system holding a static
+    /// busybox (no registry involved); built once per test process.
+    pub fn test_image(&self) -> Result<String> {
+        if let Some(image) = TEST_IMAGE.get() {
+            return Ok(image.clone());
+        }
+        let root = std::env::temp_dir().join(format!("homeplane-rootfs-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("bin"))?;
+        std::fs::copy("/usr/bin/busybox", root.join("bin/busybox"))
+            .context("busybox is missing: scripts/setup.sh installs busybox-static")?;
+        let tar = root.with_extension("tar");
+        let status = Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()?;
+        if !status.success() {
+            bail!("tar of the test root file system failed");
+        }
+        let image = "localhost/homeplane-test:1".to_string();
+        self.podman(&["import", &tar.to_string_lossy(), &image])?;
+        let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_file(&tar);
+        Ok(TEST_IMAGE.get_or_init(|| image).clone())
+    }
+}

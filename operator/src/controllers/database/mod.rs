@@ -245,6 +245,32 @@ async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
     Ok(action)
 }
 
+/// How the state registry's `sql` observer reaches a Database: its admin credentials, which
+/// the observer narrows to a read-only transaction under the read-only role
+/// `pg_read_all_data`. The error says why the Database cannot be read.
+pub async fn observer_options(ctx: &Context, db: &Database) -> Result<PgConnectOptions, String> {
+    let ns = db.namespace().unwrap_or_default();
+    let Some(server) = db.spec.server.external.as_ref() else {
+        return Err(format!(
+            "Database {} has no external server; the sql observer reads external servers only",
+            db.name_any()
+        ));
+    };
+    match admin_credentials(ctx, &ns, server).await {
+        Ok(Some((user, password))) => {
+            Ok(connect_options(server, &user, &password).database(&database_name(db)))
+        }
+        Ok(None) => Err(format!(
+            "Secret {ns}/{} with username and password is missing",
+            server.admin_secret
+        )),
+        Err(e) => Err(format!(
+            "failed to read Secret {ns}/{}: {e}",
+            server.admin_secret
+        )),
+    }
+}
+
 fn api(db: &Database, ctx: &Context) -> Api<Database> {
     Api::namespaced(ctx.client.clone(), &db.namespace().unwrap_or_default())
 }

@@ -1,0 +1,214 @@
+//! Observation of a whole catalogue in a handful of calls: one list per Kubernetes
+//! kind/namespace/selector, one connection per Database, one GET per URL, one inspection per
+//! container. Every failure becomes an `Unknown` observation with the reason, never an error
+//! of the evaluation.
+
+use std::collections::HashMap;
+
+use homeplane_crds::database::Database;
+use homeplane_crds::registry::{KubernetesObserver, Observer};
+use homeplane_state::observation::aggregate;
+use homeplane_state::{Checked, Observation, Observe};
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::core::GroupVersionKind;
+use serde_json::Value;
+
+use crate::controllers::Context;
+
+/// Kubernetes API resources found by discovery, per `apiVersion/kind`.
+pub type Resources = HashMap<(String, String), Result<ApiResource, String>>;
+
+/// Observes every declared property of `properties` (derived ones are observed elsewhere).
+pub async fn observe_all(
+    ctx: &Context,
+    namespace: &str,
+    properties: &[Checked],
+    resources: &mut Resources,
+) -> HashMap<String, Observation> {
+    let mut kubernetes = Vec::new();
+    let mut sql: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
+    let mut http = Vec::new();
+    let mut docker = Vec::new();
+    for p in properties {
+        let Observe::Declared(observer) = &p.observe else {
+            continue;
+        };
+        let Observer {
+            kubernetes: k,
+            sql: s,
+            http: h,
+            docker: d,
+        } = observer.as_ref();
+        if let Some(k) = k {
+            kubernetes.push((p.id.as_str(), k));
+        } else if let Some(s) = s {
+            sql.entry(s.database.as_str())
+                .or_default()
+                .push((p.id.as_str(), s.query.as_str()));
+        } else if let Some(h) = h {
+            http.push((p.id.as_str(), h));
+        } else if let Some(d) = d {
+            docker.push((p.id.as_str(), d));
+        }
+    }
+    let (k, s, h, d) = futures::join!(
+        observe_kubernetes(ctx, &kubernetes, resources),
+        observe_sql(ctx, namespace, &sql),
+        homeplane_state::observe::http::observe(&http),
+        homeplane_state::observe::docker::observe(&docker),
+    );
+    let mut all = k;
+    all.extend(s);
+    all.extend(h);
+    all.extend(d);
+    all
+}
+
+/// The list call a Kubernetes property needs: kind, namespace and selectors.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ListKey {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    labels: Option<String>,
+    fields: Option<String>,
+}
+
+async fn observe_kubernetes(
+    ctx: &Context,
+    properties: &[(&str, &KubernetesObserver)],
+    resources: &mut Resources,
+) -> HashMap<String, Observation> {
+    let mut lists: HashMap<ListKey, Result<Vec<Value>, String>> = HashMap::new();
+    for (_, k) in properties {
+        let key = ListKey {
+            api_version: k.api_version.clone(),
+            kind: k.kind.clone(),
+            namespace: k.namespace.clone(),
+            labels: k.label_selector.clone(),
+            fields: k.field_selector.clone(),
+        };
+        if lists.contains_key(&key) {
+            continue;
+        }
+        let listed = match resource(ctx, resources, &k.api_version, &k.kind).await {
+            Ok(ar) => list(ctx, &ar, &key).await,
+            Err(e) => Err(e),
+        };
+        lists.insert(key, listed);
+    }
+    properties
+        .iter()
+        .map(|(id, k)| {
+            let key = ListKey {
+                api_version: k.api_version.clone(),
+                kind: k.kind.clone(),
+                namespace: k.namespace.clone(),
+                labels: k.label_selector.clone(),
+                fields: k.field_selector.clone(),
+            };
+            let observation = match lists.get(&key) {
+                Some(Ok(objects)) => {
+                    let selected: Vec<&Value> = objects
+                        .iter()
+                        .filter(|o| {
+                            k.name
+                                .as_deref()
+                                .is_none_or(|n| o["metadata"]["name"].as_str() == Some(n))
+                        })
+                        .collect();
+                    if k.name.is_some() && selected.is_empty() {
+                        Observation {
+                            value: Ok(Value::Null),
+                            message: Some(format!(
+                                "{} {} does not exist",
+                                k.kind,
+                                k.name.as_deref().unwrap_or_default()
+                            )),
+                        }
+                    } else {
+                        aggregate(&selected, k.field.as_deref(), k.aggregate)
+                    }
+                }
+                Some(Err(reason)) => Observation::failed(reason.clone()),
+                None => Observation::failed("the objects were not listed"),
+            };
+            (id.to_string(), observation)
+        })
+        .collect()
+}
+
+/// The API resource of `apiVersion`/`kind`, found once by discovery.
+pub async fn resource(
+    ctx: &Context,
+    resources: &mut Resources,
+    api_version: &str,
+    kind: &str,
+) -> Result<ApiResource, String> {
+    let key = (api_version.to_string(), kind.to_string());
+    if let Some(found) = resources.get(&key) {
+        return found.clone();
+    }
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let found = kube::discovery::pinned_kind(&ctx.client, &gvk)
+        .await
+        .map(|(ar, _)| ar)
+        .map_err(|e| format!("the API server does not serve {kind} in {api_version}: {e}"));
+    resources.insert(key, found.clone());
+    found
+}
+
+async fn list(ctx: &Context, ar: &ApiResource, key: &ListKey) -> Result<Vec<Value>, String> {
+    let api: Api<DynamicObject> = match &key.namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, ar),
+        None => Api::all_with(ctx.client.clone(), ar),
+    };
+    let mut params = ListParams::default();
+    if let Some(l) = &key.labels {
+        params = params.labels(l);
+    }
+    if let Some(f) = &key.fields {
+        params = params.fields(f);
+    }
+    let listed = api
+        .list(&params)
+        .await
+        .map_err(|e| format!("failed to list {}: {e}", key.kind))?;
+    listed
+        .items
+        .into_iter()
+        .map(|o| serde_json::to_value(o).map_err(|e| format!("failed to read a {}: {e}", key.kind)))
+        .collect()
+}
+
+async fn observe_sql(
+    ctx: &Context,
+    namespace: &str,
+    by_database: &HashMap<&str, Vec<(&str, &str)>>,
+) -> HashMap<String, Observation> {
+    let mut observed = HashMap::new();
+    let databases: Api<Database> = Api::namespaced(ctx.client.clone(), namespace);
+    for (name, queries) in by_database {
+        let options = match databases.get_opt(name).await {
+            Ok(Some(db)) => crate::controllers::database::observer_options(ctx, &db).await,
+            Ok(None) => Err(format!("Database {namespace}/{name} does not exist")),
+            Err(e) => Err(format!("failed to read Database {namespace}/{name}: {e}")),
+        };
+        match options {
+            Ok(options) => {
+                observed.extend(homeplane_state::observe::sql::observe(&options, queries).await);
+            }
+            Err(reason) => {
+                for (id, _) in queries {
+                    observed.insert(id.to_string(), Observation::failed(reason.clone()));
+                }
+            }
+        }
+    }
+    observed
+}

@@ -1,0 +1,625 @@
+//! The StateRegistry controller against the real world: the test control plane, PostgreSQL,
+//! an HTTP server in this process and Podman's Docker-compatible API. A property in sync gives
+//! no Drift; changing the world by hand gives a Drift with the right desired and observed
+//! values; undoing it removes the Drift; a failing observer is Unknown; a malformed catalogue
+//! is refused precisely; `Correct` mode puts a declared object back and the transitions land
+//! in the history database.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use homeplane_testkit::{
+    Cluster, Operator, Podman, Postgres, TestNamespace, eventually, free_port, suffix,
+};
+use serde_json::Value;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_homeplane");
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A real HTTP server on loopback answering every request with the current body.
+struct JsonServer {
+    port: u16,
+    body: Arc<Mutex<String>>,
+}
+
+impl JsonServer {
+    fn start(body: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = Arc::new(Mutex::new(body.to_string()));
+        let shared = body.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = stream.read(&mut buf);
+                let text = shared.lock().unwrap().clone();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        Self { port, body }
+    }
+
+    fn set(&self, body: &str) {
+        *self.body.lock().unwrap() = body.to_string();
+    }
+}
+
+fn admin_secret(cluster: &Cluster, ns: &str, pg: &Postgres) {
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "pg-admin",
+            "-n",
+            ns,
+            &format!("--from-literal=username={}", pg.user),
+            &format!("--from-literal=password={}", pg.password),
+        ])
+        .unwrap();
+}
+
+fn status(cluster: &Cluster, ns: &str, name: &str) -> Value {
+    let out = cluster
+        .kubectl_ok(&["get", "stateregistry", name, "-n", ns, "-o", "json"])
+        .unwrap();
+    serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
+}
+
+fn drifts(cluster: &Cluster, ns: &str) -> Vec<Value> {
+    let out = cluster
+        .kubectl_ok(&["get", "drift", "-n", ns, "-o", "json"])
+        .unwrap();
+    serde_json::from_str::<Value>(&out).unwrap()["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// (property, desired, observed) of every Drift, sorted.
+fn drift_values(cluster: &Cluster, ns: &str) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = drifts(cluster, ns)
+        .iter()
+        .map(|d| {
+            let s = &d["spec"];
+            (
+                s["property"].as_str().unwrap_or_default().to_string(),
+                s["desired"].as_str().unwrap_or_default().to_string(),
+                s["observed"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn events(cluster: &Cluster, ns: &str) -> String {
+    cluster
+        .kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "-o",
+            "custom-columns=REASON:.reason,NOTE:.note,MESSAGE:.message",
+        ])
+        .unwrap_or_default()
+}
+
+fn condition(status: &Value, type_: &str) -> (String, String, String) {
+    let c = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let text = |f: &str| c[f].as_str().unwrap_or_default().to_string();
+    (text("status"), text("reason"), text("message"))
+}
+
+#[test]
+fn the_observed_world_drifts_and_comes_back() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let podman = Podman::shared();
+    let ns = TestNamespace::new(cluster, "reg-world").unwrap();
+    let s = suffix();
+
+    // The world: a database row, a Deployment with CPU limits, an HTTP service, a container.
+    let db = format!("hp_reg_{s}");
+    pg.admin("postgres", &format!("CREATE DATABASE {db}"))
+        .unwrap();
+    pg.admin(
+        &db,
+        "CREATE TABLE settings (k text PRIMARY KEY, v text); INSERT INTO settings VALUES ('mode', 'strict')",
+    )
+    .unwrap();
+    admin_secret(cluster, &ns.name, pg);
+    let http = JsonServer::start(r#"{"status": "ok", "version": "1.123.4"}"#);
+    let closed = free_port().unwrap();
+    let image = podman.test_image().unwrap();
+    let container = format!("ollama-{s}");
+    podman
+        .podman(&[
+            "run",
+            "-d",
+            "--name",
+            &container,
+            &image,
+            "/bin/busybox",
+            "sleep",
+            "3600",
+        ])
+        .unwrap();
+    let (host, port) = (&pg.host, pg.port);
+    let endpoint = podman.endpoint();
+    let nsn = &ns.name;
+    let world = format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: n8n}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: n8n}}}}
+  template:
+    metadata: {{labels: {{app: n8n}}}}
+    spec:
+      containers:
+      - name: n8n
+        image: n8nio/n8n:1.123.4
+        resources: {{limits: {{cpu: 500m, memory: 512Mi}}}}
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: Database
+metadata: {{name: homelab}}
+spec:
+  server: {{external: {{host: "{host}", port: {port}, adminSecret: pg-admin, sslMode: disable}}}}
+  databaseName: {db}
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {{name: homelab}}
+spec:
+  interval: 2s
+  derived: false
+  properties:
+  - id: pi.containers.cpu-limits
+    description: every container on the Pi has a CPU limit
+    severity: critical
+    desired: true
+    observe:
+      kubernetes:
+        apiVersion: apps/v1
+        kind: Deployment
+        namespace: {nsn}
+        field: /spec/template/spec/containers/*/resources/limits/cpu
+        aggregate: all
+  - id: pi.deployments.count
+    desired: "{{{{ count.Database }}}}"
+    observe: {{kubernetes: {{apiVersion: apps/v1, kind: Deployment, namespace: {nsn}, aggregate: count}}}}
+  - id: db.settings.mode
+    desired: strict
+    observe: {{sql: {{database: homelab, query: "SELECT v FROM settings WHERE k = 'mode'"}}}}
+  - id: n8n.health
+    desired: ok
+    observe: {{http: {{url: "http://127.0.0.1:{hp}/healthz", jsonPointer: /status}}}}
+  - id: n8n.version
+    desired: "1"
+    comparison: semverMajor
+    observe: {{http: {{url: "http://127.0.0.1:{hp}/healthz", jsonPointer: /version}}}}
+  - id: gpu.ollama.running
+    severity: critical
+    desired: running
+    observe: {{docker: {{endpoint: "{endpoint}", container: {container}, field: /State/Status}}}}
+  - id: broken.endpoint
+    desired: 200
+    observe: {{http: {{url: "http://127.0.0.1:{closed}/", timeoutSeconds: 2}}}}
+"#,
+        hp = http.port
+    );
+    let (ok, out) = cluster.apply(&ns.name, &world).unwrap();
+    assert!(ok, "{out}");
+    let _op = Operator::start(BINARY, cluster, &ns.name, &format!("reg-world-{s}"), &[]).unwrap();
+
+    // In sync: no Drift; the failing observer is Unknown, not drift.
+    let st = eventually(WAIT, "a first evaluation in sync", || {
+        let st = status(cluster, &ns.name, "homelab");
+        Ok((st["properties"] == 7 && st["inSync"] == 6 && st["unknown"] == 1).then_some(st))
+    })
+    .unwrap_or_else(|e| panic!("{e}; status {}", status(cluster, &ns.name, "homelab")));
+    assert_eq!(st["drifted"], 0, "{st}");
+    assert!(drifts(cluster, &ns.name).is_empty());
+    assert!(st["lastEvaluationTime"].is_string(), "{st}");
+    assert_eq!(condition(&st, "Ready").0, "True", "{st}");
+    let listing = cluster
+        .kubectl_ok(&["get", "drift", "-n", &ns.name])
+        .unwrap();
+    assert!(listing.trim().is_empty(), "{listing}");
+    eventually(WAIT, "an Unknown event for the failing observer", || {
+        let e = events(cluster, &ns.name);
+        Ok(e.contains("broken.endpoint: cannot be observed")
+            .then_some(()))
+    })
+    .unwrap();
+
+    // Change the world by hand.
+    cluster
+        .kubectl_ok(&[
+            "patch", "deployment", "n8n", "-n", &ns.name, "--type=json", "-p",
+            r#"[{"op": "remove", "path": "/spec/template/spec/containers/0/resources/limits/cpu"}]"#,
+        ])
+        .unwrap();
+    pg.admin(&db, "UPDATE settings SET v = 'lax' WHERE k = 'mode'")
+        .unwrap();
+    http.set(r#"{"status": "degraded", "version": "2.0.1"}"#);
+    podman.podman(&["stop", "-t", "0", &container]).unwrap();
+
+    let expected = vec![
+        (
+            "db.settings.mode".to_string(),
+            "strict".to_string(),
+            "lax".to_string(),
+        ),
+        (
+            "gpu.ollama.running".to_string(),
+            "running".to_string(),
+            "exited".to_string(),
+        ),
+        (
+            "n8n.health".to_string(),
+            "ok".to_string(),
+            "degraded".to_string(),
+        ),
+        (
+            "n8n.version".to_string(),
+            "1".to_string(),
+            "2.0.1".to_string(),
+        ),
+        (
+            "pi.containers.cpu-limits".to_string(),
+            "true".to_string(),
+            "false".to_string(),
+        ),
+    ];
+    eventually(WAIT, "five Drift objects", || {
+        Ok((drift_values(cluster, &ns.name) == expected).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}; drifts {:?}", drift_values(cluster, &ns.name)));
+    let listing = cluster
+        .kubectl_ok(&["get", "drift", "-n", &ns.name])
+        .unwrap();
+    for column in ["PROPERTY", "DESIRED", "OBSERVED", "SEVERITY", "SINCE"] {
+        assert!(listing.contains(column), "{listing}");
+    }
+    assert!(listing.contains("homelab.gpu.ollama.running"), "{listing}");
+    let cpu = drifts(cluster, &ns.name)
+        .into_iter()
+        .find(|d| d["spec"]["property"] == "pi.containers.cpu-limits")
+        .unwrap();
+    assert_eq!(cpu["spec"]["severity"], "critical");
+    let message = cpu["spec"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("{}/n8n", ns.name)), "{message}");
+    assert_eq!(
+        cpu["metadata"]["ownerReferences"][0]["kind"], "StateRegistry",
+        "{cpu}"
+    );
+    let st = status(cluster, &ns.name, "homelab");
+    assert_eq!(st["driftedBySeverity"]["critical"], 2, "{st}");
+    let e = events(cluster, &ns.name);
+    assert!(
+        e.contains("db.settings.mode: desired strict, observed lax"),
+        "{e}"
+    );
+
+    // Undo it: every Drift goes away.
+    cluster
+        .kubectl_ok(&[
+            "patch", "deployment", "n8n", "-n", &ns.name, "--type=json", "-p",
+            r#"[{"op": "add", "path": "/spec/template/spec/containers/0/resources/limits/cpu", "value": "500m"}]"#,
+        ])
+        .unwrap();
+    pg.admin(&db, "UPDATE settings SET v = 'strict' WHERE k = 'mode'")
+        .unwrap();
+    http.set(r#"{"status": "ok", "version": "1.124.0"}"#);
+    podman.podman(&["start", &container]).unwrap();
+    eventually(WAIT, "no Drift left", || {
+        Ok(drifts(cluster, &ns.name).is_empty().then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}; drifts {:?}", drift_values(cluster, &ns.name)));
+    let st = status(cluster, &ns.name, "homelab");
+    assert_eq!(
+        (st["inSync"].clone(), st["unknown"].clone()),
+        (6.into(), 1.into()),
+        "{st}"
+    );
+    assert!(events(cluster, &ns.name).contains("Resolved"));
+    let _ = podman.podman(&["rm", "-f", "-t", "0", &container]);
+    let _ = pg.admin(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+}
+
+#[test]
+fn a_malformed_catalogue_is_refused_precisely() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::new(cluster, "reg-bad").unwrap();
+    let s = suffix();
+    let http = JsonServer::start(r#"{"status": "ok"}"#);
+
+    // The API server refuses what the schema can tell.
+    let inline = r#"apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {name: refused}
+spec:
+  properties:
+  - id: no.observer
+    desired: 1
+    observe: {}
+"#;
+    let (ok, out) = cluster.apply(&ns.name, inline).unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("observe must set exactly one of kubernetes, sql, http or docker"),
+        "{out}"
+    );
+    let (ok, out) = cluster
+        .apply(
+            &ns.name,
+            &inline.replace("observe: {}", "observe: {http: {url: \"ftp://nas/\"}}"),
+        )
+        .unwrap();
+    assert!(
+        !ok && out.contains("url must be an http:// or https:// URL"),
+        "{out}"
+    );
+
+    // A ConfigMap catalogue: the bad properties are refused by id and field, the good one runs.
+    let catalogue = format!(
+        r#"- id: n8n.health
+  desired: ok
+  observe: {{http: {{url: "http://127.0.0.1:{}/", jsonPointer: /status}}}}
+- id: voice.latency
+  desired: 2000
+  comparison: withinPercent
+  observe: {{http: {{url: "http://127.0.0.1:{}/"}}}}
+- id: gpu.host.up
+  desired: true
+  observe: {{docker: {{endpoint: "ssh://gpu", container: ollama, field: /State/Running}}}}
+"#,
+        http.port, http.port
+    );
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "seed-catalogue"},
+        "data": {"catalogue.yaml": catalogue},
+    });
+    let (ok, out) = cluster.apply(&ns.name, &cm.to_string()).unwrap();
+    assert!(ok, "{out}");
+    let registry = r#"apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {name: seed}
+spec:
+  interval: 2s
+  derived: false
+  catalogs:
+  - {name: seed-catalogue, key: catalogue.yaml}
+  - {name: missing, key: catalogue.yaml}
+"#;
+    let (ok, out) = cluster.apply(&ns.name, registry).unwrap();
+    assert!(ok, "{out}");
+    let _op = Operator::start(BINARY, cluster, &ns.name, &format!("reg-bad-{s}"), &[]).unwrap();
+    let st = eventually(WAIT, "an evaluation", || {
+        let st = status(cluster, &ns.name, "seed");
+        Ok(st["lastEvaluationTime"].is_string().then_some(st))
+    })
+    .unwrap();
+    assert_eq!(
+        (st["properties"].clone(), st["inSync"].clone()),
+        (1.into(), 1.into()),
+        "{st}"
+    );
+    assert_eq!(st["refused"], 3, "{st}");
+    let (degraded, reason, message) = condition(&st, "Degraded");
+    assert_eq!(
+        (degraded.as_str(), reason.as_str()),
+        ("True", "InvalidProperties")
+    );
+    for needle in [
+        "3 properties refused",
+        "ConfigMap seed-catalogue key catalogue.yaml: property voice.latency: tolerancePercent: withinPercent needs tolerancePercent",
+        "property gpu.host.up: observe.docker.endpoint:",
+        "catalogs[1]: ConfigMap",
+        "/missing does not exist",
+    ] {
+        assert!(message.contains(needle), "{needle:?} not in {message}");
+    }
+}
+
+#[test]
+fn correct_mode_restores_a_declared_object_and_history_records_it() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let ns = TestNamespace::new(cluster, "reg-fix").unwrap();
+    let s = suffix();
+    let history_db = format!("hp_history_{s}");
+    pg.admin("postgres", &format!("CREATE DATABASE {history_db}"))
+        .unwrap();
+    let url = pg.uri(&pg.user, &pg.password, &history_db);
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: authelia}}
+data: {{policy: two_factor}}
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {{name: homelab}}
+spec:
+  interval: 2s
+  mode: Correct
+  derived: false
+  properties:
+  - id: sso.authelia.policy
+    desired: two_factor
+    severity: critical
+    observe: {{kubernetes: {{apiVersion: v1, kind: ConfigMap, namespace: {}, name: authelia, field: /data/policy}}}}
+    corrector: {{patch: {{data: {{policy: two_factor}}}}}}
+"#,
+        ns.name
+    );
+    let (ok, out) = cluster.apply(&ns.name, &manifests).unwrap();
+    assert!(ok, "{out}");
+    let _op = Operator::start(
+        BINARY,
+        cluster,
+        &ns.name,
+        &format!("reg-fix-{s}"),
+        &["--history-database-url", &url],
+    )
+    .unwrap();
+    eventually(WAIT, "in sync", || {
+        let st = status(cluster, &ns.name, "homelab");
+        Ok((st["inSync"] == 1).then_some(()))
+    })
+    .unwrap();
+    let st = status(cluster, &ns.name, "homelab");
+    assert_eq!(condition(&st, "HistoryRecorded").0, "True", "{st}");
+
+    // Someone weakens the policy by hand; Correct mode puts it back.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "configmap",
+            "authelia",
+            "-n",
+            &ns.name,
+            "-p",
+            r#"{"data":{"policy":"one_factor"}}"#,
+        ])
+        .unwrap();
+    eventually(WAIT, "the policy corrected", || {
+        let policy = cluster.kubectl_ok(&[
+            "get",
+            "configmap",
+            "authelia",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.data.policy}",
+        ])?;
+        let e = events(cluster, &ns.name);
+        Ok((policy == "two_factor" && e.contains("Corrected")).then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}; events {}", events(cluster, &ns.name)));
+    assert!(events(cluster, &ns.name).contains(&format!(
+        "sso.authelia.policy: patched ConfigMap {}/authelia",
+        ns.name
+    )));
+    eventually(WAIT, "the correction counted and no Drift left", || {
+        let st = status(cluster, &ns.name, "homelab");
+        Ok((st["corrections"].as_i64().unwrap_or(0) >= 1
+            && st["inSync"] == 1
+            && drifts(cluster, &ns.name).is_empty())
+        .then_some(()))
+    })
+    .unwrap();
+
+    // The transitions are in homeplane's database; the CLI prints them.
+    let out = eventually(WAIT, "Drifted then InSync in the history", || {
+        let out = std::process::Command::new(BINARY)
+            .args([
+                "drift",
+                "history",
+                "sso.authelia.policy",
+                "--history-database-url",
+                &url,
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let moves: Vec<(String, String)> = text
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                Some((cols.get(2)?.to_string(), cols.get(3)?.to_string()))
+            })
+            .collect();
+        let drifted = moves
+            .iter()
+            .position(|m| m == &("InSync".into(), "Drifted".into()));
+        let back = moves
+            .iter()
+            .position(|m| m == &("Drifted".into(), "InSync".into()));
+        Ok(matches!((drifted, back), (Some(a), Some(b)) if a < b).then_some(text))
+    })
+    .unwrap();
+    assert!(out.starts_with("TIME"), "{out}");
+    assert!(out.contains(&format!("{}/homelab", ns.name)), "{out}");
+    let _ = pg.admin(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {history_db} WITH (FORCE)"),
+    );
+}
+
+#[test]
+fn homeplane_kinds_contribute_derived_properties() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::new(cluster, "reg-derived").unwrap();
+    let s = suffix();
+    let closed = free_port().unwrap();
+    // A Database whose server does not answer: its controller reports Ready=False, and the
+    // registry turns that into drift of the derived property without a catalogue.
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: pg-admin}}
+stringData: {{username: postgres, password: nope}}
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: Database
+metadata: {{name: memory}}
+spec:
+  server: {{external: {{host: 127.0.0.1, port: {closed}, adminSecret: pg-admin, sslMode: disable}}}}
+  migrations:
+    inline:
+    - {{id: "0001_init", sql: "CREATE TABLE m (id int)"}}
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {{name: derived}}
+spec:
+  interval: 2s
+"#
+    );
+    let (ok, out) = cluster.apply(&ns.name, &manifests).unwrap();
+    assert!(ok, "{out}");
+    let _op = Operator::start(BINARY, cluster, &ns.name, &format!("reg-derived-{s}"), &[]).unwrap();
+    let drift = eventually(WAIT, "the Database's derived Ready drift", || {
+        Ok(drifts(cluster, &ns.name)
+            .into_iter()
+            .find(|d| d["spec"]["property"] == "database.memory.ready"))
+    })
+    .unwrap_or_else(|e| panic!("{e}; status {}", status(cluster, &ns.name, "derived")));
+    assert_eq!(drift["spec"]["desired"], "true");
+    assert_eq!(drift["spec"]["observed"], "false");
+    let message = drift["spec"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("127.0.0.1"), "{message}");
+    // Its migrations cannot be known while the server is down: Unknown, not drift.
+    assert!(
+        !drifts(cluster, &ns.name)
+            .iter()
+            .any(|d| d["spec"]["property"] == "database.memory.migrations.applied")
+    );
+    let st = status(cluster, &ns.name, "derived");
+    assert!(st["unknown"].as_i64().unwrap_or(0) >= 1, "{st}");
+}
