@@ -16,15 +16,29 @@ dir="$HOMEPLANE_ROOT/.homeplane/test/cluster"
 pg="$HOMEPLANE_ROOT/.homeplane/test/postgres"
 s3="$HOMEPLANE_ROOT/.homeplane/test/s3"
 podman_dir="$HOMEPLANE_ROOT/.homeplane/test/podman"
+n8n="$HOMEPLANE_ROOT/.homeplane/test/n8n"
+stop_servers() {
+  "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"
+  "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"
+  "$HOMEPLANE_ROOT/scripts/s3.sh" down "$s3"
+  "$HOMEPLANE_ROOT/scripts/podman.sh" down "$podman_dir"
+  "$HOMEPLANE_ROOT/scripts/n8n.sh" down "$n8n"
+}
 "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$dir"
-trap '"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"; "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"; "$HOMEPLANE_ROOT/scripts/s3.sh" down "$s3"; "$HOMEPLANE_ROOT/scripts/podman.sh" down "$podman_dir"' EXIT
+trap stop_servers EXIT
 "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$pg"
 "$HOMEPLANE_ROOT/scripts/s3.sh" up "$s3"
 "$HOMEPLANE_ROOT/scripts/podman.sh" up "$podman_dir"
 export HOMEPLANE_TEST_PODMAN_DIR="$podman_dir"
+# A fresh n8n each run (its owner and API key are created again).
+"$HOMEPLANE_ROOT/scripts/n8n.sh" down "$n8n"; rm -rf "$n8n"
+"$HOMEPLANE_ROOT/scripts/n8n.sh" up "$n8n"
 export HOMEPLANE_TEST_KUBECONFIG="$dir/kubeconfig"
 HOMEPLANE_TEST_DATABASE_URL="$(sed -n 's/^export DATABASE_URL=//p' "$pg/env")"
 export HOMEPLANE_TEST_DATABASE_URL
+HOMEPLANE_TEST_N8N_URL="$(sed -n 's/^export N8N_URL=//p' "$n8n/env")"
+HOMEPLANE_TEST_N8N_API_KEY="$(sed -n 's/^export N8N_API_KEY=//p' "$n8n/env")"
+export HOMEPLANE_TEST_N8N_URL HOMEPLANE_TEST_N8N_API_KEY
 HOMEPLANE_CLUSTER_BIN="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 export HOMEPLANE_CLUSTER_BIN
 # The S3 server's endpoint and root credentials (tests create their own buckets).
@@ -43,10 +57,7 @@ passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' "$results")
 failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$results")
 # Stop the servers now, so that the summary is the last line printed.
 trap - EXIT
-"$HOMEPLANE_ROOT/scripts/cluster.sh" down "$dir"
-"$HOMEPLANE_ROOT/scripts/postgres.sh" down "$pg"
-"$HOMEPLANE_ROOT/scripts/s3.sh" down "$s3"
-"$HOMEPLANE_ROOT/scripts/podman.sh" down "$podman_dir"
+stop_servers
 if [ "$status" = 0 ]; then
   log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s)"
 else

@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// NodeClasses are cluster-scoped and always reconciled.
     #[arg(long, env = "HOMEPLANE_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// How often each Workflow is compared with n8n when nothing changes (edits made in the
+    /// n8n UI are noticed this often).
+    #[arg(long, default_value = "60", value_parser = parse_seconds)]
+    pub workflow_resync: Duration,
     /// How long to wait for homeplane's CRDs to be established before giving up.
     #[arg(long, default_value = "60", value_parser = parse_seconds)]
     pub crd_timeout: Duration,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use homeplane_crds::{Agent, AgentRun, Backup, BackupPolicy, Workflow};
+use homeplane_crds::{Agent, AgentRun, Backup, BackupPolicy};
 use kube::Client;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -100,12 +100,14 @@ async fn lead_and_reconcile(
             None
         }
     };
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client,
         metrics.clone(),
         identity,
         args.watch_namespace.clone(),
-    ));
+    );
+    ctx.workflow_resync = args.workflow_resync;
+    let ctx = Arc::new(ctx);
     let mut controllers = JoinSet::new();
     let stop = shutdown.child_token();
     controllers.spawn(controllers::nodeclass::run(ctx.clone(), stop.clone()));
@@ -116,11 +118,7 @@ async fn lead_and_reconcile(
         stop.clone(),
     ));
     controllers.spawn(pending::run::<Backup>("backup", ctx.clone(), stop.clone()));
-    controllers.spawn(pending::run::<Workflow>(
-        "workflow",
-        ctx.clone(),
-        stop.clone(),
-    ));
+    controllers.spawn(controllers::workflow::run(ctx.clone(), stop.clone()));
     controllers.spawn(pending::run::<Agent>("agent", ctx.clone(), stop.clone()));
     controllers.spawn(pending::run::<AgentRun>(
         "agentrun",

@@ -10,44 +10,46 @@ use homeplane_testkit::{Cluster, Operator, TestNamespace, eventually};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_homeplane");
 
-const WORKFLOW: &str = r#"apiVersion: homeplane.dev/v1alpha1
-kind: Workflow
-metadata: {name: email-classifier}
+const POLICY: &str = r#"apiVersion: homeplane.dev/v1alpha1
+kind: BackupPolicy
+metadata: {name: homelab}
 spec:
-  n8n: {url: "http://n8n.automation:5678", apiKeySecret: {name: n8n-api, key: apiKey}}
-  active: true
-  definition:
-    name: Email classification
-    nodes: []
-    connections: {}
+  schedule: "0 3 * * *"
+  source: {database: {name: homelab}}
+  destination: {endpoint: "https://r2.example.com", bucket: homelab-backups, credentialsSecret: r2}
+  recipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
 "#;
 
 #[test]
 fn kinds_without_a_controller_report_not_implemented() {
     let cluster = Cluster::shared();
     let ns = TestNamespace::new(cluster, "pending").unwrap();
-    let (ok, text) = cluster.apply(&ns.name, WORKFLOW).unwrap();
+    let (ok, text) = cluster.apply(&ns.name, POLICY).unwrap();
     assert!(ok, "{text}");
     let _operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
-    let reason = eventually(Duration::from_secs(60), "status of the Workflow", || {
-        let reason = cluster.kubectl_ok(&[
-            "get",
-            "workflow",
-            "email-classifier",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}",
-        ])?;
-        Ok((!reason.is_empty()).then_some(reason))
-    })
+    let reason = eventually(
+        Duration::from_secs(60),
+        "status of the BackupPolicy",
+        || {
+            let reason = cluster.kubectl_ok(&[
+                "get",
+                "backuppolicy",
+                "homelab",
+                "-n",
+                &ns.name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}",
+            ])?;
+            Ok((!reason.is_empty()).then_some(reason))
+        },
+    )
     .unwrap();
     assert_eq!(reason, "NotImplemented");
     let message = cluster
         .kubectl_ok(&[
             "get",
-            "workflow",
-            "email-classifier",
+            "backuppolicy",
+            "homelab",
             "-n",
             &ns.name,
             "-o",
@@ -55,15 +57,15 @@ fn kinds_without_a_controller_report_not_implemented() {
         ])
         .unwrap();
     assert!(
-        message.contains("does not reconcile Workflow objects yet")
+        message.contains("does not reconcile BackupPolicy objects yet")
             && message.contains("nothing was created or changed"),
         "{message}"
     );
     let generation = cluster
         .kubectl_ok(&[
             "get",
-            "workflow",
-            "email-classifier",
+            "backuppolicy",
+            "homelab",
             "-n",
             &ns.name,
             "-o",
@@ -74,7 +76,7 @@ fn kinds_without_a_controller_report_not_implemented() {
     let waited = cluster
         .kubectl(&[
             "wait",
-            "workflow/email-classifier",
+            "backuppolicy/homelab",
             "-n",
             &ns.name,
             "--for=condition=Ready",
@@ -83,10 +85,10 @@ fn kinds_without_a_controller_report_not_implemented() {
         .unwrap();
     assert!(
         !waited.status.success(),
-        "kubectl wait must not see a Workflow nobody reconciles as Ready"
+        "kubectl wait must not see a BackupPolicy nobody reconciles as Ready"
     );
     // `kubectl get` shows it in the Ready column.
-    let table = cluster.kubectl_ok(&["get", "wf", "-n", &ns.name]).unwrap();
+    let table = cluster.kubectl_ok(&["get", "bp", "-n", &ns.name]).unwrap();
     let row = table.lines().nth(1).unwrap_or_default();
     assert!(
         table.starts_with("NAME") && table.contains("READY") && row.contains(" False "),

@@ -8,6 +8,7 @@ pub mod nodeclass;
 pub mod pending;
 pub mod registry;
 pub mod voice;
+pub mod workflow;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,10 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// PostgreSQL connection pools of the Database controller.
     pub postgres: database::Pools,
+    /// The HTTP client of the Workflow controller.
+    pub n8n: workflow::Clients,
+    /// How often a Workflow is compared with n8n when nothing changes.
+    pub workflow_resync: Duration,
     /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -57,6 +62,8 @@ impl Context {
             metrics,
             watch_namespace,
             postgres: database::Pools::default(),
+            n8n: workflow::Clients::default(),
+            workflow_resync: workflow::DEFAULT_RESYNC,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -138,6 +145,16 @@ pub enum Error {
     /// An object the reconcile depends on holds a value the API server should have refused.
     #[error("invalid spec: {0}")]
     Spec(String),
+    /// A call to n8n failed.
+    #[error("failed to {action}")]
+    N8n {
+        action: &'static str,
+        #[source]
+        source: workflow::n8n::N8nError,
+    },
+    /// The HTTP client could not be built.
+    #[error("failed to set up the HTTP client: {0}")]
+    Http(String),
     /// An object could not be serialized.
     #[error("failed to serialize {what}")]
     Serialize {
@@ -157,6 +174,8 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::Serialize { .. } => "serialize",
             Error::Spec(_) => "spec",
+            Error::N8n { .. } => "n8n",
+            Error::Http(_) => "http",
         }
     }
 
@@ -169,6 +188,8 @@ impl Error {
             Error::Finalizer(_) => "FinalizerError",
             Error::Serialize { .. } => "SerializationError",
             Error::Spec(_) => "InvalidSpec",
+            Error::N8n { .. } => "N8nError",
+            Error::Http(_) => "HttpClientError",
         }
     }
 

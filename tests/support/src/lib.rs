@@ -717,3 +717,113 @@ impl Podman {
         Ok(TEST_IMAGE.get_or_init(|| image).clone())
     }
 }
+
+/// A real n8n (installed from npm, started headless by `scripts/n8n.sh`) with an owner and an
+/// API key: the one named by `HOMEPLANE_TEST_N8N_URL` and `HOMEPLANE_TEST_N8N_API_KEY` (started
+/// by `make test`), or one started now for this test process (stopped when it exits).
+pub struct N8n {
+    /// Base URL, e.g. `http://127.0.0.1:5678`.
+    pub url: String,
+    /// An API key with every scope.
+    pub api_key: String,
+}
+
+static N8N: OnceLock<N8n> = OnceLock::new();
+
+impl N8n {
+    /// The n8n of this test run.
+    pub fn shared() -> &'static N8n {
+        N8N.get_or_init(|| match Self::connect() {
+            Ok(n) => n,
+            Err(e) => panic!("no test n8n: {e:#}"),
+        })
+    }
+
+    fn connect() -> Result<N8n> {
+        if let (Ok(url), Ok(api_key)) = (
+            std::env::var("HOMEPLANE_TEST_N8N_URL"),
+            std::env::var("HOMEPLANE_TEST_N8N_API_KEY"),
+        ) {
+            return Ok(N8n { url, api_key });
+        }
+        let dir = std::env::temp_dir().join(format!("homeplane-n8n-{}", std::process::id()));
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/n8n.sh"))
+            .arg("up")
+            .arg(&dir)
+            .env("HOMEPLANE_N8N_OWNER_PID", std::process::id().to_string())
+            .status()
+            .context("failed to run scripts/n8n.sh")?;
+        if !status.success() {
+            bail!("scripts/n8n.sh up {} failed", dir.display());
+        }
+        let env = std::fs::read_to_string(dir.join("env"))?;
+        let value = |name: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .map(str::to_string)
+                .with_context(|| format!("{}/env has no {name}", dir.display()))
+        };
+        Ok(N8n {
+            url: value("N8N_URL")?,
+            api_key: value("N8N_API_KEY")?,
+        })
+    }
+
+    /// Calls n8n's public API (`/api/v1` + `path`) with the API key: (HTTP status, JSON body).
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let url = format!("{}/api/v1{path}", self.url);
+        self.request(method, &url, Some(&self.api_key), body)
+    }
+
+    /// An HTTP request with curl: (status, JSON body or `null`).
+    pub fn request(
+        &self,
+        method: &str,
+        url: &str,
+        api_key: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-X", method, url, "-w", "\n%{http_code}"]);
+        if let Some(key) = api_key {
+            cmd.args(["-H", &format!("X-N8N-API-KEY: {key}")]);
+        }
+        let mut child = cmd
+            .args(if body.is_some() {
+                vec![
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    "@-",
+                ]
+            } else {
+                vec![]
+            })
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("failed to run curl")?;
+        if let (Some(body), Some(mut input)) = (body, child.stdin.take()) {
+            use std::io::Write;
+            input.write_all(body.to_string().as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "curl {method} {url} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').context("curl printed no status")?;
+        let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        Ok((code.trim().parse()?, json))
+    }
+}
