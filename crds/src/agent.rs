@@ -86,8 +86,11 @@ pub struct AgentScope {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScopedResource {
-    /// API group, empty for the core group (`""`, `apps`, `homeplane.dev`).
+    /// API group, empty for the core group (`""`, `apps`, `homeplane.dev`). Wildcards are
+    /// refused.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("!self.contains('*')").message("apiGroup must name one API group; wildcards are refused"))]
+    #[schemars(length(max = 253))]
     pub api_group: String,
     /// Plural resource name, e.g. `configmaps`. Wildcards are refused.
     #[x_kube(validation = Rule::new("self != '*' && !self.contains('*')").message("resource must name one resource; wildcards are refused"))]

@@ -2,6 +2,7 @@
 //! the error policy (an invalid spec waits for a change; a transient error backs off
 //! exponentially per object and resets on success).
 
+pub mod agent;
 pub mod database;
 pub mod memory;
 pub mod nodeclass;
