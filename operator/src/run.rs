@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use homeplane_crds::{AgentRun, Backup, BackupPolicy};
+use homeplane_crds::{Backup, BackupPolicy};
 use kube::Client;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -120,11 +120,7 @@ async fn lead_and_reconcile(
     controllers.spawn(pending::run::<Backup>("backup", ctx.clone(), stop.clone()));
     controllers.spawn(controllers::workflow::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::agent::run(ctx.clone(), stop.clone()));
-    controllers.spawn(pending::run::<AgentRun>(
-        "agentrun",
-        ctx.clone(),
-        stop.clone(),
-    ));
+    controllers.spawn(controllers::agentrun::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::voice::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::memory::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::registry::run(

@@ -3,6 +3,7 @@
 //! exponentially per object and resets on success).
 
 pub mod agent;
+pub mod agentrun;
 pub mod database;
 pub mod memory;
 pub mod nodeclass;
@@ -41,6 +42,8 @@ pub struct Context {
     pub n8n: workflow::Clients,
     /// How often a Workflow is compared with n8n when nothing changes.
     pub workflow_resync: Duration,
+    /// Held while an AgentRun takes a slot, so that two runs never take the last one.
+    pub run_starts: tokio::sync::Mutex<()>,
     /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -65,6 +68,7 @@ impl Context {
             postgres: database::Pools::default(),
             n8n: workflow::Clients::default(),
             workflow_resync: workflow::DEFAULT_RESYNC,
+            run_starts: tokio::sync::Mutex::new(()),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -314,7 +314,9 @@ pub fn selector(w: &Workload) -> BTreeMap<String, String> {
     ])
 }
 
-fn quantities(a: &Asks, gpu_resource: Option<&str>) -> BTreeMap<String, Quantity> {
+/// The resource quantities of `a` (requests and limits alike), with the GPU resource when it
+/// asks for GPUs.
+pub fn quantities(a: &Asks, gpu_resource: Option<&str>) -> BTreeMap<String, Quantity> {
     let mut q = BTreeMap::from([
         ("cpu".to_string(), Quantity(a.cpu.cpu())),
         ("memory".to_string(), Quantity(a.memory.memory())),
@@ -325,7 +327,8 @@ fn quantities(a: &Asks, gpu_resource: Option<&str>) -> BTreeMap<String, Quantity
     q
 }
 
-fn affinity(class: Class<'_>) -> Affinity {
+/// The required node affinity of pods placed in `class`: its node selector and architecture.
+pub fn affinity(class: Class<'_>) -> Affinity {
     let mut expressions: Vec<NodeSelectorRequirement> = class
         .spec
         .node_selector

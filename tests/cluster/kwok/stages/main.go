@@ -2,10 +2,15 @@
 // "fast" node and pod stages (nodes become Ready and keep a Lease; scheduled pods become
 // Running and Ready; pods of Jobs complete; deleted pods go away). They are read from the
 // KWOK module itself so they always match the KWOK binary that is built beside them.
+//
+// One change: pods of agent runs (label homeplane.dev/agent-run) are not completed by KWOK.
+// No container really runs on a simulated node, so the test (or the demo) decides how such a
+// run ends by writing the pod's terminated state and termination message itself.
 package main
 
 import (
 	"fmt"
+	"os"
 	"strings"
 
 	nodefast "sigs.k8s.io/kwok/kustomize/stage/node/fast"
@@ -14,15 +19,32 @@ import (
 )
 
 func main() {
+	complete, err := skipAgentRuns(podfast.DefaultPodComplete)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	stages := []string{
 		nodefast.DefaultNodeInit,
 		nodelease.DefaultNodeHeartbeatWithLease,
 		podfast.DefaultPodReady,
-		podfast.DefaultPodComplete,
+		complete,
 		podfast.DefaultPodDelete,
 	}
 	for i, s := range stages {
 		stages[i] = strings.TrimSpace(s)
 	}
 	fmt.Println(strings.Join(stages, "\n---\n"))
+}
+
+// skipAgentRuns adds a selector to a pod stage so that it leaves pods of agent runs alone.
+func skipAgentRuns(stage string) (string, error) {
+	const anchor = "    matchExpressions:\n"
+	if !strings.Contains(stage, anchor) {
+		return "", fmt.Errorf("the pod-complete stage has no matchExpressions to extend")
+	}
+	skip := anchor +
+		"    - key: '.metadata.labels[\"homeplane.dev/agent-run\"]'\n" +
+		"      operator: 'DoesNotExist'\n"
+	return strings.Replace(stage, anchor, skip, 1), nil
 }
