@@ -27,4 +27,5 @@ fmt:
 bench:
 	@bash bench/foundation.sh
 	@bash bench/migrate.sh
+	@bash bench/placement.sh
 	@bash bench/state.sh

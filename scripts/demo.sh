@@ -60,13 +60,17 @@ up() {
   "$kubectl" wait --for=condition=Ready --timeout=60s nodeclass --all >/dev/null
   "$kubectl" wait --for=condition=Ready --timeout=90s database/homelab -n data >/dev/null \
     || log "the homelab Database is not Ready yet: kubectl describe database homelab -n data"
+  "$kubectl" wait --for=condition=Ready --timeout=90s memoryserver/memory -n data >/dev/null \
+    || log "the MemoryServer is not Ready yet: kubectl describe memoryserver memory -n data"
+  "$kubectl" wait --for=condition=Ready --timeout=90s voicepipeline/assistant -n ai >/dev/null \
+    || log "the VoicePipeline is not Ready yet: kubectl describe voicepipeline assistant -n ai"
   sleep 1 # let the capacity plans catch up with the last pods
 
   cp "$state/cluster/kubeconfig" "$state/kubeconfig"
   chmod 600 "$state/kubeconfig"
   {
     echo "export KUBECONFIG=$state/kubeconfig"
-    echo "export PATH=$bin:\$PATH"
+    echo "export PATH=$bin:$CARGO_TARGET_DIR/release:\$PATH"
     cat "$state/postgres/env"
     echo "export HOMEPLANE_METRICS_URL=http://127.0.0.1:$port/metrics"
   } > "$state/env"
@@ -78,6 +82,10 @@ up() {
   echo; echo "== kubectl get pods -A -l app.kubernetes.io/part-of=homelab -o wide"
   "$kubectl" get pods -A -l app.kubernetes.io/part-of=homelab -o wide | awk '{print $1, $2, $4, $8}' | column -t
   echo; echo "== kubectl get databases -A"; "$kubectl" get databases -A
+  echo; echo "== kubectl get memoryservers,voicepipelines -A"
+  "$kubectl" get memoryservers,voicepipelines -A
+  echo; echo "== what homeplane placed (kubectl get pods -A -l app.kubernetes.io/managed-by=homeplane -o wide)"
+  "$kubectl" get pods -A -l app.kubernetes.io/managed-by=homeplane -o wide | awk '{print $1, $2, $4, $8}' | column -t
   echo; echo "== role Secrets (one per login role, with a connection URI)"
   "$kubectl" get secrets -n data -l app.kubernetes.io/managed-by=homeplane
   echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
@@ -85,6 +93,8 @@ up() {
   echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Try:"
   echo "  source .homeplane/demo/env"
   echo "  kubectl get nodeclass pi -o yaml      # the Pi's capacity plan"
+  echo "  homeplane plan -f manifests/overlays/homelab   # the same plan offline, from the manifests"
+  echo "  kubectl get configmap assistant-chain -n ai -o yaml   # the voice chain for the gateway"
   echo "  psql \"\$DATABASE_URL\"                  # the demo PostgreSQL (superuser)"
   echo "  kubectl get secret homelab-readonly -n data -o jsonpath='{.data.uri}' | base64 -d"
   echo "  curl -s \$HOMEPLANE_METRICS_URL        # the operator's metrics"

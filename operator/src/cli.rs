@@ -30,6 +30,10 @@ pub enum Command {
         #[command(subcommand)]
         command: DriftCommand,
     },
+    /// Print the capacity plan of a folder of manifests, offline: per NodeClass, what each
+    /// workload asks for (including what homeplane would create for MemoryServers and
+    /// VoicePipelines), totals against allocatable, and what does not fit (exit status 1).
+    Plan(crate::plan_cli::PlanArgs),
     /// Print every CustomResourceDefinition as YAML (or write one file per CRD with --out).
     Crd {
         /// Write `<plural>.homeplane.dev.yaml` files into this folder instead of printing.

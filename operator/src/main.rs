@@ -10,6 +10,7 @@ mod history;
 mod leader;
 mod metrics;
 mod migrate_cli;
+mod plan_cli;
 mod quantity;
 mod run;
 mod startup;
@@ -31,6 +32,7 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Drift {
             command: cli::DriftCommand::History(args),
         } => drift_cli::history(args).await,
+        cli::Command::Plan(args) => plan_cli::run(args),
         cli::Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
         cli::Command::Crd { out: None } => crdgen::render_all()
             .map(|y| print!("{y}"))
