@@ -332,7 +332,16 @@ fn the_install_manifests_and_the_example_homelab_are_valid() {
         .kubectl_ok(&["get", "pods", "-A", "-l", "app.kubernetes.io/part-of=homelab", "-o",
             "jsonpath={range .items[*]}{.metadata.labels.app\\.kubernetes\\.io/name}={.spec.nodeName}{\"\\n\"}{end}"])
         .unwrap();
-    for expected in ["n8n=pi-1", "caddy=pi-1", "ollama=gpu-1", "whisper=gpu-1"] {
+    // (The GPU services are the VoicePipeline's and the MemoryServer's now, placed by the
+    // operator: operator/tests/placement.rs.)
+    for kind in [
+        "voicepipeline/assistant -n ai",
+        "memoryserver/memory -n data",
+    ] {
+        let args: Vec<&str> = std::iter::once("get").chain(kind.split(' ')).collect();
+        cluster.kubectl_ok(&args).unwrap();
+    }
+    for expected in ["n8n=pi-1", "caddy=pi-1", "grafana=pi-1"] {
         assert!(
             placed.lines().any(|l| l == expected),
             "{expected} not in:\n{placed}"
