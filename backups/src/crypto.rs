@@ -154,6 +154,31 @@ pub fn decrypt<R: Read, W: Write>(
     Ok((written, output))
 }
 
+/// Like [`decrypt`], for an age file of unknown origin (e.g. a downloaded object or one made by
+/// the `age` CLI): the plain stream is decompressed when it starts with zstd's magic number.
+pub fn decrypt_detect<R: Read, W: Write>(
+    input: R,
+    identities: &[Identity],
+    mut output: W,
+) -> Result<(u64, W), StreamError> {
+    use std::io::BufRead;
+    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(64 << 10, input))
+        .map_err(age_error)?;
+    let plain = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(age_error)?;
+    let mut plain = BufReader::with_capacity(64 << 10, plain);
+    let zstd = plain.fill_buf()?.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let written = if zstd {
+        let mut z = zstd::stream::read::Decoder::with_buffer(plain)?;
+        io::copy(&mut z, &mut output)?
+    } else {
+        io::copy(&mut plain, &mut output)?
+    };
+    output.flush()?;
+    Ok((written, output))
+}
+
 fn age_error(e: age::DecryptError) -> StreamError {
     match e {
         age::DecryptError::NoMatchingKeys => StreamError::WrongIdentity,
@@ -186,6 +211,8 @@ mod tests {
             let (written, plain) = decrypt(&sealed[..], &ids, compress, Vec::new()).unwrap();
             assert_eq!(written, data.len() as u64);
             assert_eq!(plain, data);
+            let (_, detected) = decrypt_detect(&sealed[..], &ids, Vec::new()).unwrap();
+            assert_eq!(detected, data);
         }
     }
 

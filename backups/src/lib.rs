@@ -6,6 +6,9 @@ pub mod crypto;
 pub mod manifest;
 pub mod parts;
 pub mod pipeline;
+pub mod postgres;
+pub mod retention;
 pub mod store;
 
+pub use age;
 pub use parts::{PartPlan, PartPlanError};

@@ -175,8 +175,14 @@ impl Store {
             None,
             "homeplane",
         );
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
         let s3 = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
+            .http_client(https)
             .region(Region::new(config.region.clone()))
             .endpoint_url(config.endpoint.trim_end_matches('/'))
             .force_path_style(config.path_style)

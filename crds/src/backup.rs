@@ -140,6 +140,23 @@ pub struct S3Destination {
     /// Secret with the keys `accessKeyId` and `secretAccessKey`.
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: String,
+    /// Size of every multipart part but the last, in MiB (R2 needs equal parts; 5 to 5120).
+    /// Memory used by an upload is at most this times `concurrency`.
+    #[serde(default = "default_part_size_mib", rename = "partSizeMiB")]
+    #[schemars(range(min = 5, max = 5120))]
+    pub part_size_mib: i32,
+    /// Parts uploaded at the same time (1 to 16).
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 16))]
+    pub concurrency: i32,
+}
+
+fn default_part_size_mib() -> i32 {
+    16
+}
+
+fn default_concurrency() -> i32 {
+    2
 }
 
 fn default_region() -> String {
@@ -242,10 +259,34 @@ pub struct Verification {
     #[x_kube(validation = Rule::new(CRON_RULE).message("schedule must be a five-field cron expression such as '0 3 * * *' or a macro such as @daily"))]
     #[schemars(length(max = 128))]
     pub schedule: String,
-    /// Secret holding an age identity (`AGE-SECRET-KEY-1…`) under key `identity`, used only by
-    /// the verification Job, never by the operator.
+    /// Secret holding an age identity (`AGE-SECRET-KEY-1…`) under key `identity`: the one place
+    /// a private key may live, by the owner's choice. It is read only for a drill, never logged
+    /// and never copied.
     #[schemars(length(min = 1, max = 253))]
     pub identity_secret: String,
+    /// A Database in the same namespace that the drill restores into (its contents are
+    /// replaced). Never the source database.
+    #[schemars(length(min = 1, max = 253))]
+    pub scratch_database: String,
+    /// Queries that must each return one number at least `min`, e.g. row counts.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub queries: Vec<VerificationQuery>,
+}
+
+/// A check of a restored database.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationQuery {
+    /// A short name for status, e.g. `messages`.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// SQL returning a single number, e.g. `SELECT count(*) FROM messages`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub sql: String,
+    /// The smallest acceptable value.
+    #[serde(default)]
+    pub min: i64,
 }
 
 /// The observed state of a BackupPolicy.
@@ -267,6 +308,18 @@ pub struct BackupPolicyStatus {
     /// When the next scheduled backup is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<Time>,
+    /// The schedule time of the most recent Backup the schedule created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// When a restore drill last verified a backup of this policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_time: Option<Time>,
+    /// When the next restore drill is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_verify_time: Option<Time>,
+    /// The schedule time of the most recent restore drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verify_schedule_time: Option<Time>,
 }
 
 /// One backup run. `kubectl create` of a Backup runs one now; the schedule of a BackupPolicy
@@ -286,9 +339,26 @@ pub struct BackupPolicyStatus {
     printcolumn(name = "Size", type_ = "string", json_path = ".status.size"),
     printcolumn(name = "Verified", type_ = "boolean", json_path = ".status.verified"),
     printcolumn(
+        name = "Duration",
+        type_ = "number",
+        json_path = ".status.durationSeconds"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "SHA-256",
+        type_ = "string",
+        json_path = ".status.sha256",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Object",
+        type_ = "string",
+        json_path = ".status.objectKey",
+        priority = "1"
     )
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a Backup's spec cannot change; create a new Backup instead"))]
@@ -369,4 +439,25 @@ pub struct BackupStatus {
     /// When it was verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<Time>,
+    /// What the last restore drill of this backup checked, and what it found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<VerificationCheck>,
+    /// SHA-256 fingerprints of the age recipients the backup is encrypted to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+}
+
+/// The result of one verification query.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationCheck {
+    /// The query's name.
+    pub name: String,
+    /// The value it returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+    /// The smallest acceptable value.
+    pub min: i64,
+    /// Whether the value was acceptable.
+    pub passed: bool,
 }

@@ -34,6 +34,12 @@ pub enum Command {
     /// workload asks for (including what homeplane would create for MemoryServers and
     /// VoicePipelines), totals against allocatable, and what does not fit (exit status 1).
     Plan(crate::plan_cli::PlanArgs),
+    /// Restore a backup into a PostgreSQL database: download, verify the SHA-256, decrypt with
+    /// your age identity, decompress and pg_restore (one transaction; nothing changes on error).
+    Restore(RestoreArgs),
+    /// Backup tools for the owner.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Print every CustomResourceDefinition as YAML (or write one file per CRD with --out).
     Crd {
         /// Write `<plural>.homeplane.dev.yaml` files into this folder instead of printing.
@@ -147,4 +153,76 @@ pub struct MigrateArgs {
     /// Accept the changed file of this applied migration (repeatable).
     #[arg(long = "accept-changed")]
     pub accept_changed: Vec<String>,
+}
+
+/// `homeplane backup ...`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Write the plain dump of a backup (or of any age file) to a file or stdout, for your own
+    /// tools (e.g. `pg_restore -l`).
+    Decrypt(DecryptArgs),
+}
+
+/// Which backup, and where its bucket is.
+#[derive(Debug, Args)]
+pub struct BackupLocation {
+    /// The Backup object (bucket, credentials and checksum come from the cluster).
+    #[arg(long, conflicts_with = "object")]
+    pub backup: Option<String>,
+    /// Namespace of the Backup (the kubeconfig's namespace when left out).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// The object key in the bucket.
+    #[arg(long)]
+    pub object: Option<String>,
+    /// S3 endpoint for --object.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub endpoint: Option<String>,
+    /// Bucket for --object.
+    #[arg(long, env = "HOMEPLANE_BACKUP_BUCKET")]
+    pub bucket: Option<String>,
+    /// Region for --object (R2: auto).
+    #[arg(long, env = "AWS_REGION", default_value = "auto")]
+    pub region: String,
+    /// Use virtual-hosted addressing (bucket.endpoint) instead of path-style.
+    #[arg(long)]
+    pub virtual_hosted: bool,
+    /// Access key for --object.
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub access_key_id: Option<String>,
+    /// Secret key for --object.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub secret_access_key: Option<String>,
+}
+
+/// Options of `homeplane restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub location: BackupLocation,
+    /// Your age identity file (AGE-SECRET-KEY-1...).
+    #[arg(long)]
+    pub identity: PathBuf,
+    /// The database to restore into: postgres://user:password@host:port/database.
+    #[arg(long)]
+    pub into: String,
+    /// Drop the dump's objects that already exist in the target first.
+    #[arg(long)]
+    pub clean: bool,
+}
+
+/// Options of `homeplane backup decrypt`.
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    #[command(flatten)]
+    pub location: BackupLocation,
+    /// A local age file instead of a backup in a bucket (zstd is undone when present).
+    #[arg(long, conflicts_with_all = ["backup", "object"])]
+    pub file: Option<PathBuf>,
+    /// Your age identity file (AGE-SECRET-KEY-1...).
+    #[arg(long)]
+    pub identity: PathBuf,
+    /// Where the plain dump goes; `-` for stdout.
+    #[arg(long, default_value = "-")]
+    pub out: PathBuf,
 }

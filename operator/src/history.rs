@@ -1,5 +1,5 @@
 //! homeplane's own PostgreSQL database: its schema (sqlx migrations in `migrations/`, embedded
-//! here) and the drift history of the state registry. Optional: without
+//! here), the drift history of the state registry and the backup history. Optional: without
 //! `--history-database-url` nothing is recorded and the StateRegistry status says so.
 
 use sqlx::PgPool;
@@ -144,3 +144,81 @@ pub mod drift {
         Ok(rows)
     }
 }
+
+/// The backup history: one row per Backup run (table `backup_runs`).
+mod backups {
+    use homeplane_crds::backup::{Backup, BackupStatus};
+    use kube::ResourceExt;
+    use tracing::warn;
+
+    use crate::controllers::Context;
+
+    fn ts(t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>) -> Option<String> {
+        t.as_ref().map(|t| t.0.to_string())
+    }
+
+    /// Records (or updates) the run of `backup` with `status`; a failure is logged, never fatal.
+    pub async fn record_backup(ctx: &Context, backup: &Backup, status: &BackupStatus) {
+        let Some(pool) = ctx.history.as_ref() else {
+            return;
+        };
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let checks = serde_json::to_value(&status.checks).unwrap_or_default();
+        let phase = serde_json::to_value(status.phase)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        let result = sqlx::query(
+            "INSERT INTO backup_runs (uid, namespace, name, policy, phase, reason, message, object_key,
+                 source_bytes, encrypted_bytes, sha256, started_at, completed_at, duration_seconds,
+                 verified, verified_at, checks)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::timestamptz, $13::timestamptz,
+                 $14, $15, $16::timestamptz, $17)
+             ON CONFLICT (uid) DO UPDATE SET phase = EXCLUDED.phase, reason = EXCLUDED.reason,
+                 message = EXCLUDED.message, object_key = EXCLUDED.object_key,
+                 source_bytes = EXCLUDED.source_bytes, encrypted_bytes = EXCLUDED.encrypted_bytes,
+                 sha256 = EXCLUDED.sha256, started_at = EXCLUDED.started_at,
+                 completed_at = EXCLUDED.completed_at, duration_seconds = EXCLUDED.duration_seconds,
+                 verified = EXCLUDED.verified, verified_at = EXCLUDED.verified_at,
+                 checks = EXCLUDED.checks, recorded_at = now()",
+        )
+        .bind(backup.uid().unwrap_or_default())
+        .bind(backup.namespace().unwrap_or_default())
+        .bind(backup.name_any())
+        .bind(&backup.spec.policy)
+        .bind(phase)
+        .bind(ready.map(|c| c.reason.clone()))
+        .bind(ready.map(|c| c.message.clone()))
+        .bind(&status.object_key)
+        .bind(status.source_bytes)
+        .bind(status.encrypted_bytes)
+        .bind(&status.sha256)
+        .bind(ts(&status.started_at))
+        .bind(ts(&status.completed_at))
+        .bind(status.duration_seconds)
+        .bind(status.verified)
+        .bind(ts(&status.verified_at))
+        .bind(checks)
+        .execute(pool)
+        .await;
+        if let Err(error) = result {
+            warn!(%error, backup = %backup.name_any(), "recording backup history failed");
+        }
+    }
+
+    /// Marks the run of `backup` deleted by retention (its row stays).
+    pub async fn record_deleted(ctx: &Context, backup: &Backup) {
+        let Some(pool) = ctx.history.as_ref() else {
+            return;
+        };
+        let result = sqlx::query("UPDATE backup_runs SET deleted_at = now() WHERE uid = $1")
+            .bind(backup.uid().unwrap_or_default())
+            .execute(pool)
+            .await;
+        if let Err(error) = result {
+            warn!(%error, backup = %backup.name_any(), "recording a backup's deletion failed");
+        }
+    }
+}
+
+pub use backups::{record_backup, record_deleted};

@@ -1,5 +1,6 @@
 //! The `homeplane` binary: parse the command line and hand over.
 
+mod backup_cli;
 mod cli;
 mod conditions;
 mod controllers;
@@ -33,6 +34,8 @@ async fn main() -> std::process::ExitCode {
             command: cli::DriftCommand::History(args),
         } => drift_cli::history(args).await,
         cli::Command::Plan(args) => plan_cli::run(args),
+        cli::Command::Restore(args) => backup_cli::restore(args).await,
+        cli::Command::Backup(cli::BackupCommand::Decrypt(args)) => backup_cli::decrypt(args).await,
         cli::Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
         cli::Command::Crd { out: None } => crdgen::render_all()
             .map(|y| print!("{y}"))

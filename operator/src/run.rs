@@ -6,14 +6,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use homeplane_crds::{Backup, BackupPolicy};
 use kube::Client;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::cli::RunArgs;
-use crate::controllers::{self, Context, pending};
+use crate::controllers::{self, Context};
 use crate::leader::{self, Elector};
 use crate::metrics::Metrics;
 use crate::startup;
@@ -88,36 +87,36 @@ async fn lead_and_reconcile(
     }
     metrics.set_leader(true);
 
-    let history = match &args.history_database_url {
-        Some(url) => Some(controllers::registry::History {
-            pool: crate::history::connect(url)
+    let pool = match &args.history_database_url {
+        Some(url) => Some(
+            crate::history::connect(url)
                 .await
                 .context("--history-database-url: homeplane's database")?,
-            retention: Duration::from_secs(args.drift_history_days.saturating_mul(86_400)),
-        }),
+        ),
         None => {
-            info!("no --history-database-url: drift history is not recorded");
+            info!("no --history-database-url: drift and backup history are not recorded");
             None
         }
     };
+    let history = pool.clone().map(|pool| controllers::registry::History {
+        pool,
+        retention: Duration::from_secs(args.drift_history_days.saturating_mul(86_400)),
+    });
     let mut ctx = Context::new(
         client,
         metrics.clone(),
         identity,
         args.watch_namespace.clone(),
-    );
+    )
+    .with_history(pool);
     ctx.workflow_resync = args.workflow_resync;
     let ctx = Arc::new(ctx);
     let mut controllers = JoinSet::new();
     let stop = shutdown.child_token();
     controllers.spawn(controllers::nodeclass::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::database::run(ctx.clone(), stop.clone()));
-    controllers.spawn(pending::run::<BackupPolicy>(
-        "backuppolicy",
-        ctx.clone(),
-        stop.clone(),
-    ));
-    controllers.spawn(pending::run::<Backup>("backup", ctx.clone(), stop.clone()));
+    controllers.spawn(controllers::backuppolicy::run(ctx.clone(), stop.clone()));
+    controllers.spawn(controllers::backup::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::workflow::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::agent::run(ctx.clone(), stop.clone()));
     controllers.spawn(controllers::agentrun::run(ctx.clone(), stop.clone()));

@@ -4,10 +4,11 @@
 
 pub mod agent;
 pub mod agentrun;
+pub mod backup;
+pub mod backuppolicy;
 pub mod database;
 pub mod memory;
 pub mod nodeclass;
-pub mod pending;
 pub mod registry;
 pub mod voice;
 pub mod workflow;
@@ -44,6 +45,8 @@ pub struct Context {
     pub workflow_resync: Duration,
     /// Held while an AgentRun takes a slot, so that two runs never take the last one.
     pub run_starts: tokio::sync::Mutex<()>,
+    /// homeplane's own database (history), when configured.
+    pub history: Option<sqlx::PgPool>,
     /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -69,8 +72,15 @@ impl Context {
             n8n: workflow::Clients::default(),
             workflow_resync: workflow::DEFAULT_RESYNC,
             run_starts: tokio::sync::Mutex::new(()),
+            history: None,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records history in `pool` (homeplane's own database).
+    pub fn with_history(mut self, pool: Option<sqlx::PgPool>) -> Self {
+        self.history = pool;
+        self
     }
 
     /// The API of a namespaced kind, limited to the watched namespace if there is one.

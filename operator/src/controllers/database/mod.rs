@@ -339,7 +339,7 @@ async fn database_comment(
 }
 
 /// The database name on the server.
-fn database_name(db: &Database) -> String {
+pub(crate) fn database_name(db: &Database) -> String {
     db.spec
         .database_name
         .clone()
@@ -347,7 +347,7 @@ fn database_name(db: &Database) -> String {
 }
 
 /// The Secret holding a role's credentials: `<database object>-<role>` in DNS form.
-fn role_secret_name(db: &Database, role: &str) -> String {
+pub(crate) fn role_secret_name(db: &Database, role: &str) -> String {
     format!("{}-{}", db.name_any(), role.replace('_', "-"))
 }
 
@@ -779,7 +779,7 @@ fn pool_key(server: &ExternalServer, user: &str, password: &str, dbname: &str) -
     )
 }
 
-fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+pub(crate) fn secret_value(secret: &Secret, key: &str) -> Option<String> {
     let bytes = secret.data.as_ref()?.get(key)?;
     String::from_utf8(bytes.0.clone())
         .ok()
