@@ -11,6 +11,36 @@ cd "$HOMEPLANE_ROOT"
 state="$HOMEPLANE_ROOT/.homeplane/demo"
 mkdir -p "$state"
 
+# gpu_host_up starts Podman's API service and the GPU host's containers (a busybox image
+# imported under each service's image name): one container is left stopped and one runs without
+# its memory limit, so that the registry has something true to report.
+gpu_host_up() {
+  command -v podman >/dev/null || return 1
+  "$HOMEPLANE_ROOT/scripts/podman.sh" up "$state/podman" 2> "$state/podman.log" || return 1
+  (
+    # shellcheck disable=SC1091
+    source "$state/podman/env"
+    if ! podman image exists localhost/gpu-host-base:1; then
+      local root="$state/podman/rootfs"
+      mkdir -p "$root/bin" && cp /usr/bin/busybox "$root/bin/busybox"
+      tar -C "$root" -cf "$root.tar" . && podman import -q "$root.tar" localhost/gpu-host-base:1 >/dev/null
+    fi
+    create() { # create NAME IMAGE PODMAN-ARGS...
+      local name=$1 image=$2; shift 2
+      podman container exists "$name" && return 0
+      podman tag localhost/gpu-host-base:1 "localhost/$image"
+      podman create -q --name "$name" "$@" "localhost/$image" /bin/busybox sleep 2147483647 >/dev/null
+    }
+    create ollama ollama/ollama:0.12.0-rocm --cpus 8 --memory 24g --restart unless-stopped
+    create whisper-stt onerahmet/openai-whisper-asr-webservice:v1.9.1 --cpus 4 --memory 8g --restart unless-stopped
+    create qwen3-embeddings ghcr.io/huggingface/text-embeddings-inference:1.8.2 --cpus 4 --memory 8g --restart unless-stopped
+    create piper-tts rhasspy/wyoming-piper:1.6.2 --cpus 2 --memory 2g --restart unless-stopped
+    create openwakeword rhasspy/wyoming-openwakeword:1.10.0 --cpus 1 --memory 1g --restart unless-stopped
+    create kokoro-tts ghcr.io/remsky/kokoro-fastapi-gpu:v0.2.4 --cpus 2 --restart unless-stopped
+    podman start ollama whisper-stt qwen3-embeddings openwakeword kokoro-tts >/dev/null
+  ) 2>> "$state/podman.log"
+}
+
 operator_running() { [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; }
 
 up() {
@@ -34,8 +64,13 @@ up() {
   else
     local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     echo "$port" > "$state/operator.port"
+    # homeplane's own database (drift history) lives on the demo PostgreSQL.
+    local admin_url; admin_url="$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env")"
+    psql "$admin_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \
+      || psql "$admin_url" -qc "CREATE DATABASE homeplane" >/dev/null
     log "starting the operator (log: .homeplane/demo/operator.log)"
-    HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info setsid \
+    HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info \
+      HOMEPLANE_HISTORY_DATABASE_URL="${admin_url%/*}/homeplane" setsid \
       "$CARGO_TARGET_DIR/release/homeplane" run --http-addr "127.0.0.1:$port" --identity demo \
       > "$state/operator.log" 2>&1 < /dev/null &
     echo $! > "$state/operator.pid"
@@ -66,6 +101,25 @@ up() {
     || log "the VoicePipeline is not Ready yet: kubectl describe voicepipeline assistant -n ai"
   sleep 1 # let the capacity plans catch up with the last pods
 
+  # The GPU host's containers run outside the cluster; here Podman's Docker-compatible API
+  # stands in for Docker on the GPU box, and the registry's docker properties read it.
+  if gpu_host_up; then
+    "$kubectl" get configmap state-gpu-host -n monitoring -o yaml \
+      | sed "s#tcp://gpu-host:2375#unix://$state/podman/podman.sock#g" \
+      | "$kubectl" replace -f - >/dev/null
+  else
+    log "Podman is not available: the GPU host's properties stay Unknown"
+  fi
+  # A fresh evaluation of the state registry with everything in place.
+  "$kubectl" annotate stateregistry homelab -n monitoring --overwrite \
+    "homeplane.dev/demo-started=$(date +%s)" >/dev/null
+  "$kubectl" patch stateregistry homelab -n monitoring --type merge -p '{"spec":{"interval":"30s"}}' >/dev/null
+  for _ in $(seq 1 60); do
+    [ "$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.status.observedGeneration}')" = \
+      "$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.metadata.generation}')" ] && break
+    sleep 1
+  done
+
   cp "$state/cluster/kubeconfig" "$state/kubeconfig"
   chmod 600 "$state/kubeconfig"
   {
@@ -73,6 +127,8 @@ up() {
     echo "export PATH=$bin:$CARGO_TARGET_DIR/release:\$PATH"
     cat "$state/postgres/env"
     echo "export HOMEPLANE_METRICS_URL=http://127.0.0.1:$port/metrics"
+    echo "export HOMEPLANE_BIN=$CARGO_TARGET_DIR/release/homeplane"
+    echo "export HOMEPLANE_HISTORY_DATABASE_URL=$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env" | sed 's#/[^/]*$#/homeplane#')"
   } > "$state/env"
   chmod 600 "$state/env"
 
@@ -88,6 +144,7 @@ up() {
   "$kubectl" get pods -A -l app.kubernetes.io/managed-by=homeplane -o wide | awk '{print $1, $2, $4, $8}' | column -t
   echo; echo "== role Secrets (one per login role, with a connection URI)"
   "$kubectl" get secrets -n data -l app.kubernetes.io/managed-by=homeplane
+  echo; echo "== kubectl get stateregistry -A"; "$kubectl" get stateregistry -A
   echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
   echo
   echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Try:"
@@ -98,6 +155,8 @@ up() {
   echo "  psql \"\$DATABASE_URL\"                  # the demo PostgreSQL (superuser)"
   echo "  kubectl get secret homelab-readonly -n data -o jsonpath='{.data.uri}' | base64 -d"
   echo "  curl -s \$HOMEPLANE_METRICS_URL        # the operator's metrics"
+  echo "  kubectl get drift -A -w               # watch drift appear and resolve"
+  echo "  homeplane drift history db.server.version   # its transitions (binary: \$HOMEPLANE_BIN)"
   echo "  make demo-down                        # stop everything"
 }
 
@@ -108,6 +167,7 @@ down() {
     log "operator stopped"
   fi
   rm -f "$state/operator.pid"
+  "$HOMEPLANE_ROOT/scripts/podman.sh" down "$state/podman" 2>/dev/null || true
   "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$state/postgres"
   "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$state/cluster"
 }

@@ -62,6 +62,12 @@ pub struct StateRegistrySpec {
     /// Also watch the properties every homeplane kind contributes (declared versus observed).
     #[serde(default = "default_true")]
     pub derived: bool,
+    /// Namespaces whose homeplane objects contribute derived properties and count in the
+    /// template context: the registry's own when left empty, every namespace with `*`.
+    /// Properties of another namespace's objects are named `<kind>.<namespace>.<name>.…`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub derived_namespaces: Vec<String>,
     /// Most Drift objects kept at once; the rest are counted in status.
     #[serde(default = "default_max_drift")]
     #[schemars(range(min = 1, max = 10000))]
@@ -203,9 +209,12 @@ pub enum Aggregate {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SqlObserver {
-    /// Name of the Database object (same namespace).
+    /// Name of the Database object.
     #[schemars(length(min = 1))]
     pub database: String,
+    /// Namespace of the Database object; the registry's when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// A query returning one row with one column, run read-only.
     #[schemars(length(min = 1))]
     pub query: String,

@@ -15,14 +15,19 @@ use crate::observation::{Observation, number};
 /// One derived property with its observation.
 pub type Derived = (Checked, Observation);
 
-/// The derived properties of the objects of `kind` (as JSON, e.g. from a list call).
-pub fn properties(kind: &str, objects: &[Value], now: Timestamp) -> Vec<Derived> {
+/// The derived properties of the objects of `kind` (as JSON, e.g. from a list call). Objects
+/// of the registry's own namespace `home` give `<kind>.<name>.…`, others
+/// `<kind>.<namespace>.<name>.…`.
+pub fn properties(kind: &str, objects: &[Value], home: &str, now: Timestamp) -> Vec<Derived> {
     let mut out = Vec::new();
     for object in objects {
         let Some(name) = object["metadata"]["name"].as_str() else {
             continue;
         };
-        let prefix = format!("{}.{name}", kind.to_ascii_lowercase());
+        let prefix = match object["metadata"]["namespace"].as_str() {
+            Some(ns) if ns != home => format!("{}.{ns}.{name}", kind.to_ascii_lowercase()),
+            _ => format!("{}.{name}", kind.to_ascii_lowercase()),
+        };
         let has_status = object.get("status").is_some_and(|s| !s.is_null());
         let derived = Derivation {
             kind,
@@ -318,7 +323,7 @@ mod tests {
     #[test]
     fn an_absent_status_is_unknown() {
         let db = json!({"metadata": {"name": "homelab"}, "spec": {"migrations": {"inline": [{"id": "0001_init"}]}}});
-        let props = properties("Database", &[db], now());
+        let props = properties("Database", &[db], "homelab", now());
         let ids: Vec<_> = props.iter().map(|(p, _)| p.id.as_str()).collect();
         assert_eq!(
             ids,
@@ -341,7 +346,7 @@ mod tests {
             "status": {"migrationsApplied": 1, "migrationsPending": 1, "lastMigration": "0001_a",
                        "conditions": [{"type": "Ready", "status": "True", "message": "ok"}]}
         });
-        let props = properties("Database", &[db], now());
+        let props = properties("Database", &[db], "homelab", now());
         let (p, o) = &props[1];
         assert_eq!(p.desired, Desired::Literal(json!(2)));
         assert_eq!(o.value, Ok(json!(1)));
@@ -351,28 +356,28 @@ mod tests {
     #[test]
     fn workflow_voice_backup_and_nodeclass() {
         let wf = json!({"metadata": {"name": "email"}, "spec": {"active": true}, "status": {"active": false}});
-        let (p, o) = &properties("Workflow", &[wf], now())[1];
+        let (p, o) = &properties("Workflow", &[wf], "homelab", now())[1];
         assert_eq!(
             (p.desired.clone(), o.value.clone()),
             (Desired::Literal(json!(true)), Ok(json!(false)))
         );
 
         let vp = json!({"metadata": {"name": "voice"}, "spec": {"latencyBudget": "2s"}, "status": {"latencyP95": "1.4s"}});
-        let (p, o) = &properties("VoicePipeline", &[vp], now())[1];
+        let (p, o) = &properties("VoicePipeline", &[vp], "homelab", now())[1];
         assert_eq!(p.desired, Desired::Literal(json!(2000)));
         assert_eq!(o.value, Ok(json!(1400)));
         assert_eq!(p.comparison, Comparison::AtMost);
 
         let bp = json!({"metadata": {"name": "nightly"}, "spec": {"schedule": "0 3 * * *"},
                         "status": {"lastSuccessfulTime": "2026-11-23T03:00:00Z"}});
-        let (p, o) = &properties("BackupPolicy", &[bp], now())[1];
+        let (p, o) = &properties("BackupPolicy", &[bp], "homelab", now())[1];
         assert_eq!(p.desired, Desired::Literal(json!(36)));
         assert_eq!(o.value, Ok(json!(28)));
 
         let nc = json!({"metadata": {"name": "pi"}, "status": {"conditions": [
             {"type": "Ready", "status": "True"},
             {"type": "Overcommitted", "status": "True", "message": "limits 5 CPU > 4"}]}});
-        let (p, o) = &properties("NodeClass", &[nc], now())[1];
+        let (p, o) = &properties("NodeClass", &[nc], "homelab", now())[1];
         assert_eq!(p.id, "nodeclass.pi.overcommitted");
         assert_eq!(o.value, Ok(json!(true)));
         assert_eq!(o.message.as_deref(), Some("limits 5 CPU > 4"));

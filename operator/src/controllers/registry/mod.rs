@@ -198,9 +198,11 @@ async fn catalogue(ctx: &Context, registry: &StateRegistry, ns: &str) -> Result<
     Ok(catalogue)
 }
 
-/// Lists homeplane's kinds: derived properties and the template context.
+/// Lists homeplane's kinds in the registry's derived namespaces: derived properties and the
+/// template context.
 async fn homeplane_objects(
     ctx: &Context,
+    registry: &StateRegistry,
     ns: &str,
 ) -> Result<Vec<(&'static str, Vec<Value>)>, Error> {
     async fn list<K>(api: Api<K>) -> Result<Vec<Value>, Error>
@@ -222,32 +224,40 @@ async fn homeplane_objects(
             })
             .collect()
     }
+    async fn kind<K>(client: &kube::Client, scope: &[Option<String>]) -> Result<Vec<Value>, Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let mut all = Vec::new();
+        for ns in scope {
+            let api = match ns {
+                Some(ns) => Api::<K>::namespaced(client.clone(), ns),
+                None => Api::<K>::all(client.clone()),
+            };
+            all.extend(list(api).await?);
+        }
+        Ok(all)
+    }
+    let wanted = &registry.spec.derived_namespaces;
+    let scope: Vec<Option<String>> = if wanted.iter().any(|n| n == "*") {
+        vec![None]
+    } else if wanted.is_empty() {
+        vec![Some(ns.to_string())]
+    } else {
+        wanted.iter().map(|n| Some(n.clone())).collect()
+    };
     let c = &ctx.client;
     Ok(vec![
-        (
-            "Database",
-            list(Api::<Database>::namespaced(c.clone(), ns)).await?,
-        ),
-        (
-            "Workflow",
-            list(Api::<Workflow>::namespaced(c.clone(), ns)).await?,
-        ),
-        (
-            "BackupPolicy",
-            list(Api::<BackupPolicy>::namespaced(c.clone(), ns)).await?,
-        ),
-        (
-            "VoicePipeline",
-            list(Api::<VoicePipeline>::namespaced(c.clone(), ns)).await?,
-        ),
-        (
-            "MemoryServer",
-            list(Api::<MemoryServer>::namespaced(c.clone(), ns)).await?,
-        ),
-        (
-            "Agent",
-            list(Api::<Agent>::namespaced(c.clone(), ns)).await?,
-        ),
+        ("Database", kind::<Database>(c, &scope).await?),
+        ("Workflow", kind::<Workflow>(c, &scope).await?),
+        ("BackupPolicy", kind::<BackupPolicy>(c, &scope).await?),
+        ("VoicePipeline", kind::<VoicePipeline>(c, &scope).await?),
+        ("MemoryServer", kind::<MemoryServer>(c, &scope).await?),
+        ("Agent", kind::<Agent>(c, &scope).await?),
         ("NodeClass", list(Api::<NodeClass>::all(c.clone())).await?),
     ])
 }
@@ -351,12 +361,12 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
 
     // Dereference: catalogue, homeplane objects.
     let mut catalogue = catalogue(ctx, registry, &ns).await?;
-    let objects = homeplane_objects(ctx, &ns).await?;
+    let objects = homeplane_objects(ctx, registry, &ns).await?;
     let now_ts = now();
     let mut derived_observations = HashMap::new();
     if registry.spec.derived {
         for (kind, items) in &objects {
-            for (property, observation) in derived::properties(kind, items, now_ts) {
+            for (property, observation) in derived::properties(kind, items, &ns, now_ts) {
                 derived_observations.insert(property.id.clone(), observation);
                 catalogue.properties.push(property);
             }

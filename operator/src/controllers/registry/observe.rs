@@ -27,7 +27,7 @@ pub async fn observe_all(
     resources: &mut Resources,
 ) -> HashMap<String, Observation> {
     let mut kubernetes = Vec::new();
-    let mut sql: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
+    let mut sql: HashMap<(String, String), Vec<(&str, &str)>> = HashMap::new();
     let mut http = Vec::new();
     let mut docker = Vec::new();
     for p in properties {
@@ -43,7 +43,8 @@ pub async fn observe_all(
         if let Some(k) = k {
             kubernetes.push((p.id.as_str(), k));
         } else if let Some(s) = s {
-            sql.entry(s.database.as_str())
+            let db_ns = s.namespace.clone().unwrap_or_else(|| namespace.to_string());
+            sql.entry((db_ns, s.database.clone()))
                 .or_default()
                 .push((p.id.as_str(), s.query.as_str()));
         } else if let Some(h) = h {
@@ -54,7 +55,7 @@ pub async fn observe_all(
     }
     let (k, s, h, d) = futures::join!(
         observe_kubernetes(ctx, &kubernetes, resources),
-        observe_sql(ctx, namespace, &sql),
+        observe_sql(ctx, &sql),
         homeplane_state::observe::http::observe(&http),
         homeplane_state::observe::docker::observe(&docker),
     );
@@ -188,12 +189,11 @@ async fn list(ctx: &Context, ar: &ApiResource, key: &ListKey) -> Result<Vec<Valu
 
 async fn observe_sql(
     ctx: &Context,
-    namespace: &str,
-    by_database: &HashMap<&str, Vec<(&str, &str)>>,
+    by_database: &HashMap<(String, String), Vec<(&str, &str)>>,
 ) -> HashMap<String, Observation> {
     let mut observed = HashMap::new();
-    let databases: Api<Database> = Api::namespaced(ctx.client.clone(), namespace);
-    for (name, queries) in by_database {
+    for ((namespace, name), queries) in by_database {
+        let databases: Api<Database> = Api::namespaced(ctx.client.clone(), namespace);
         let options = match databases.get_opt(name).await {
             Ok(Some(db)) => crate::controllers::database::observer_options(ctx, &db).await,
             Ok(None) => Err(format!("Database {namespace}/{name} does not exist")),
