@@ -111,12 +111,12 @@ up() {
     log "Podman is not available: the GPU host's properties stay Unknown"
   fi
   # A fresh evaluation of the state registry with everything in place.
+  local evaluated
+  evaluated=$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.status.lastEvaluationTime}')
   "$kubectl" annotate stateregistry homelab -n monitoring --overwrite \
-    "homeplane.dev/demo-started=$(date +%s)" >/dev/null
-  "$kubectl" patch stateregistry homelab -n monitoring --type merge -p '{"spec":{"interval":"30s"}}' >/dev/null
+    "homeplane.dev/evaluate-requested=$(date +%s%N)" >/dev/null
   for _ in $(seq 1 60); do
-    [ "$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.status.observedGeneration}')" = \
-      "$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.metadata.generation}')" ] && break
+    [ "$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.status.lastEvaluationTime}')" != "$evaluated" ] && break
     sleep 1
   done
 

@@ -42,6 +42,8 @@ const HISTORY: &str = "HistoryRecorded";
 const MAX_EVENTS: usize = 10;
 /// Longest desired/observed/message text kept in a Drift object.
 const MAX_TEXT: usize = 1024;
+/// Annotation that asks for an evaluation now (any new value), e.g. after changing the world.
+pub const EVALUATE_ANNOTATION: &str = "homeplane.dev/evaluate-requested";
 /// Annotation that asks a homeplane object's controller to apply it again.
 pub const REAPPLY_ANNOTATION: &str = "homeplane.dev/reapply-requested";
 
@@ -61,7 +63,8 @@ struct Memory {
     states: HashMap<String, State>,
     drifted_by_severity: BTreeMap<Severity, usize>,
     unknown: usize,
-    evaluated: Option<(Instant, Option<i64>)>,
+    /// When the last evaluation ran, for which generation and evaluation request.
+    evaluated: Option<(Instant, Option<i64>, Option<String>)>,
     corrections: i32,
 }
 
@@ -112,11 +115,13 @@ async fn reconcile(registry: Arc<StateRegistry>, shared: Arc<Shared>) -> Result<
         return Ok(Action::await_change());
     };
     let every = interval(&registry);
-    // Our own status write wakes us too: evaluate only when the interval is up or the spec
-    // changed.
+    // Our own status write wakes us too: evaluate only when the interval is up, the spec
+    // changed or an evaluation was requested.
     let generation = registry.metadata.generation;
-    if let Some((at, seen)) = memory(&shared, &key, |m| m.evaluated).flatten()
+    let requested = registry.annotations().get(EVALUATE_ANNOTATION).cloned();
+    if let Some((at, seen, asked)) = memory(&shared, &key, |m| m.evaluated.clone()).flatten()
         && seen == generation
+        && asked == requested
         && registry.status.is_some()
         && at.elapsed() < every
     {
@@ -639,7 +644,11 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
         m.states = engine::states(&report);
         m.drifted_by_severity = report.drifted_by_severity.clone();
         m.unknown = report.unknown;
-        m.evaluated = Some((Instant::now(), generation));
+        m.evaluated = Some((
+            Instant::now(),
+            generation,
+            registry.annotations().get(EVALUATE_ANNOTATION).cloned(),
+        ));
         m.corrections = status.corrections;
         publish_metrics(ctx, &memories);
     }
