@@ -64,7 +64,7 @@ up() {
   else
     local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     echo "$port" > "$state/operator.port"
-    # homeplane's own database (drift history) lives on the demo PostgreSQL.
+    # homeplane's own database (drift and backup history) lives on the demo PostgreSQL.
     local admin_url; admin_url="$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env")"
     psql "$admin_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \
       || psql "$admin_url" -qc "CREATE DATABASE homeplane" >/dev/null
