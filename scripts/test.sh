@@ -50,7 +50,7 @@ export HOMEPLANE_TEST_S3_ENDPOINT HOMEPLANE_TEST_S3_ACCESS_KEY_ID HOMEPLANE_TEST
 log "running the tests"
 results="$HOMEPLANE_ROOT/.homeplane/test/results.txt"
 set +e
-cargo test --workspace --locked 2>&1 | tee "$results"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' "$results")
