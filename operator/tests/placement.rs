@@ -117,6 +117,8 @@ fn a_seed_shaped_pipeline_runs_gpu_stages_on_gpu_1_and_the_rest_on_pi_1() {
     let ns = TestNamespace::new(cluster, "voice").unwrap();
     let s = suffix();
     let (pi, gpu) = (format!("pi-{s}"), format!("gpu-{s}"));
+    // pi-1 and gpu-1 are shared with other tests (the example homelab's services run on pi-1),
+    // so this pipeline asks for little.
     let classes = format!(
         r#"apiVersion: homeplane.dev/v1alpha1
 kind: NodeClass
@@ -124,8 +126,7 @@ metadata: {{name: {pi}}}
 spec:
   nodeSelector: {{homeplane.dev/class: pi}}
   architecture: arm64
-  defaults: {{cpu: 250m, memory: 256Mi}}
-  reserved: {{cpu: 500m, memory: 1Gi}}
+  defaults: {{cpu: 100m, memory: 64Mi}}
 ---
 apiVersion: homeplane.dev/v1alpha1
 kind: NodeClass
@@ -145,7 +146,7 @@ spec:
             format!(
                 r#"  - name: tts
     role: textToSpeech
-    workload: {{image: "example/piper:1", port: 5000, placement: {{class: {pi}, cpu: 500m, memory: 512Mi}}}}
+    workload: {{image: "example/piper:1", port: 5000, placement: {{class: {pi}, cpu: 200m, memory: 128Mi}}}}
 "#
             )
         } else {
