@@ -339,10 +339,23 @@ pub struct StateRegistryStatus {
     /// Corrections run in `Correct` mode since the operator started.
     #[serde(default)]
     pub corrections: i32,
+    /// Properties that could not be observed, with the reason (the first 50 by id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_properties: Vec<UnknownProperty>,
     /// When the last evaluation ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluation_time: Option<Time>,
     /// How long the last evaluation took, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_evaluation_millis: Option<i64>,
+}
+
+/// A property that could not be observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnknownProperty {
+    /// Property id.
+    pub property: String,
+    /// Why it could not be observed or compared.
+    pub reason: String,
 }

@@ -237,6 +237,15 @@ spec:
     })
     .unwrap_or_else(|e| panic!("{e}; status {}", status(cluster, &ns.name, "homelab")));
     assert_eq!(st["drifted"], 0, "{st}");
+    let unknown = &st["unknownProperties"][0];
+    assert_eq!(unknown["property"], "broken.endpoint", "{st}");
+    assert!(
+        unknown["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Connection refused"),
+        "{st}"
+    );
     assert!(drifts(cluster, &ns.name).is_empty());
     assert!(st["lastEvaluationTime"].is_string(), "{st}");
     assert_eq!(condition(&st, "Ready").0, "True", "{st}");
@@ -319,6 +328,45 @@ spec:
         e.contains("db.settings.mode: desired strict, observed lax"),
         "{e}"
     );
+
+    // A cap on Drift objects keeps the worst and counts the rest.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "stateregistry",
+            "homelab",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"maxDriftObjects": 3}}"#,
+        ])
+        .unwrap();
+    eventually(WAIT, "three Drift objects, the critical ones first", || {
+        let kept: Vec<String> = drift_values(cluster, &ns.name)
+            .into_iter()
+            .map(|d| d.0)
+            .collect();
+        let st = status(cluster, &ns.name, "homelab");
+        Ok((kept.len() == 3
+            && kept.contains(&"gpu.ollama.running".to_string())
+            && kept.contains(&"pi.containers.cpu-limits".to_string())
+            && st["notMaterialized"] == 2)
+            .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}; drifts {:?}", drift_values(cluster, &ns.name)));
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "stateregistry",
+            "homelab",
+            "-n",
+            &ns.name,
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"maxDriftObjects": 500}}"#,
+        ])
+        .unwrap();
 
     // Undo it: every Drift goes away.
     cluster

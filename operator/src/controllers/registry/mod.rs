@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use homeplane_crds::drift::{Drift, DriftSpec};
-use homeplane_crds::registry::{RegistryMode, Severity, StateRegistry};
+use homeplane_crds::registry::{RegistryMode, Severity, StateRegistry, UnknownProperty};
 use homeplane_crds::{
     Agent, BackupPolicy, Database, MemoryServer, NodeClass, VoicePipeline, Workflow,
 };
@@ -40,6 +40,8 @@ const CONTROLLER: &str = "stateregistry";
 const HISTORY: &str = "HistoryRecorded";
 /// Most transition Events published per evaluation; the rest are summed up in one.
 const MAX_EVENTS: usize = 10;
+/// Most unknown properties listed with their reason in status.
+const MAX_UNKNOWN_LISTED: usize = 50;
 /// Longest desired/observed/message text kept in a Drift object.
 const MAX_TEXT: usize = 1024;
 /// Annotation that asks for an evaluation now (any new value), e.g. after changing the world.
@@ -591,6 +593,18 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
         .map(|(s, n)| (severity_word(*s).to_string(), count(*n)))
         .collect();
     status.not_materialized = count(not_materialised);
+    let mut unknown: Vec<UnknownProperty> = report
+        .verdicts
+        .iter()
+        .filter(|v| v.state == State::Unknown)
+        .map(|v| UnknownProperty {
+            property: v.id.clone(),
+            reason: clip(v.message.clone().unwrap_or_default()),
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.property.cmp(&b.property));
+    unknown.truncate(MAX_UNKNOWN_LISTED);
+    status.unknown_properties = unknown;
     status.refused = count(catalogue.errors.len());
     status.corrections = memory(shared, key, |m| m.corrections).unwrap_or(0) + corrections;
     status.last_evaluation_time = Some(Time(now()));
