@@ -39,7 +39,10 @@ pub fn properties(kind: &str, objects: &[Value], home: &str, now: Timestamp) -> 
         out.push(derived.ready());
         match kind {
             "Database" => out.push(derived.migrations()),
-            "Workflow" => out.push(derived.workflow_active()),
+            "Workflow" => {
+                out.push(derived.workflow_active());
+                out.push(derived.workflow_matches());
+            }
             "BackupPolicy" => out.push(derived.backup_age(now)),
             "VoicePipeline" => out.push(derived.voice_latency()),
             "NodeClass" => out.push(derived.overcommit()),
@@ -183,9 +186,41 @@ impl Derivation<'_> {
             Comparison::Equals,
             Severity::Warning,
         );
-        let o = match self.object["status"]["active"].as_bool() {
-            Some(active) => Observation::value(Value::Bool(active)),
-            None => self.no_status("active flag"),
+        let drifted = self.condition("Drifted");
+        let o = match (self.object["status"]["active"].as_bool(), drifted) {
+            (Some(active), _) => Observation::value(Value::Bool(active)),
+            // The controller compares the whole workflow, active flag included, with n8n.
+            (None, Some(c)) if c["status"] == "False" => Observation {
+                value: Ok(Value::Bool(declared)),
+                message: c["message"].as_str().map(str::to_string),
+            },
+            (None, Some(c)) => Observation::failed(format!(
+                "n8n differs from the declaration: {}",
+                c["message"].as_str().unwrap_or("no message")
+            )),
+            (None, None) => self.no_status("active flag"),
+        };
+        (p, o)
+    }
+
+    /// Workflow: the workflow in n8n matches its declaration (nobody edited it in the UI).
+    fn workflow_matches(&self) -> Derived {
+        let p = self.property(
+            "matches-n8n",
+            format!(
+                "Workflow {} in n8n is as declared (not edited in the n8n UI)",
+                self.name
+            ),
+            Value::Bool(false),
+            Comparison::Equals,
+            Severity::Warning,
+        );
+        let o = match self.condition("Drifted") {
+            Some(c) => Observation {
+                value: Ok(Value::Bool(c["status"] == "True")),
+                message: c["message"].as_str().map(str::to_string),
+            },
+            None => self.no_status("Drifted condition"),
         };
         (p, o)
     }
