@@ -29,3 +29,4 @@ bench:
 	@bash bench/migrate.sh
 	@bash bench/placement.sh
 	@bash bench/state.sh
+	@bash bench/backup.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make demo`: a local homelab. Starts the real control plane with a simulated Pi (pi-1) and GPU
-# node (gpu-1), PostgreSQL, installs homeplane's CRDs, runs the operator, applies the example
-# homelab from manifests/homelab, and prints what homeplane sees. Everything stays running;
+# node (gpu-1), PostgreSQL and a local S3 server, installs homeplane's CRDs, runs the operator,
+# applies the example homelab from manifests/homelab, takes one encrypted backup of its database
+# (to an age identity generated for the demo in .homeplane/demo/age.key), and prints what
+# homeplane sees. Everything stays running;
 # `make demo-down` stops it. State lives in .homeplane/demo/.
 #
 #   scripts/demo.sh up | down
@@ -51,6 +53,7 @@ up() {
   local bin; bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
   "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$state/cluster"
   "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$state/postgres"
+  "$HOMEPLANE_ROOT/scripts/s3.sh" up "$state/s3"
   export KUBECONFIG="$state/cluster/kubeconfig"
   local kubectl="$bin/kubectl"
 
@@ -99,6 +102,27 @@ up() {
     || log "the MemoryServer is not Ready yet: kubectl describe memoryserver memory -n data"
   "$kubectl" wait --for=condition=Ready --timeout=90s voicepipeline/assistant -n ai >/dev/null \
     || log "the VoicePipeline is not Ready yet: kubectl describe voicepipeline assistant -n ai"
+
+  # Backups: the owner's age identity (demo only: a real owner keeps it off the cluster), the
+  # local S3 server as the bucket, and one backup taken now.
+  log "taking a backup of the homelab database to the local S3 server"
+  [ -f "$state/age.key" ] || age-keygen -o "$state/age.key" 2>/dev/null
+  chmod 600 "$state/age.key"
+  local recipient; recipient="$(age-keygen -y "$state/age.key")"
+  (
+    source "$state/s3/env"
+    export HOMEPLANE_BACKUP_BUCKET=homelab-backups
+    "$CARGO_TARGET_DIR/release/homeplane" backup ensure-bucket 2>/dev/null
+    "$kubectl" create secret generic r2 -n data --from-literal=accessKeyId="$AWS_ACCESS_KEY_ID" \
+      --from-literal=secretAccessKey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+    "$kubectl" patch backuppolicy postgres -n data --type merge -p "{\"spec\":{\"recipients\":[\"$recipient\"],\"destination\":{\"endpoint\":\"$AWS_ENDPOINT_URL\",\"bucket\":\"$HOMEPLANE_BACKUP_BUCKET\"}}}" >/dev/null
+  )
+  if ! "$kubectl" get backup demo -n data >/dev/null 2>&1; then
+    printf 'apiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {name: demo, namespace: data}\nspec: {policy: postgres}\n' \
+      | "$kubectl" create -f - >/dev/null
+  fi
+  "$kubectl" wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s backup/demo -n data >/dev/null \
+    || log "the demo backup did not succeed: kubectl describe backup demo -n data"
   sleep 1 # let the capacity plans catch up with the last pods
 
   # The GPU host's containers run outside the cluster; here Podman's Docker-compatible API
@@ -126,6 +150,8 @@ up() {
     echo "export KUBECONFIG=$state/kubeconfig"
     echo "export PATH=$bin:$CARGO_TARGET_DIR/release:\$PATH"
     cat "$state/postgres/env"
+    cat "$state/s3/env"
+    echo "export HOMEPLANE_BACKUP_BUCKET=homelab-backups"
     echo "export HOMEPLANE_METRICS_URL=http://127.0.0.1:$port/metrics"
     echo "export HOMEPLANE_BIN=$CARGO_TARGET_DIR/release/homeplane"
     echo "export HOMEPLANE_HISTORY_DATABASE_URL=$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env" | sed 's#/[^/]*$#/homeplane#')"
@@ -145,6 +171,7 @@ up() {
   echo; echo "== role Secrets (one per login role, with a connection URI)"
   "$kubectl" get secrets -n data -l app.kubernetes.io/managed-by=homeplane
   echo; echo "== kubectl get stateregistry -A"; "$kubectl" get stateregistry -A
+  echo; echo "== kubectl get backups -A"; "$kubectl" get backups -A
   echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
   echo
   echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Try:"
@@ -154,6 +181,7 @@ up() {
   echo "  kubectl get configmap assistant-chain -n ai -o yaml   # the voice chain for the gateway"
   echo "  psql \"\$DATABASE_URL\"                  # the demo PostgreSQL (superuser)"
   echo "  kubectl get secret homelab-readonly -n data -o jsonpath='{.data.uri}' | base64 -d"
+  echo "  homeplane backup decrypt --backup demo -n data --identity .homeplane/demo/age.key | pg_restore -l"
   echo "  curl -s \$HOMEPLANE_METRICS_URL        # the operator's metrics"
   echo "  kubectl get drift -A -w               # watch drift appear and resolve"
   echo "  homeplane drift history db.server.version   # its transitions (binary: \$HOMEPLANE_BIN)"
@@ -169,6 +197,7 @@ down() {
   rm -f "$state/operator.pid"
   "$HOMEPLANE_ROOT/scripts/podman.sh" down "$state/podman" 2>/dev/null || true
   "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$state/postgres"
+  "$HOMEPLANE_ROOT/scripts/s3.sh" down "$state/s3"
   "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$state/cluster"
 }
 

@@ -15,7 +15,7 @@ use homeplane_crds::backup::{Backup, BackupPhase, BackupPolicy};
 use kube::Api;
 use tokio::io::AsyncWrite;
 
-use crate::cli::{BackupLocation, DecryptArgs, RestoreArgs};
+use crate::cli::{BackupLocation, BucketArgs, DecryptArgs, EncryptArgs, RestoreArgs, UploadArgs};
 use crate::controllers::Context;
 use crate::controllers::backup::resolve;
 use crate::metrics::Metrics;
@@ -193,4 +193,92 @@ async fn decrypt_file(
     })
     .await??;
     Ok(written)
+}
+
+fn compression(level: i32) -> crypto::Compress {
+    if level > 0 {
+        crypto::Compress::Zstd(level)
+    } else {
+        crypto::Compress::None
+    }
+}
+
+/// `homeplane backup upload`: the operator's pipeline from the command line.
+pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
+    use homeplane_backups::manifest::SourceInfo;
+    use homeplane_backups::pipeline::BackupRequest;
+    let recipients = crypto::parse_recipients(&args.recipients)?;
+    let plan = homeplane_backups::PartPlan::new(args.part_size_mib << 20, args.concurrency)?;
+    let Some(key) = args.location.object.clone() else {
+        bail!("name the object to write with --object KEY");
+    };
+    let located = locate(&args.location).await?;
+    let (source, info): (Box<dyn tokio::io::AsyncRead + Unpin + Send>, SourceInfo) =
+        match (&args.database_url, &args.file) {
+            (Some(url), _) => {
+                let conn =
+                    PgConn::from_url(url).map_err(|e| anyhow::anyhow!("--database-url: {e}"))?;
+                let info = SourceInfo {
+                    kind: "database".into(),
+                    name: conn.dbname.clone(),
+                    namespace: None,
+                    format: "pg_dump-custom".into(),
+                };
+                (Box::new(postgres::pg_dump(&conn)?), info)
+            }
+            (None, Some(file)) => {
+                let info = SourceInfo {
+                    kind: "stream".into(),
+                    name: file.display().to_string(),
+                    namespace: None,
+                    format: "bytes".into(),
+                };
+                if file.as_os_str() == "-" {
+                    (Box::new(tokio::io::stdin()), info)
+                } else {
+                    let f = tokio::fs::File::open(file)
+                        .await
+                        .with_context(|| format!("failed to open {}", file.display()))?;
+                    (Box::new(f), info)
+                }
+            }
+            (None, None) => bail!("name the source with --database-url or --file"),
+        };
+    let report = pipeline::backup(
+        &located.store,
+        source,
+        BackupRequest {
+            key,
+            recipients,
+            compress: compression(args.zstd_level),
+            plan,
+            source: info,
+        },
+    )
+    .await?;
+    println!("{}", serde_json::to_string_pretty(&report.manifest)?);
+    Ok(())
+}
+
+/// `homeplane backup encrypt`: stdin to stdout through the pipeline's encryption stage.
+pub async fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
+    let recipients = crypto::parse_recipients(&args.recipients)?;
+    let compress = compression(args.zstd_level);
+    tokio::task::spawn_blocking(move || {
+        let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+        let output = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        crypto::encrypt(input, &recipients, compress, output).map(|_| ())
+    })
+    .await??;
+    Ok(())
+}
+
+/// `homeplane backup ensure-bucket`.
+pub async fn ensure_bucket(mut args: BucketArgs) -> anyhow::Result<()> {
+    // The bucket is named, not an object: any key satisfies the location check.
+    args.location.object.get_or_insert_with(String::new);
+    let located = locate(&args.location).await?;
+    located.store.ensure_bucket().await?;
+    eprintln!("bucket {} is there", located.store.bucket());
+    Ok(())
 }

@@ -161,6 +161,57 @@ pub enum BackupCommand {
     /// Write the plain dump of a backup (or of any age file) to a file or stdout, for your own
     /// tools (e.g. `pg_restore -l`).
     Decrypt(DecryptArgs),
+    /// Back up a database (pg_dump) or a file/stdin straight to a bucket with the same pipeline
+    /// the operator uses, without a cluster; prints the manifest. For scripts and benchmarks.
+    Upload(UploadArgs),
+    /// Encrypt (and compress) stdin to stdout with the pipeline's encryption stage, to age
+    /// public keys: the file decrypts with `age -d`.
+    Encrypt(EncryptArgs),
+    /// Create the bucket named by --bucket unless it exists (for local S3 servers and the demo).
+    EnsureBucket(BucketArgs),
+}
+
+/// Options of `homeplane backup ensure-bucket`.
+#[derive(Debug, Args)]
+pub struct BucketArgs {
+    #[command(flatten)]
+    pub location: BackupLocation,
+}
+
+/// Options of `homeplane backup upload`.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    #[command(flatten)]
+    pub location: BackupLocation,
+    /// Dump this database with pg_dump (custom format).
+    #[arg(long, conflicts_with = "file")]
+    pub database_url: Option<String>,
+    /// Upload this file instead (`-` for stdin).
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// age public key to encrypt to (repeatable).
+    #[arg(long = "recipient", short = 'r', required = true)]
+    pub recipients: Vec<String>,
+    /// zstd level; 0 for no compression.
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Part size in MiB.
+    #[arg(long, default_value_t = 16)]
+    pub part_size_mib: u64,
+    /// Parts uploaded at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: u64,
+}
+
+/// Options of `homeplane backup encrypt`.
+#[derive(Debug, Args)]
+pub struct EncryptArgs {
+    /// age public key to encrypt to (repeatable).
+    #[arg(long = "recipient", short = 'r', required = true)]
+    pub recipients: Vec<String>,
+    /// zstd level; 0 for no compression.
+    #[arg(long, default_value_t = 0)]
+    pub zstd_level: i32,
 }
 
 /// Which backup, and where its bucket is.

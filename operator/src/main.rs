@@ -36,6 +36,11 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Plan(args) => plan_cli::run(args),
         cli::Command::Restore(args) => backup_cli::restore(args).await,
         cli::Command::Backup(cli::BackupCommand::Decrypt(args)) => backup_cli::decrypt(args).await,
+        cli::Command::Backup(cli::BackupCommand::Upload(args)) => backup_cli::upload(args).await,
+        cli::Command::Backup(cli::BackupCommand::Encrypt(args)) => backup_cli::encrypt(args).await,
+        cli::Command::Backup(cli::BackupCommand::EnsureBucket(args)) => {
+            backup_cli::ensure_bucket(args).await
+        }
         cli::Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
         cli::Command::Crd { out: None } => crdgen::render_all()
             .map(|y| print!("{y}"))

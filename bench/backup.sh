@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Benchmark of backups (not a test). On one generated database, homeplane's backup
+# (`homeplane backup upload`: pg_dump -Fc -Z0 → zstd -1 → age → S3 multipart, the operator's
+# pipeline) against `pg_dump -Fc -Z1 | age -r … | aws s3 cp - s3://…` (awscli from PyPI) for
+# wall time, CPU seconds and peak RSS of the whole process tree; the encryption stage alone
+# against the `age` CLI on the same input; and a ≥2 GiB stream through homeplane's pipeline to
+# show its peak RSS stays within part size × concurrency plus the process's own baseline.
+# Prints the figures and writes them to bench/results/backup.txt. Run with `make bench`.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$HOMEPLANE_ROOT"
+"$HOMEPLANE_ROOT/scripts/setup.sh"
+if [ -z "${HOMEPLANE_BIN:-}" ]; then cargo build --release --locked -q -p homeplane-operator; fi
+homeplane="${HOMEPLANE_BIN:-$CARGO_TARGET_DIR/release/homeplane}"
+work="$HOMEPLANE_ROOT/.homeplane/bench/backup"
+rm -rf "$work/tmp" && mkdir -p "$work/tmp"
+measure() { python3 "$HOMEPLANE_ROOT/bench/measure.py" "$1"; }
+
+# awscli in a cached venv keyed by the pinned requirements.
+venv="$HOMEPLANE_CACHE/venv/awscli-$(cache_key bench/requirements.txt)"
+if [ ! -f "$venv/.complete" ]; then
+  log "installing awscli into $venv"
+  rm -rf "$venv" && python3 -m venv "$venv" # scripts in a venv name its path: build it in place
+  "$venv/bin/pip" install -q -r bench/requirements.txt
+  touch "$venv/.complete"
+fi
+aws="$venv/bin/aws"
+
+"$HOMEPLANE_ROOT/scripts/postgres.sh" up "$work/postgres"
+"$HOMEPLANE_ROOT/scripts/s3.sh" up "$work/s3"
+trap '"$HOMEPLANE_ROOT/scripts/postgres.sh" down "$work/postgres"; "$HOMEPLANE_ROOT/scripts/s3.sh" down "$work/s3"; rm -rf "$work/tmp"' EXIT
+source "$work/s3/env"
+export AWS_DEFAULT_REGION=auto HOMEPLANE_BACKUP_BUCKET="bench-$(date +%s)"
+"$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3api create-bucket --bucket "$HOMEPLANE_BACKUP_BUCKET" >/dev/null
+admin="$(sed -n 's/^export DATABASE_URL=//p' "$work/postgres/env")"
+db_url="${admin%/postgres}/bench"
+rows=${BENCH_ROWS:-3000000}
+
+log "generating a database of $rows messages"
+psql -q -X "$admin" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
+psql -q -X "$db_url" -v ON_ERROR_STOP=1 <<SQL
+CREATE TABLE messages (id bigserial PRIMARY KEY, platform text NOT NULL, sender text NOT NULL,
+  body text NOT NULL, sent_at timestamptz NOT NULL);
+INSERT INTO messages (platform, sender, body, sent_at)
+SELECT (ARRAY['signal','whatsapp','telegram','imessage','email','sms'])[1 + g % 6],
+       'contact-' || (g % 900), repeat(md5(g::text), 1 + g % 4) || ' ' || md5((g * 7)::text),
+       timestamptz '2020-01-01' + g * interval '37 seconds'
+FROM generate_series(1, $rows) g;
+CREATE INDEX ON messages (sent_at);
+SQL
+db_size=$(psql -X -t -A "$db_url" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
+keyfile="$work/tmp/key.txt"
+age-keygen -o "$keyfile" 2>/dev/null
+recipient=$(age-keygen -y "$keyfile")
+pg_env() { # libpq variables from the URL, so that no password is on a command line
+  python3 - "$db_url" <<'PY'
+import sys, urllib.parse as u
+p = u.urlparse(sys.argv[1])
+print(f"export PGHOST={p.hostname} PGPORT={p.port} PGUSER={p.username} PGPASSWORD={p.password} PGDATABASE={p.path[1:]}")
+PY
+}
+eval "$(pg_env)"
+
+log "homeplane backup (zstd -1, 16 MiB parts, 2 in flight)"
+read -r hp_wall hp_cpu hp_rss < <(measure "'$homeplane' backup upload --database-url '$db_url' -r $recipient --zstd-level 1 --object homeplane.pgdump.zst.age > '$work/tmp/manifest.json'")
+hp_bytes=$(python3 -c "import json; print(json.load(open('$work/tmp/manifest.json'))['encryptedBytes'])")
+
+log "pg_dump -Fc -Z1 | age | aws s3 cp -"
+read -r sh_wall sh_cpu sh_rss < <(measure "pg_dump -Fc -Z1 | age -r $recipient | '$aws' --endpoint-url '$AWS_ENDPOINT_URL' s3 cp - s3://$HOMEPLANE_BACKUP_BUCKET/shell.pgdump.age --only-show-errors")
+sh_bytes=$("$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3api head-object --bucket "$HOMEPLANE_BACKUP_BUCKET" --key shell.pgdump.age --query ContentLength --output text)
+
+log "encryption alone on the same input (the plain dump)"
+pg_dump -Fc -Z0 > "$work/tmp/plain.dump"
+plain_size=$(stat -c %s "$work/tmp/plain.dump")
+read -r he_wall he_cpu he_rss < <(measure "'$homeplane' backup encrypt -r $recipient < '$work/tmp/plain.dump' > /dev/null")
+read -r ae_wall ae_cpu ae_rss < <(measure "age -r $recipient < '$work/tmp/plain.dump' > /dev/null")
+rm -f "$work/tmp/plain.dump"
+
+stream_mib=${BENCH_STREAM_MIB:-2100}
+log "streaming $stream_mib MiB of random bytes through homeplane's pipeline"
+read -r st_wall st_cpu st_rss < <(measure "head -c ${stream_mib}M /dev/urandom | '$homeplane' backup upload --file - -r $recipient --zstd-level 1 --part-size-mib 16 --concurrency 2 --object stream.age > /dev/null")
+"$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3 rm "s3://$HOMEPLANE_BACKUP_BUCKET/stream.age" --only-show-errors
+read -r idle_wall idle_cpu idle_rss < <(measure "head -c 1M /dev/urandom | '$homeplane' backup upload --file - -r $recipient --zstd-level 1 --part-size-mib 16 --concurrency 2 --object small.age > /dev/null")
+
+ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
+mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
+result="bench/results/backup.txt"
+{
+  echo "# homeplane backup benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores; local PostgreSQL $(psql -X -t -A "$admin" -c 'SHOW server_version') and versitygw on loopback)"
+  echo "database: $rows rows, $db_size on disk; plain pg_dump -Fc -Z0: $plain_size bytes"
+  echo
+  echo "full backup                          wall_s  cpu_s  peak_rss_MiB  uploaded_bytes"
+  printf "homeplane (pg_dump -Z0|zstd-1|age|S3) %6s %6s %13s  %s\n" "$hp_wall" "$hp_cpu" "$(mib "$hp_rss")" "$hp_bytes"
+  printf "pg_dump -Fc -Z1 | age | aws s3 cp -   %6s %6s %13s  %s\n" "$sh_wall" "$sh_cpu" "$(mib "$sh_rss")" "$sh_bytes"
+  echo "ratio homeplane/shell: wall $(ratio "$hp_wall" "$sh_wall"), cpu $(ratio "$hp_cpu" "$sh_cpu"), peak RSS $(ratio "$hp_rss" "$sh_rss"), size $(ratio "$hp_bytes" "$sh_bytes")"
+  echo
+  echo "encryption alone ($plain_size bytes)  wall_s  cpu_s  peak_rss_MiB"
+  printf "homeplane backup encrypt              %6s %6s %13s\n" "$he_wall" "$he_cpu" "$(mib "$he_rss")"
+  printf "age -r                                %6s %6s %13s\n" "$ae_wall" "$ae_cpu" "$(mib "$ae_rss")"
+  echo "ratio homeplane/age: wall $(ratio "$he_wall" "$ae_wall"), cpu $(ratio "$he_cpu" "$ae_cpu")"
+  echo
+  echo "bounded memory: $stream_mib MiB of random bytes streamed (16 MiB parts, 2 in flight: parts hold at most 32 MiB)"
+  echo "  peak RSS $(mib "$st_rss") MiB for $stream_mib MiB in ${st_wall}s; the same command on 1 MiB peaks at $(mib "$idle_rss") MiB"
+} | tee "$result"
