@@ -100,6 +100,9 @@ pub struct WorkflowStatus {
     /// Id of the workflow in n8n.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n8n_id: Option<String>,
+    /// Whether the workflow is active in n8n, as last observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
     /// Canonical hash of the declared definition last applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition_hash: Option<String>,

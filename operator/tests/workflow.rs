@@ -221,6 +221,10 @@ fn creates_updates_activates_and_reports_the_last_execution() {
         ".status.definitionHash",
     );
     assert_eq!(hash.len(), 64, "{hash}");
+    assert_eq!(
+        field(cluster, &ns.name, "email-classifier", ".status.active"),
+        "true"
+    );
 
     // The webhook runs it; the status reports the execution.
     let (code, answer) = n8n
@@ -321,6 +325,10 @@ fn creates_updates_activates_and_reports_the_last_execution() {
         "Synced",
     );
     assert!(message.contains("is inactive"), "{message}");
+    assert_eq!(
+        field(cluster, &ns.name, "email-classifier", ".status.active"),
+        "false"
+    );
     delete_all(cluster, &ns.name);
 }
 

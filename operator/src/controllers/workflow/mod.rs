@@ -337,6 +337,7 @@ async fn converge(
                     drift.join("; ")
                 );
                 status.last_execution = last_execution(&client, &id).await;
+                status.active = Some(active);
                 return Ok(Outcome {
                     ready: Desired::yes(READY, "DriftReported", message.clone()),
                     degraded: None,
@@ -376,6 +377,7 @@ async fn converge(
     // Only now is the declaration fully in n8n: a pass that failed half-way is retried as
     // a new declaration, not mistaken for drift.
     status.definition_hash = Some(desired_hash);
+    status.active = Some(spec.active);
     if corrected {
         ctx.event(
             wf,
