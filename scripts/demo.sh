@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: a local homelab. Starts the real control plane with a simulated Pi (pi-1) and GPU
-# node (gpu-1), PostgreSQL and a local S3 server, installs homeplane's CRDs, runs the operator,
-# applies the example homelab from manifests/homelab, takes one encrypted backup of its database
-# (to an age identity generated for the demo in .homeplane/demo/age.key), and prints what
-# homeplane sees. Everything stays running;
+# node (gpu-1), PostgreSQL, a local S3 server and n8n (with an owner and an API key),
+# installs homeplane's CRDs, runs the operator, applies the example homelab from
+# manifests/homelab, takes one encrypted backup of its database (to an age identity
+# generated for the demo in .homeplane/demo/age.key), and prints what homeplane sees.
+# Everything stays running;
 # `make demo-down` stops it. State lives in .homeplane/demo/.
 #
 #   scripts/demo.sh up | down
@@ -51,9 +52,17 @@ up() {
   log "building homeplane (release)"
   cargo build --release --locked -q -p homeplane-operator
   local bin; bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
+  local fresh=0
+  "$HOMEPLANE_ROOT/scripts/cluster.sh" status "$state/cluster" 2>/dev/null || fresh=1
   "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$state/cluster"
   "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$state/postgres"
   "$HOMEPLANE_ROOT/scripts/s3.sh" up "$state/s3"
+  # n8n's data goes with the cluster's: a fresh cluster gets a fresh n8n (the install stays
+  # cached), or the Workflows of an earlier demo would still hold their webhook paths there.
+  if [ "$fresh" = 1 ]; then
+    "$HOMEPLANE_ROOT/scripts/n8n.sh" down "$state/n8n" 2>/dev/null; rm -rf "$state/n8n"
+  fi
+  "$HOMEPLANE_ROOT/scripts/n8n.sh" up "$state/n8n"
   export KUBECONFIG="$state/cluster/kubeconfig"
   local kubectl="$bin/kubectl"
 
@@ -94,6 +103,18 @@ up() {
     --from-literal=password="$pg_password" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
   "$kubectl" patch database homelab -n data --type merge \
     -p "{\"spec\":{\"server\":{\"external\":{\"host\":\"127.0.0.1\",\"port\":$pg_port}}}}" >/dev/null
+  # The Workflows go to the demo n8n: its API key into the Secret they name, its URL into
+  # their spec.
+  local n8n_url n8n_key
+  n8n_url="$(sed -n 's/^export N8N_URL=//p' "$state/n8n/env")"
+  n8n_key="$(sed -n 's/^export N8N_API_KEY=//p' "$state/n8n/env")"
+  "$kubectl" create secret generic n8n-api -n automation --from-literal=apiKey="$n8n_key" \
+    --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  local wf
+  for wf in $("$kubectl" get workflows -n automation -o name); do
+    "$kubectl" patch "$wf" -n automation --type merge \
+      -p "{\"spec\":{\"n8n\":{\"url\":\"$n8n_url\"}}}" >/dev/null
+  done
   "$kubectl" wait --for=condition=Available --timeout=90s deployment -l app.kubernetes.io/part-of=homelab -A >/dev/null
   "$kubectl" wait --for=condition=Ready --timeout=60s nodeclass --all >/dev/null
   "$kubectl" wait --for=condition=Ready --timeout=90s database/homelab -n data >/dev/null \
@@ -123,6 +144,11 @@ up() {
   fi
   "$kubectl" wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s backup/demo -n data >/dev/null \
     || log "the demo backup did not succeed: kubectl describe backup demo -n data"
+  "$kubectl" wait --for=condition=Ready --timeout=90s workflow --all -n automation >/dev/null \
+    || log "a Workflow is not Ready yet: kubectl get workflows -n automation"
+  "$kubectl" wait --for=condition=Ready --timeout=60s agent --all -n ai >/dev/null \
+    || log "an Agent is not Ready yet: kubectl get agents -n ai"
+  finish_demo_run "$kubectl"
   sleep 1 # let the capacity plans catch up with the last pods
 
   # The GPU host's containers run outside the cluster; here Podman's Docker-compatible API
@@ -155,6 +181,7 @@ up() {
     echo "export HOMEPLANE_METRICS_URL=http://127.0.0.1:$port/metrics"
     echo "export HOMEPLANE_BIN=$CARGO_TARGET_DIR/release/homeplane"
     echo "export HOMEPLANE_HISTORY_DATABASE_URL=$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env" | sed 's#/[^/]*$#/homeplane#')"
+    cat "$state/n8n/env"
   } > "$state/env"
   chmod 600 "$state/env"
 
@@ -172,6 +199,9 @@ up() {
   "$kubectl" get secrets -n data -l app.kubernetes.io/managed-by=homeplane
   echo; echo "== kubectl get stateregistry -A"; "$kubectl" get stateregistry -A
   echo; echo "== kubectl get backups -A"; "$kubectl" get backups -A
+  echo; echo "== kubectl get workflows -n automation (in n8n at $n8n_url)"
+  "$kubectl" get workflows -n automation
+  echo; echo "== kubectl get agents,agentruns -n ai"; "$kubectl" get agents,agentruns -n ai
   echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
   echo
   echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Try:"
@@ -185,6 +215,8 @@ up() {
   echo "  curl -s \$HOMEPLANE_METRICS_URL        # the operator's metrics"
   echo "  kubectl get drift -A -w               # watch drift appear and resolve"
   echo "  homeplane drift history db.server.version   # its transitions (binary: \$HOMEPLANE_BIN)"
+  echo "  curl -s -H \"X-N8N-API-KEY: \$N8N_API_KEY\" \$N8N_URL/api/v1/workflows   # n8n itself"
+  echo "  kubectl get agentrun audit-automation-limits -n ai -o yaml   # a run and its contract"
   echo "  make demo-down                        # stop everything"
 }
 
@@ -198,7 +230,37 @@ down() {
   "$HOMEPLANE_ROOT/scripts/podman.sh" down "$state/podman" 2>/dev/null || true
   "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$state/postgres"
   "$HOMEPLANE_ROOT/scripts/s3.sh" down "$state/s3"
+  "$HOMEPLANE_ROOT/scripts/n8n.sh" down "$state/n8n"
   "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$state/cluster"
+}
+
+# finish_demo_run KUBECTL: plays the example agent of the demo's AgentRun. Simulated nodes run
+# no containers (and KWOK leaves agent-run pods running), so the demo writes what the agent's
+# container would on exit: a terminated state with the result contract as its termination
+# message. homeplane then reads the contract into the AgentRun's status.
+finish_demo_run() {
+  local kubectl=$1 run=audit-automation-limits job="" pod="" now phase
+  phase=$("$kubectl" get agentrun "$run" -n ai -o jsonpath='{.status.phase}' 2>/dev/null)
+  case "$phase" in ""|Queued|Running) ;; *) return 0 ;; esac # ended in an earlier `make demo`
+  for _ in $(seq 1 150); do
+    job=$("$kubectl" get agentrun "$run" -n ai -o jsonpath='{.status.jobName}' 2>/dev/null)
+    [ -n "$job" ] && pod=$("$kubectl" get pods -n ai -l "batch.kubernetes.io/job-name=$job" \
+      --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)
+    [ -n "$pod" ] && break
+    sleep 0.2
+  done
+  [ -n "$pod" ] || { log "the demo AgentRun did not start: kubectl describe agentrun $run -n ai"; return 0; }
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local contract='{\"status\":\"DONE\",\"summary\":\"checked 4 ConfigMaps in automation: every service has a memory limit\",\"filesChanged\":[],\"commits\":[],\"testsRun\":[\"list configmaps -n automation\"],\"deviations\":[],\"followUps\":[\"audit monitoring next\"]}'
+  "$kubectl" patch pod "$pod" -n ai --subresource=status --type=merge -p "{\"status\":{\"phase\":\"Succeeded\",
+    \"containerStatuses\":[{\"name\":\"agent\",\"image\":\"ghcr.io/homeplane/example-agent:0.1\",\"imageID\":\"\",
+    \"ready\":false,\"restartCount\":0,\"started\":false,\"state\":{\"terminated\":{\"exitCode\":0,
+    \"reason\":\"Completed\",\"message\":\"$contract\",\"startedAt\":\"$now\",\"finishedAt\":\"$now\"}}}]}}" >/dev/null
+  for _ in $(seq 1 100); do
+    [ "$("$kubectl" get agentrun "$run" -n ai -o jsonpath='{.status.phase}')" = Done ] && return 0
+    sleep 0.2
+  done
+  log "the demo AgentRun did not finish: kubectl describe agentrun $run -n ai"
 }
 
 case "${1:-up}" in

@@ -139,6 +139,62 @@ mod tests {
         }
     }
 
+    /// Runs `examples/agent/agent.sh` with `task` and `env`; returns its exit success and the
+    /// contract it wrote.
+    fn run_example_agent(task: &str, env: &[(&str, &str)]) -> (bool, String) {
+        let dir = std::env::temp_dir().join(format!(
+            "homeplane-example-agent-{}-{}",
+            std::process::id(),
+            env.len()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let result = dir.join("termination-log");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/agent/agent.sh");
+        let status = std::process::Command::new("sh")
+            .arg(script)
+            .env("HOMEPLANE_TASK", task)
+            .env("HOMEPLANE_RESULT_PATH", &result)
+            .env("HOMEPLANE_SA_DIR", dir.join("no-such-dir"))
+            .envs(env.iter().copied())
+            .status()
+            .unwrap();
+        let written = std::fs::read_to_string(&result).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (status.success(), written)
+    }
+
+    #[test]
+    fn the_example_agent_writes_a_valid_contract() {
+        // Outside a pod there is no ServiceAccount token: the agent reports itself blocked.
+        let task = "count \"configmaps\"\tthen\nstop \\ here";
+        let (ok, written) = run_example_agent(task, &[]);
+        assert!(!ok);
+        let c = parse(&written).unwrap();
+        assert_eq!(c.status, ContractStatus::Blocked);
+        assert!(c.summary.contains(task), "{}", c.summary);
+
+        // With a token but an API server that does not answer, it reports the failure.
+        let sa = std::env::temp_dir().join(format!("homeplane-example-sa-{}", std::process::id()));
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::write(sa.join("token"), "t").unwrap();
+        std::fs::write(sa.join("namespace"), "ai").unwrap();
+        std::fs::write(sa.join("ca.crt"), "").unwrap();
+        let (ok, written) = run_example_agent(
+            "audit",
+            &[
+                ("HOMEPLANE_SA_DIR", sa.to_str().unwrap()),
+                ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "1"),
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&sa);
+        assert!(!ok);
+        let c = parse(&written).unwrap();
+        assert_eq!(c.status, ContractStatus::Failed);
+        assert_eq!(c.tests_run, vec!["list configmaps"]);
+    }
+
     #[test]
     fn durations_read_like_kubectl() {
         assert_eq!(duration(4), "4s");
