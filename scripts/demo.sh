@@ -160,14 +160,18 @@ up() {
   else
     log "Podman is not available: the GPU host's properties stay Unknown"
   fi
-  # A fresh evaluation of the state registry with everything in place.
-  local evaluated
-  evaluated=$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.status.lastEvaluationTime}')
-  "$kubectl" annotate stateregistry homelab -n monitoring --overwrite \
-    "homeplane.dev/evaluate-requested=$(date +%s%N)" >/dev/null
-  for _ in $(seq 1 60); do
-    [ "$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.status.lastEvaluationTime}')" != "$evaluated" ] && break
-    sleep 1
+  # A fresh evaluation of the state registry with everything in place: ask twice, so that an
+  # evaluation already under way when the world settled is not the one shown.
+  local asked
+  for _ in 1 2; do
+    asked=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+    sleep 1 # the evaluation asked for ends in a later second than $asked
+    "$kubectl" annotate stateregistry homelab -n monitoring --overwrite \
+      "homeplane.dev/evaluate-requested=$(date +%s%N)" >/dev/null
+    for _ in $(seq 1 60); do
+      [[ "$("$kubectl" get stateregistry homelab -n monitoring -o jsonpath='{.status.lastEvaluationTime}')" > "$asked" ]] && break
+      sleep 1
+    done
   done
 
   cp "$state/cluster/kubeconfig" "$state/kubeconfig"
