@@ -10,6 +10,20 @@ export GOFLAGS="-mod=mod -buildvcs=false"
 # per checkout, so that two checkouts building side by side never run each other's binary.
 export CARGO_BUILD_BUILD_DIR="${CARGO_BUILD_BUILD_DIR:-$HOMEPLANE_CACHE/target}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOMEPLANE_CACHE/out/$(printf '%s' "$HOMEPLANE_ROOT" | sha256sum | cut -c1-12)}"
+# The workspace's own crates get the same artifact names in every checkout, and cargo judges
+# them fresh by the files of the checkout that built them last. So when the build directory
+# was last used by another checkout, this checkout's sources are touched: its own crates are
+# rebuilt once, and the dependencies stay shared.
+claim_build_dir() {
+  local mark="$CARGO_BUILD_BUILD_DIR/.homeplane-checkout"
+  mkdir -p "$CARGO_BUILD_BUILD_DIR"
+  if [ "$(cat "$mark" 2>/dev/null)" != "$HOMEPLANE_ROOT" ]; then
+    find "$HOMEPLANE_ROOT"/{crds,state,backups,operator,tests/support} -name '*.rs' \
+      -not -path '*/target/*' -exec touch {} + 2>/dev/null || true
+    printf '%s\n' "$HOMEPLANE_ROOT" > "$mark"
+  fi
+}
+claim_build_dir
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { printf '==> %s\n' "$*" >&2; }
