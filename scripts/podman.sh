@@ -73,6 +73,8 @@ down() {
     kill "$(cat "$dir/pid")" 2>/dev/null || true
     rm -f "$dir/pid"
   fi
+  # Podman leaves its overlay storage mounted; unmount it so that the folder can be removed.
+  umount "$dir/storage/overlay" 2>/dev/null || true
   log "Podman API service in $dir stopped"
 }
 
