@@ -9,6 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 pub const READY: &str = "Ready";
 /// Something is wrong that the spec or the environment must fix.
 pub const DEGRADED: &str = "Degraded";
+/// The object's workloads are rolling out.
+pub const PROGRESSING: &str = "Progressing";
 
 /// A condition to set, without the bookkeeping fields.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,12 +1,13 @@
 //! Sending workloads to the cluster: server-side apply with homeplane's field manager, pruning
 //! by owner label, and reading each workload's rollout back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -15,6 +16,7 @@ use tracing::info;
 
 use super::rollout::{self, Rollout};
 use super::{INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Objects, Runner};
+use crate::conditions::{DEGRADED, Desired, PROGRESSING, READY};
 use crate::controllers::{Error, FIELD_MANAGER};
 
 /// Server-side applies one namespaced object with homeplane's field manager.
@@ -179,7 +181,7 @@ pub enum Converged {
     /// Applied; each workload's rollout by name, and what was pruned.
     Applied {
         /// Rollout per workload name.
-        rollouts: std::collections::BTreeMap<String, Rollout>,
+        rollouts: BTreeMap<String, Rollout>,
         /// `Kind/name` of what was deleted.
         pruned: Vec<String>,
     },
@@ -195,8 +197,6 @@ pub async fn converge(
     workloads: &[super::Workload],
     keep: &BTreeSet<String>,
 ) -> Result<Converged, Error> {
-    use std::collections::BTreeMap;
-
     use super::capacity::{self, Demand};
 
     let label = owner.label();
@@ -264,4 +264,94 @@ pub async fn converge(
     }
     let pruned = prune(client, &owner.namespace, &label, &names).await?;
     Ok(Converged::Applied { rollouts, pruned })
+}
+
+impl Converged {
+    /// `Ready=False` and `Degraded=True` for workloads that were refused before creation.
+    pub fn refused_conditions(reason: &'static str, message: &str) -> [Desired; 2] {
+        [
+            Desired::no(READY, reason, message),
+            Desired::yes(DEGRADED, reason, message),
+        ]
+    }
+
+    /// Whether a refusal is news (not already reported under the same reason), and so worth
+    /// a Warning event.
+    pub fn refusal_is_news(old: &[Condition], reason: &str) -> bool {
+        !old.iter()
+            .any(|c| c.type_ == DEGRADED && c.status == "True" && c.reason == reason)
+    }
+}
+
+/// The conditions that report the scheduler's refusals among applied workloads, if any.
+pub fn unschedulable(rollouts: &BTreeMap<String, Rollout>) -> Option<[Desired; 3]> {
+    let messages: Vec<&str> = rollouts
+        .values()
+        .filter_map(|r| match r {
+            Rollout::Unschedulable(m) => Some(m.as_str()),
+            _ => None,
+        })
+        .collect();
+    if messages.is_empty() {
+        return None;
+    }
+    let message = messages.join("; ");
+    Some([
+        Desired::no(READY, "Unschedulable", message.as_str()),
+        Desired::yes(DEGRADED, "Unschedulable", message),
+        Desired::no(
+            PROGRESSING,
+            "Unschedulable",
+            "the scheduler cannot place a pod",
+        ),
+    ])
+}
+
+/// The note of the Normal event that reports pruned objects, if any were.
+pub fn pruned_note(pruned: &[String]) -> Option<String> {
+    (!pruned.is_empty()).then(|| {
+        format!(
+            "deleted what the spec no longer asks for: {}",
+            pruned.join(", ")
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_refusals_become_one_unschedulable_message() {
+        let rollouts = BTreeMap::from([
+            ("a".to_string(), Rollout::Ready),
+            (
+                "b".to_string(),
+                Rollout::Unschedulable("pod b-1: taint".into()),
+            ),
+            (
+                "c".to_string(),
+                Rollout::Unschedulable("pod c-1: no GPU".into()),
+            ),
+        ]);
+        let [ready, degraded, progressing] = unschedulable(&rollouts).unwrap();
+        assert_eq!(ready.message, "pod b-1: taint; pod c-1: no GPU");
+        assert!(!ready.status && degraded.status && !progressing.status);
+        assert!(unschedulable(&BTreeMap::from([("a".to_string(), Rollout::Ready)])).is_none());
+    }
+
+    #[test]
+    fn a_refusal_is_news_once_per_reason() {
+        let mut old = Vec::new();
+        assert!(Converged::refusal_is_news(&old, "Unschedulable"));
+        crate::conditions::set(
+            &mut old,
+            Converged::refused_conditions("Unschedulable", "x")[1].clone(),
+            None,
+            crate::controllers::now(),
+        );
+        assert!(!Converged::refusal_is_news(&old, "Unschedulable"));
+        assert!(Converged::refusal_is_news(&old, "NodeClassNotFound"));
+        assert_eq!(pruned_note(&[]), None);
+    }
 }

@@ -519,12 +519,5 @@ pub fn build(w: &Workload, owner: &Owner, class: Class<'_>) -> Result<Objects, P
     })
 }
 
-/// The in-cluster URL of a workload's first port: `http://NAME.NAMESPACE.svc:PORT`.
-pub fn endpoint(w: &Workload, namespace: &str) -> Option<String> {
-    w.ports
-        .first()
-        .map(|p| format!("http://{}.{namespace}.svc:{}", w.name, p.port))
-}
-
 #[cfg(test)]
 mod tests;

@@ -22,14 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::instrument;
 
 use super::{Context, Error, apply_status, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, READY};
-use crate::workload::apply::{Converged, converge};
+use crate::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
+use crate::workload::apply::{Converged, converge, pruned_note, unschedulable};
 use crate::workload::rollout::Rollout;
 use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, Owner};
 
 const CONTROLLER: &str = "memoryserver";
-/// Condition type while workloads roll out.
-pub const PROGRESSING: &str = "Progressing";
 
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
@@ -196,21 +194,18 @@ async fn reconcile(ms: Arc<MemoryServer>, ctx: Arc<Context>) -> Result<Action, E
     let converged = converge(&ctx.client, &owner, &workloads, &BTreeSet::new()).await?;
     let action = match converged {
         Converged::Refused { reason, message } => {
-            if !conditions::is_true(&old.conditions, DEGRADED) {
+            if Converged::refusal_is_news(&old.conditions, reason) {
                 ctx.event(ms.as_ref(), EventType::Warning, reason, message.clone())
                     .await;
             }
-            set(&mut status, Desired::no(READY, reason, message.clone()));
-            set(&mut status, Desired::yes(DEGRADED, reason, message));
+            for d in Converged::refused_conditions(reason, &message) {
+                set(&mut status, d);
+            }
             conditions::remove(&mut status.conditions, PROGRESSING);
             Action::requeue(Duration::from_secs(60))
         }
         Converged::Applied { rollouts, pruned } => {
-            if !pruned.is_empty() {
-                let note = format!(
-                    "deleted what the spec no longer asks for: {}",
-                    pruned.join(", ")
-                );
+            if let Some(note) = pruned_note(&pruned) {
                 ctx.event(ms.as_ref(), EventType::Normal, "Pruned", note)
                     .await;
             }
@@ -232,32 +227,11 @@ async fn reconcile(ms: Arc<MemoryServer>, ctx: Arc<Context>) -> Result<Action, E
                 .filter(|d| !d.ready)
                 .map(|d| format!("{}: {}", d.name, d.message.clone().unwrap_or_default()))
                 .collect();
-            let scheduling: Vec<String> = rollouts
-                .values()
-                .filter_map(|r| match r {
-                    Rollout::Unschedulable(m) => Some(m.clone()),
-                    _ => None,
-                })
-                .collect();
             conditions::remove(&mut status.conditions, DEGRADED);
-            if !scheduling.is_empty() {
-                let message = scheduling.join("; ");
-                set(
-                    &mut status,
-                    Desired::no(READY, "Unschedulable", message.clone()),
-                );
-                set(
-                    &mut status,
-                    Desired::yes(DEGRADED, "Unschedulable", message),
-                );
-                set(
-                    &mut status,
-                    Desired::no(
-                        PROGRESSING,
-                        "Unschedulable",
-                        "the scheduler cannot place a pod",
-                    ),
-                );
+            if let Some(refused) = unschedulable(&rollouts) {
+                for d in refused {
+                    set(&mut status, d);
+                }
             } else if let Rollout::Progressing(m) = &server {
                 set(&mut status, Desired::no(READY, "Progressing", m.clone()));
                 set(

@@ -7,7 +7,7 @@ use homeplane_crds::memory::MemoryServer;
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
 use kube::ResourceExt;
 
-use crate::workload::{self, NamedPort, Workload};
+use crate::workload::{NamedPort, Workload};
 
 /// Port the memory server serves on.
 pub const SERVER_PORT: i32 = 8080;
@@ -180,8 +180,11 @@ pub fn workloads(ms: &MemoryServer, role_secret: Option<&str>) -> Vec<Workload> 
 
 /// The server's in-cluster endpoint.
 pub fn endpoint(ms: &MemoryServer) -> String {
-    let server = workloads(ms, None).remove(0);
-    workload::endpoint(&server, &ms.namespace().unwrap_or_default()).unwrap_or_default()
+    format!(
+        "http://{}.{}.svc:{SERVER_PORT}",
+        ms.name_any(),
+        ms.namespace().unwrap_or_default()
+    )
 }
 
 #[cfg(test)]

@@ -23,24 +23,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
 use super::{Context, Error, apply_status, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, READY};
+use crate::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
 use crate::duration;
-use crate::workload::apply::{Converged, apply_one, converge};
+use crate::workload::apply::{Converged, apply_one, converge, pruned_note, unschedulable};
 use crate::workload::rollout::Rollout;
 use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Owner};
 
 use self::plan::Samples;
 
 const CONTROLLER: &str = "voicepipeline";
-/// Condition type while stages roll out.
-pub const PROGRESSING: &str = "Progressing";
 /// Condition type: p95 within the latency budget.
 pub const WITHIN_BUDGET: &str = "WithinBudget";
 
-/// Probe results per pipeline (`namespace/name`), with when the last call was made.
+/// Probe results per pipeline (`namespace/name`), with when the last call was made, and the
+/// one HTTP client every probe call shares (its connection pool and TLS setup are built once).
 #[derive(Default)]
 struct Probes {
     by_pipeline: Mutex<HashMap<String, (Instant, Samples)>>,
+    client: reqwest::Client,
 }
 
 /// Runs the controller until `shutdown` is cancelled.
@@ -129,10 +129,13 @@ fn stage_statuses(vp: &VoicePipeline, rollouts: &BTreeMap<String, Rollout>) -> V
 }
 
 /// Calls the probe once: `Some(latency)` for a 2xx answer within the timeout.
-async fn call_probe(probe: &LatencyProbe, timeout: Duration) -> Option<Duration> {
-    let client = reqwest::Client::builder().timeout(timeout).build().ok()?;
+async fn call_probe(
+    client: &reqwest::Client,
+    probe: &LatencyProbe,
+    timeout: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
-    let answer = client.get(&probe.url).send().await.ok()?;
+    let answer = client.get(&probe.url).timeout(timeout).send().await.ok()?;
     let ok = answer.status().is_success();
     // The run is over when the whole answer has arrived.
     answer.bytes().await.ok()?;
@@ -163,39 +166,24 @@ async fn reconcile(
     let mut requeue = Duration::from_secs(300);
     match converge(&ctx.client, &owner, &workloads, &keep).await? {
         Converged::Refused { reason, message } => {
-            if !conditions::is_true(&old.conditions, DEGRADED)
-                || old
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == DEGRADED && c.reason != reason)
-            {
+            if Converged::refusal_is_news(&old.conditions, reason) {
                 ctx.event(vp.as_ref(), EventType::Warning, reason, message.clone())
                     .await;
             }
-            set(&mut status, Desired::no(READY, reason, message.clone()));
-            set(&mut status, Desired::yes(DEGRADED, reason, message));
+            for d in Converged::refused_conditions(reason, &message) {
+                set(&mut status, d);
+            }
             conditions::remove(&mut status.conditions, PROGRESSING);
             status.stages = stage_statuses(&vp, &BTreeMap::new());
             requeue = Duration::from_secs(60);
         }
         Converged::Applied { rollouts, pruned } => {
-            if !pruned.is_empty() {
-                let note = format!(
-                    "deleted what the spec no longer asks for: {}",
-                    pruned.join(", ")
-                );
+            if let Some(note) = pruned_note(&pruned) {
                 ctx.event(vp.as_ref(), EventType::Normal, "Pruned", note)
                     .await;
             }
             apply_one(&ctx.client, &chain_config_map(&vp, &owner)?).await?;
             status.stages = stage_statuses(&vp, &rollouts);
-            let unschedulable: Vec<String> = rollouts
-                .values()
-                .filter_map(|r| match r {
-                    Rollout::Unschedulable(m) => Some(m.clone()),
-                    _ => None,
-                })
-                .collect();
             let waiting: Vec<String> = status
                 .stages
                 .iter()
@@ -203,24 +191,10 @@ async fn reconcile(
                 .map(|s| format!("{}: {}", s.name, s.message.clone().unwrap_or_default()))
                 .collect();
             conditions::remove(&mut status.conditions, DEGRADED);
-            if !unschedulable.is_empty() {
-                let message = unschedulable.join("; ");
-                set(
-                    &mut status,
-                    Desired::no(READY, "Unschedulable", message.clone()),
-                );
-                set(
-                    &mut status,
-                    Desired::yes(DEGRADED, "Unschedulable", message),
-                );
-                set(
-                    &mut status,
-                    Desired::no(
-                        PROGRESSING,
-                        "Unschedulable",
-                        "the scheduler cannot place a stage",
-                    ),
-                );
+            if let Some(refused) = unschedulable(&rollouts) {
+                for d in refused {
+                    set(&mut status, d);
+                }
             } else if !waiting.is_empty() {
                 let message = waiting.join("; ");
                 set(
@@ -272,7 +246,7 @@ async fn reconcile(
                 .map(|m| m.get(&key).is_none_or(|(at, _)| at.elapsed() >= interval))
                 .unwrap_or(true);
             if due {
-                let call = call_probe(probe, timeout).await;
+                let call = call_probe(&probes.client, probe, timeout).await;
                 if let Ok(mut m) = probes.by_pipeline.lock() {
                     let entry = m
                         .entry(key.clone())
