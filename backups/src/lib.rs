@@ -1,7 +1,8 @@
 //! homeplane's backup pipeline without a Kubernetes client: part sizing for R2, the S3 client,
-//! age keys, the streaming backup and restore, manifests, PostgreSQL sources and sinks, and
+//! tar archives of volumes, age keys, the streaming backup and restore, manifests, PostgreSQL sources and sinks, and
 //! retention.
 
+pub mod archive;
 pub mod crypto;
 pub mod manifest;
 pub mod parts;

@@ -83,6 +83,10 @@ pub enum BackupError {
     /// The backup needs more parts than S3 allows at this part size.
     #[error("the backup outgrew {max} parts of {part_size} bytes; raise the part size")]
     TooManyParts { max: u64, part_size: u64 },
+    /// The object or its manifest is not in the bucket (checked after another process, e.g. a
+    /// PVC backup Job, said it wrote them).
+    #[error("{0}")]
+    NotPublished(String),
     /// A pipeline task stopped unexpectedly.
     #[error("the backup pipeline stopped unexpectedly: {0}")]
     Internal(String),
@@ -98,6 +102,7 @@ impl BackupError {
             BackupError::SizeMismatch { .. } => "SizeMismatch",
             BackupError::ChecksumMismatch { .. } => "ChecksumMismatch",
             BackupError::TooManyParts { .. } => "TooManyParts",
+            BackupError::NotPublished(_) => "NotUploaded",
             BackupError::Internal(_) => "Internal",
         }
     }
@@ -455,6 +460,57 @@ where
         manifest,
         manifest_key,
     })
+}
+
+/// Checks, from the bucket alone, a backup that another process wrote (the Job of a PVC
+/// backup): its manifest is there and names it, the object has the manifest's size and carries
+/// the manifest's SHA-256 in its metadata. Returns the manifest.
+pub async fn check_published(store: &Store, key: &str) -> Result<Manifest, BackupError> {
+    let manifest_key = manifest_key(key);
+    let body = match store
+        .client()
+        .get_object()
+        .bucket(store.bucket())
+        .key(&manifest_key)
+        .send()
+        .await
+    {
+        Ok(out) => out.body.collect().await.map_err(|e| {
+            BackupError::S3(S3Error {
+                action: format!("reading the manifest {manifest_key}"),
+                detail: e.to_string(),
+                kind: S3FailureKind::Other,
+            })
+        })?,
+        Err(e) => {
+            let e = S3Error::from_sdk(format!("reading the manifest {manifest_key}"), e);
+            if e.kind == S3FailureKind::NotFound {
+                return Err(BackupError::NotPublished(format!(
+                    "the run reported success but there is no manifest {manifest_key} in bucket {}",
+                    store.bucket()
+                )));
+            }
+            return Err(e.into());
+        }
+    };
+    let manifest: Manifest = serde_json::from_slice(&body.into_bytes()).map_err(|e| {
+        BackupError::NotPublished(format!("the manifest {manifest_key} cannot be read: {e}"))
+    })?;
+    if manifest.object_key != key || manifest.format != manifest::FORMAT {
+        return Err(BackupError::NotPublished(format!(
+            "the manifest {manifest_key} describes {} ({}), not {key}",
+            manifest.object_key, manifest.format
+        )));
+    }
+    let info = check_size(store, key, manifest.encrypted_bytes).await?;
+    if info.get("sha256") != Some(&manifest.sha256) {
+        return Err(BackupError::ChecksumMismatch {
+            key: key.to_string(),
+            found: info.get("sha256").cloned(),
+            sent: manifest.sha256,
+        });
+    }
+    Ok(manifest)
 }
 
 async fn refuse_existing(store: &Store, key: &str) -> Result<(), BackupError> {

@@ -38,6 +38,8 @@ use crate::common::{CRON_RULE, DURATION_RULE};
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.verify) || has(self.source.pvc) || has(self.verify.scratchDatabase)").message("spec.verify.scratchDatabase is required for a database source: the restore drill restores into it"))]
+#[x_kube(validation = Rule::new("!has(self.verify) || !has(self.source.pvc) || (!has(self.verify.scratchDatabase) && (!has(self.verify.queries) || size(self.verify.queries) == 0))").message("a PVC source's restore drill reads the whole archive back instead of restoring into a database: remove spec.verify.scratchDatabase and spec.verify.queries (use minFiles)"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicySpec {
     /// When to back up: a five-field cron expression (`0 3 * * *`) or a macro (`@daily`).
@@ -265,13 +267,21 @@ pub struct Verification {
     #[schemars(length(min = 1, max = 253))]
     pub identity_secret: String,
     /// A Database in the same namespace that the drill restores into (its contents are
-    /// replaced). Never the source database.
+    /// replaced). Never the source database. Required for a database source; a PVC source's
+    /// drill downloads, decrypts and reads its whole archive instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub scratch_database: String,
-    /// Queries that must each return one number at least `min`, e.g. row counts.
+    pub scratch_database: Option<String>,
+    /// Queries that must each return one number at least `min`, e.g. row counts (database
+    /// sources).
     #[serde(default)]
     #[schemars(length(max = 32))]
     pub queries: Vec<VerificationQuery>,
+    /// The fewest regular files the archive of a PVC source must hold (default 1: an empty
+    /// archive fails its drill).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_files: Option<i64>,
 }
 
 /// A check of a restored database.
@@ -412,6 +422,13 @@ pub struct BackupStatus {
     /// Key of the encrypted object in the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_key: Option<String>,
+    /// The Job that archives a PersistentVolumeClaim source (PVC backups only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// What the archive of a PVC source holds: files, directories, symbolic links, bytes, and
+    /// how many files changed while they were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSummary>,
     /// Bytes read from the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_bytes: Option<i64>,
@@ -445,6 +462,26 @@ pub struct BackupStatus {
     /// SHA-256 fingerprints of the age recipients the backup is encrypted to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recipients: Vec<String>,
+}
+
+/// What a PVC backup archived.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSummary {
+    /// Regular files.
+    pub files: i64,
+    /// Directories.
+    pub directories: i64,
+    /// Symbolic links.
+    pub symlinks: i64,
+    /// Bytes of file contents.
+    pub bytes: i64,
+    /// Files that changed while they were read (their archived copy may be inconsistent).
+    #[serde(default)]
+    pub changed: i64,
+    /// Sockets, FIFOs and devices, which are not archived.
+    #[serde(default)]
+    pub skipped: i64,
 }
 
 /// The result of one verification query.

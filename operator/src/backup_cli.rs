@@ -15,7 +15,10 @@ use homeplane_crds::backup::{Backup, BackupPhase, BackupPolicy};
 use kube::Api;
 use tokio::io::AsyncWrite;
 
-use crate::cli::{BackupLocation, BucketArgs, DecryptArgs, EncryptArgs, RestoreArgs, UploadArgs};
+use crate::cli::{
+    BackupLocation, BucketArgs, DecryptArgs, EncryptArgs, PipelineArgs, PvcArgs, RestoreArgs,
+    UploadArgs,
+};
 use crate::controllers::Context;
 use crate::controllers::backup::resolve;
 use crate::metrics::Metrics;
@@ -98,10 +101,17 @@ fn identities(path: &Path) -> anyhow::Result<Vec<Identity>> {
     Ok(crypto::parse_identities(&text)?)
 }
 
-/// `homeplane restore`: download, verify, decrypt, decompress and pg_restore into `--into`.
+/// `homeplane restore`: download, verify, decrypt, decompress, then pg_restore into `--into`
+/// or unpack into `--into-dir`.
 pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let ids = identities(&args.identity)?;
-    let conn = PgConn::from_url(&args.into).map_err(|e| anyhow::anyhow!("--into: {e}"))?;
+    if let Some(dir) = &args.into_dir {
+        return restore_dir(&args, dir, ids).await;
+    }
+    let Some(into) = &args.into else {
+        bail!("name where to restore: --into DATABASE_URL or --into-dir DIR");
+    };
+    let conn = PgConn::from_url(into).map_err(|e| anyhow::anyhow!("--into: {e}"))?;
     let located = locate(&args.location).await?;
     let (stdin, process) =
         postgres::pg_restore(&conn, args.clean).context("failed to start pg_restore")?;
@@ -129,6 +139,47 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             Err(e).context("restore failed; the database was left unchanged")
         }
     }
+}
+
+/// `homeplane restore --into-dir`: a volume's archive unpacked into a directory.
+async fn restore_dir(args: &RestoreArgs, dir: &Path, ids: Vec<Identity>) -> anyhow::Result<()> {
+    use homeplane_backups::archive::{self, UnpackOptions};
+    let options = UnpackOptions {
+        owners: args.owners,
+        overwrite: args.overwrite,
+    };
+    let located = locate(&args.location).await?;
+    let target = dir.to_path_buf();
+    let (sink, unpacked) =
+        archive::spawn_reader(move |input| archive::unpack(input, &target, options));
+    let restored = pipeline::restore(
+        &located.store,
+        &located.key,
+        ids,
+        located.sha256.as_deref(),
+        sink,
+    )
+    .await;
+    let unpacked = unpacked.await.context("the unpacking thread stopped")?;
+    let incomplete = |e: anyhow::Error| {
+        e.context(format!(
+            "restore failed; {} may hold part of the backup: empty it before trying again",
+            dir.display()
+        ))
+    };
+    let report = restored.map_err(|e| incomplete(e.into()))?.0;
+    let stats = unpacked.map_err(|e| incomplete(e.into()))?;
+    eprintln!(
+        "restored {} ({} files, {} directories, {} symlinks, {} bytes; SHA-256 {} verified) into {}",
+        located.key,
+        stats.files,
+        stats.directories,
+        stats.symlinks,
+        stats.bytes,
+        report.sha256,
+        dir.display()
+    );
+    Ok(())
 }
 
 /// `homeplane backup decrypt`: the plain dump to a file or stdout.
@@ -195,6 +246,19 @@ async fn decrypt_file(
     Ok(written)
 }
 
+/// The recipients, compression and part plan of pipeline flags.
+fn pipeline_settings(
+    args: &PipelineArgs,
+) -> anyhow::Result<(
+    Vec<homeplane_backups::age::x25519::Recipient>,
+    crypto::Compress,
+    homeplane_backups::PartPlan,
+)> {
+    let recipients = crypto::parse_recipients(&args.recipients)?;
+    let plan = homeplane_backups::PartPlan::new(args.part_size_mib << 20, args.concurrency)?;
+    Ok((recipients, compression(args.zstd_level), plan))
+}
+
 fn compression(level: i32) -> crypto::Compress {
     if level > 0 {
         crypto::Compress::Zstd(level)
@@ -207,8 +271,7 @@ fn compression(level: i32) -> crypto::Compress {
 pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
     use homeplane_backups::manifest::SourceInfo;
     use homeplane_backups::pipeline::BackupRequest;
-    let recipients = crypto::parse_recipients(&args.recipients)?;
-    let plan = homeplane_backups::PartPlan::new(args.part_size_mib << 20, args.concurrency)?;
+    let (recipients, compress, plan) = pipeline_settings(&args.pipeline)?;
     let Some(key) = args.location.object.clone() else {
         bail!("name the object to write with --object KEY");
     };
@@ -250,7 +313,7 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
         BackupRequest {
             key,
             recipients,
-            compress: compression(args.zstd_level),
+            compress,
             plan,
             source: info,
         },
@@ -258,6 +321,96 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<()> {
     .await?;
     println!("{}", serde_json::to_string_pretty(&report.manifest)?);
     Ok(())
+}
+
+/// `homeplane backup pvc`: the directory as a tar archive through the pipeline; the result (or
+/// the failure) as JSON on stdout and in `--result-file`.
+pub async fn pvc(args: PvcArgs) -> anyhow::Result<()> {
+    use homeplane_backups::archive::JobReport;
+    let key = args.location.object.clone().unwrap_or_default();
+    let report = match pvc_backup(&args, &key).await {
+        Ok(report) => report,
+        Err((reason, message)) => JobReport {
+            object_key: key,
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            ..JobReport::default()
+        },
+    };
+    let text = report.to_termination_message();
+    println!("{text}");
+    if let Some(path) = &args.result_file {
+        std::fs::write(path, &text)
+            .with_context(|| format!("failed to write the result to {}", path.display()))?;
+    }
+    match report.message {
+        Some(message) if report.reason.is_some() => bail!(message),
+        _ => Ok(()),
+    }
+}
+
+async fn pvc_backup(
+    args: &PvcArgs,
+    key: &str,
+) -> Result<homeplane_backups::archive::JobReport, (&'static str, String)> {
+    use homeplane_backups::archive::{ArchiveSource, JobReport};
+    use homeplane_backups::manifest::SourceInfo;
+    use homeplane_backups::pipeline::BackupRequest;
+    let invalid = |e: anyhow::Error| ("InvalidArguments", format!("{e:#}"));
+    let (recipients, compress, plan) = pipeline_settings(&args.pipeline).map_err(invalid)?;
+    if key.is_empty() {
+        return Err(invalid(anyhow::anyhow!(
+            "name the object to write with --object KEY"
+        )));
+    }
+    match std::fs::metadata(&args.path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err((
+                "SourceFailed",
+                format!("{} is not a directory", args.path.display()),
+            ));
+        }
+        Err(e) => {
+            return Err((
+                "SourceFailed",
+                format!("{} cannot be read: {e}", args.path.display()),
+            ));
+        }
+    }
+    let located = locate(&args.location).await.map_err(invalid)?;
+    let source = ArchiveSource::spawn(args.path.clone());
+    let stats = source.stats();
+    let name = args
+        .claim
+        .clone()
+        .unwrap_or_else(|| args.path.display().to_string());
+    let report = pipeline::backup(
+        &located.store,
+        source,
+        BackupRequest {
+            key: key.to_string(),
+            recipients,
+            compress,
+            plan,
+            source: SourceInfo {
+                kind: "pvc".into(),
+                name,
+                namespace: args.location.namespace.clone(),
+                format: "tar".into(),
+            },
+        },
+    )
+    .await
+    .map_err(|e| (e.reason(), e.to_string()))?;
+    let archive = stats.lock().ok().and_then(|s| s.clone());
+    Ok(JobReport {
+        object_key: key.to_string(),
+        sha256: Some(report.manifest.sha256),
+        encrypted_bytes: Some(report.manifest.encrypted_bytes),
+        archive,
+        ..JobReport::default()
+    })
 }
 
 /// `homeplane backup encrypt`: stdin to stdout through the pipeline's encryption stage.

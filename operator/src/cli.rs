@@ -34,8 +34,9 @@ pub enum Command {
     /// workload asks for (including what homeplane would create for MemoryServers and
     /// VoicePipelines), totals against allocatable, and what does not fit (exit status 1).
     Plan(crate::plan_cli::PlanArgs),
-    /// Restore a backup into a PostgreSQL database: download, verify the SHA-256, decrypt with
-    /// your age identity, decompress and pg_restore (one transaction; nothing changes on error).
+    /// Restore a backup: download, verify the SHA-256, decrypt with your age identity,
+    /// decompress, then pg_restore into a PostgreSQL database (`--into`, one transaction:
+    /// nothing changes on error) or unpack a volume's archive into a directory (`--into-dir`).
     Restore(RestoreArgs),
     /// Backup tools for the owner.
     #[command(subcommand)]
@@ -91,6 +92,10 @@ pub struct RunArgs {
     /// Days of drift history kept.
     #[arg(long, env = "HOMEPLANE_DRIFT_HISTORY_DAYS", default_value_t = 90)]
     pub drift_history_days: u64,
+    /// The image of the Jobs homeplane starts to back up PersistentVolumeClaims (they run
+    /// `homeplane backup pvc`): the operator's own image.
+    #[arg(long, env = "HOMEPLANE_IMAGE", default_value = crate::controllers::DEFAULT_IMAGE)]
+    pub image: String,
 }
 
 /// `homeplane drift ...`.
@@ -164,6 +169,10 @@ pub enum BackupCommand {
     /// Back up a database (pg_dump) or a file/stdin straight to a bucket with the same pipeline
     /// the operator uses, without a cluster; prints the manifest. For scripts and benchmarks.
     Upload(UploadArgs),
+    /// Archive a directory (a mounted PersistentVolumeClaim) with tar and stream it through the
+    /// pipeline to the bucket; what the Job of a PVC backup runs. Writes its result as JSON to
+    /// --result-file (the container's termination message).
+    Pvc(PvcArgs),
     /// Encrypt (and compress) stdin to stdout with the pipeline's encryption stage, to age
     /// public keys: the file decrypts with `age -d`.
     Encrypt(EncryptArgs),
@@ -189,6 +198,13 @@ pub struct UploadArgs {
     /// Upload this file instead (`-` for stdin).
     #[arg(long)]
     pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// How the pipeline encrypts, compresses and uploads.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
     /// age public key to encrypt to (repeatable).
     #[arg(long = "recipient", short = 'r', required = true)]
     pub recipients: Vec<String>,
@@ -201,6 +217,24 @@ pub struct UploadArgs {
     /// Parts uploaded at once.
     #[arg(long, default_value_t = 2)]
     pub concurrency: u64,
+}
+
+/// Options of `homeplane backup pvc`.
+#[derive(Debug, Args)]
+pub struct PvcArgs {
+    #[command(flatten)]
+    pub location: BackupLocation,
+    /// The directory to archive (where the claim is mounted).
+    #[arg(long)]
+    pub path: PathBuf,
+    /// Name of the claim, for the manifest (the directory's path when left out).
+    #[arg(long)]
+    pub claim: Option<String>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Write the result (or the failure) as JSON to this file, e.g. /dev/termination-log.
+    #[arg(long)]
+    pub result_file: Option<PathBuf>,
 }
 
 /// Options of `homeplane backup encrypt`.
@@ -254,12 +288,26 @@ pub struct RestoreArgs {
     /// Your age identity file (AGE-SECRET-KEY-1...).
     #[arg(long)]
     pub identity: PathBuf,
-    /// The database to restore into: postgres://user:password@host:port/database.
-    #[arg(long)]
-    pub into: String,
-    /// Drop the dump's objects that already exist in the target first.
-    #[arg(long)]
+    /// The database to restore a database backup into: postgres://user:password@host:port/db.
+    #[arg(
+        long,
+        required_unless_present = "into_dir",
+        conflicts_with = "into_dir"
+    )]
+    pub into: Option<String>,
+    /// Drop the dump's objects that already exist in the target first (with --into).
+    #[arg(long, requires = "into")]
     pub clean: bool,
+    /// The directory to unpack a volume (PVC) backup into; created when missing, and it must
+    /// be empty unless --overwrite.
+    #[arg(long)]
+    pub into_dir: Option<PathBuf>,
+    /// Restore files' owners (uid/gid) too; needs root (with --into-dir).
+    #[arg(long, requires = "into_dir")]
+    pub owners: bool,
+    /// Unpack into a directory that is not empty, replacing files (with --into-dir).
+    #[arg(long, requires = "into_dir")]
+    pub overwrite: bool,
 }
 
 /// Options of `homeplane backup decrypt`.

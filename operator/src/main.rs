@@ -37,6 +37,7 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Restore(args) => backup_cli::restore(args).await,
         cli::Command::Backup(cli::BackupCommand::Decrypt(args)) => backup_cli::decrypt(args).await,
         cli::Command::Backup(cli::BackupCommand::Upload(args)) => backup_cli::upload(args).await,
+        cli::Command::Backup(cli::BackupCommand::Pvc(args)) => backup_cli::pvc(args).await,
         cli::Command::Backup(cli::BackupCommand::Encrypt(args)) => backup_cli::encrypt(args).await,
         cli::Command::Backup(cli::BackupCommand::EnsureBucket(args)) => {
             backup_cli::ensure_bucket(args).await

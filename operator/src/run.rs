@@ -110,6 +110,7 @@ async fn lead_and_reconcile(
     )
     .with_history(pool);
     ctx.workflow_resync = args.workflow_resync;
+    ctx.image = args.image.clone();
     let ctx = Arc::new(ctx);
     let mut controllers = JoinSet::new();
     let stop = shutdown.child_token();

@@ -133,65 +133,15 @@ fn running_pod(ns: &str, run: &str) -> Value {
         Ok((!j.is_empty()).then_some(j))
     })
     .unwrap();
-    eventually(WAIT, &format!("a Running pod of Job {job}"), || {
-        let out = Cluster::shared().kubectl_ok(&[
-            "get",
-            "pods",
-            "-n",
-            ns,
-            "-l",
-            &format!("batch.kubernetes.io/job-name={job}"),
-            "-o",
-            "json",
-        ])?;
-        let list: Value = serde_json::from_str(&out)?;
-        Ok(list["items"]
-            .as_array()
-            .and_then(|items| items.first().cloned())
-            .filter(|p| p["status"]["phase"] == "Running"))
-    })
-    .unwrap()
+    Cluster::shared().running_job_pod(ns, &job, WAIT).unwrap()
 }
 
-/// What a kubelet would write when the agent container exits: the terminated state with
-/// `exit_code` and `message` (the termination message), and the pod's final phase.
+/// What a kubelet would write when the agent container exits.
 fn finish(ns: &str, pod: &Value, exit_code: i32, message: &str) {
-    let name = pod["metadata"]["name"].as_str().unwrap();
-    let started = pod["status"]["startTime"].clone();
-    let now = jiff_now();
-    let patch = json!({"status": {
-        "phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
-        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
-        "containerStatuses": [{
-            "name": "agent", "image": "ghcr.io/homeplane/example-agent:0.1", "imageID": "",
-            "ready": false, "restartCount": 0, "started": false,
-            "state": {"terminated": {
-                "exitCode": exit_code,
-                "reason": if exit_code == 0 { "Completed" } else { "Error" },
-                "message": message, "startedAt": started, "finishedAt": now
-            }}
-        }]
-    }});
+    let reason = if exit_code == 0 { "Completed" } else { "Error" };
     Cluster::shared()
-        .kubectl_ok(&[
-            "patch",
-            "pod",
-            name,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch.to_string(),
-        ])
+        .end_pod(ns, pod, exit_code, reason, message)
         .unwrap();
-}
-
-fn jiff_now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .unwrap()
-        .to_string()
 }
 
 fn events(ns: &str, reason: &str) -> String {

@@ -602,3 +602,456 @@ async fn restore_drills_verify_and_retention_keeps_the_newest_verified() {
     }
     std::fs::remove_dir_all(&f.dir).unwrap();
 }
+
+/// A claim bound to a statically provisioned hostPath volume (the real PV controller binds
+/// them); returns the volume's name, to delete it at the end (volumes are cluster-scoped).
+fn claim(f: &Fixture, name: &str) -> String {
+    let pv = format!("{}-{name}", f.ns.name);
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: manual
+  hostPath: {{path: /var/lib/homeplane-test/{pv}}}
+  claimRef: {{namespace: {ns}, name: {name}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {name}}}
+spec:
+  storageClassName: manual
+  volumeName: {pv}
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 1Gi}}}}
+"#,
+        ns = f.ns.name
+    );
+    let (ok, text) = f.cluster.apply(&f.ns.name, &yaml).unwrap();
+    assert!(ok, "{text}");
+    eventually(Duration::from_secs(60), "the claim Bound", || {
+        Ok((get(f.cluster, &f.ns.name, "pvc", name, ".status.phase") == "Bound").then_some(()))
+    })
+    .unwrap();
+    pv
+}
+
+/// A tree like an app's data volume: nested folders, a big file, an executable, a symlink.
+fn volume_tree(root: &Path) {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    std::fs::create_dir_all(root.join("database/wal")).unwrap();
+    std::fs::create_dir_all(root.join("nodes/custom")).unwrap();
+    std::fs::write(root.join("config"), b"{\"encryptionKey\":\"demo\"}").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(root.join("database/database.sqlite"), big).unwrap();
+    std::fs::write(root.join("database/wal/0001"), b"wal").unwrap();
+    std::fs::write(root.join("nodes/custom/run.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        root.join("nodes/custom/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    symlink("database/database.sqlite", root.join("current.sqlite")).unwrap();
+}
+
+/// Every entry of a tree: path, kind, mode, size and a content hash (links: their target).
+fn tree_listing(root: &Path) -> Vec<String> {
+    use sha2::Digest;
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            out.push(if meta.file_type().is_symlink() {
+                format!("{rel} -> {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                format!("{rel}/ {mode:o}")
+            } else {
+                let data = std::fs::read(&path).unwrap();
+                format!(
+                    "{rel} {mode:o} {} {}",
+                    data.len(),
+                    hex::encode(sha2::Sha256::digest(&data))
+                )
+            });
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs on this machine what the backup Job's container runs: the pod's own arguments and
+/// environment (Secret references resolved the way the kubelet would), with the claim's mount
+/// replaced by `data` and the termination-message path by a file. Returns the exit code and
+/// the result the container would leave as its termination message.
+fn play_backup_pod(f: &Fixture, pod: &serde_json::Value, data: &Path) -> (i32, String) {
+    let container = &pod["spec"]["containers"][0];
+    let result = f.dir.join(format!(
+        "result-{}.json",
+        pod["metadata"]["name"].as_str().unwrap()
+    ));
+    let mut args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    for a in args.iter_mut() {
+        if a == "/data" {
+            *a = data.display().to_string();
+        } else if a == "/dev/termination-log" {
+            *a = result.display().to_string();
+        }
+    }
+    let mut cmd = Command::new(BINARY);
+    cmd.args(&args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
+    for e in container["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        let value = match e["value"].as_str() {
+            Some(v) => v.to_string(),
+            None => {
+                let r = &e["valueFrom"]["secretKeyRef"];
+                f.cluster
+                    .secret_value(
+                        &f.ns.name,
+                        r["name"].as_str().unwrap(),
+                        r["key"].as_str().unwrap(),
+                    )
+                    .unwrap()
+            }
+        };
+        cmd.env(name, value);
+    }
+    let out = cmd.output().unwrap();
+    let message = std::fs::read_to_string(&result).unwrap_or_default();
+    (out.status.code().unwrap_or(-1), message)
+}
+
+fn pvc_policy_yaml(f: &Fixture, name: &str, claim: &str) -> String {
+    format!(
+        r#"apiVersion: homeplane.dev/v1alpha1
+kind: BackupPolicy
+metadata: {{name: {name}}}
+spec:
+  schedule: "0 3 1 1 *"
+  source: {{pvc: {{claimName: {claim}}}}}
+  destination: {{endpoint: "{endpoint}", bucket: {bucket}, prefix: homelab/{name}, credentialsSecret: r2, partSizeMiB: 5}}
+  recipients: ["{recipient}"]
+"#,
+        endpoint = S3Server::shared().endpoint,
+        bucket = f.store.bucket(),
+        recipient = f.recipient
+    )
+}
+
+/// The Running pod of a Backup's Job, after checking the Backup says it runs that Job.
+fn backup_pod(f: &Fixture, backup: &str) -> serde_json::Value {
+    let job = eventually(Duration::from_secs(60), "the Backup's Job", || {
+        let j = get(f.cluster, &f.ns.name, "backup", backup, ".status.job");
+        Ok((!j.is_empty()).then_some(j))
+    })
+    .unwrap();
+    assert_eq!(
+        get(f.cluster, &f.ns.name, "backup", backup, ".status.phase"),
+        "Running"
+    );
+    f.cluster
+        .running_job_pod(&f.ns.name, &job, Duration::from_secs(60))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_is_archived_by_a_job_restores_file_for_file_and_is_checked_in_the_bucket() {
+    let f = fixture("bkpvc").await;
+    let ns = f.ns.name.clone();
+    let pv = claim(&f, "n8n-data");
+    // The app that uses the claim runs on pi-1, with a toleration the Job must copy.
+    let app = r#"apiVersion: v1
+kind: Pod
+metadata: {name: n8n}
+spec:
+  nodeSelector: {kubernetes.io/hostname: pi-1}
+  tolerations: [{key: example.com/quiet-hours, operator: Exists, effect: NoSchedule}]
+  containers:
+  - name: n8n
+    image: docker.n8n.io/n8nio/n8n:1.123.81
+    resources: {limits: {cpu: 10m, memory: 16Mi}}
+    volumeMounts: [{name: data, mountPath: /home/node/.n8n}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: n8n-data}}]
+"#;
+    for yaml in [
+        app.to_string(),
+        pvc_policy_yaml(&f, "n8n-data", "n8n-data"),
+        pvc_policy_yaml(&f, "nowhere", "no-such-claim"),
+    ] {
+        let (ok, text) = f.cluster.apply(&ns, &yaml).unwrap();
+        assert!(ok, "{text}");
+    }
+    eventually(Duration::from_secs(60), "the app Running", || {
+        Ok((get(f.cluster, &ns, "pod", "n8n", ".status.phase") == "Running").then_some(()))
+    })
+    .unwrap();
+    let _operator = Operator::start(
+        BINARY,
+        f.cluster,
+        &ns,
+        &ns,
+        &["--image", "registry.test/homeplane:test"],
+    )
+    .unwrap();
+    let data = f.dir.join("volume");
+    volume_tree(&data);
+
+    // A claim that does not exist: refused at once, no Job.
+    create_backup(&f, "nowhere-1", "nowhere");
+    let message = wait_phase(&f, "nowhere-1", "Failed");
+    assert!(
+        message.contains("PersistentVolumeClaim") && message.contains("no-such-claim"),
+        "{message}"
+    );
+    assert_eq!(
+        get(
+            f.cluster,
+            &ns,
+            "backup",
+            "nowhere-1",
+            ".status.conditions[?(@.type==\"Ready\")].reason"
+        ),
+        "SourceNotFound"
+    );
+
+    // The run: a Job on the app's node, with its toleration, the claim read-only, the
+    // operator's image, limits; the container's own command line archives the volume.
+    create_backup(&f, "n8n-data-1", "n8n-data");
+    let pod = backup_pod(&f, "n8n-data-1");
+    assert_eq!(pod["spec"]["nodeName"], "pi-1");
+    let spec = &pod["spec"];
+    assert!(
+        spec["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["key"] == "example.com/quiet-hours"),
+        "{spec}"
+    );
+    assert_eq!(
+        spec["containers"][0]["image"],
+        "registry.test/homeplane:test"
+    );
+    assert_eq!(
+        spec["volumes"][0]["persistentVolumeClaim"]["readOnly"],
+        true
+    );
+    assert_eq!(
+        spec["containers"][0]["resources"]["limits"]["memory"],
+        "138Mi"
+    );
+    let (code, result) = play_backup_pod(&f, &pod, &data);
+    assert_eq!(code, 0, "{result}");
+    f.cluster
+        .end_pod(&ns, &pod, 0, "Completed", &result)
+        .unwrap();
+    let message = wait_phase(&f, "n8n-data-1", "Succeeded");
+    assert!(
+        message.contains("size and SHA-256 checked")
+            && message.contains("4 files, 4 directories, 1 symbolic links"),
+        "{message}"
+    );
+    assert_eq!(
+        get(
+            f.cluster,
+            &ns,
+            "backup",
+            "n8n-data-1",
+            ".status.archive.files"
+        ),
+        "4"
+    );
+    let key = get(f.cluster, &ns, "backup", "n8n-data-1", ".status.objectKey");
+    assert!(key.ends_with("-n8n-data-1.tar.zst.age"), "{key}");
+
+    // Restore drills of a volume read its whole archive back (checked at the end); a
+    // database-style drill is refused by the API server for a volume.
+    let identity = f.dir.join("key.txt").display().to_string();
+    f.cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "drill-key",
+            "-n",
+            &ns,
+            &format!("--from-file=identity={identity}"),
+        ])
+        .unwrap();
+    let drill = "  verify: {schedule: \"* * * * *\", identitySecret: drill-key, minFiles: 3}\n";
+    let (ok, text) = f
+        .cluster
+        .apply(&ns, &(pvc_policy_yaml(&f, "n8n-data", "n8n-data") + drill))
+        .unwrap();
+    assert!(ok, "{text}");
+    let wrong = "  verify: {schedule: \"* * * * *\", identitySecret: drill-key, scratchDatabase: scratch}\n";
+    let (ok, text) = f
+        .cluster
+        .apply(&ns, &(pvc_policy_yaml(&f, "n8n-data", "n8n-data") + wrong))
+        .unwrap();
+    assert!(
+        !ok && text.contains("reads the whole archive back"),
+        "{text}"
+    );
+
+    // The object is a standard age file of a standard zstd'd tar: the age CLI, zstd and GNU
+    // tar unpack it, file for file.
+    let encrypted = f.dir.join("volume.tar.zst.age");
+    std::fs::write(&encrypted, object(&f.store, &key).await).unwrap();
+    let by_tar = f.dir.join("by-tar");
+    std::fs::create_dir_all(&by_tar).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "age -d -i '{key_file}' '{encrypted}' | zstd -d | tar -xpf - -C '{by_tar}'",
+            key_file = f.dir.join("key.txt").display(),
+            encrypted = encrypted.display(),
+            by_tar = by_tar.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree_listing(&by_tar), tree_listing(&data));
+
+    // `homeplane restore --into-dir` gives the same tree, and refuses a directory in use.
+    let restored = f.dir.join("restored");
+    let restored_arg = restored.display().to_string();
+    let args = [
+        "restore",
+        "--backup",
+        "n8n-data-1",
+        "-n",
+        &ns,
+        "--identity",
+        &identity,
+        "--into-dir",
+        &restored_arg,
+    ];
+    let (ok, text) = homeplane(&f, &args);
+    assert!(ok, "{text}");
+    assert!(text.contains("4 files"), "{text}");
+    assert_eq!(tree_listing(&restored), tree_listing(&data));
+    let (ok, text) = homeplane(&f, &args);
+    assert!(!ok && text.contains("is not empty"), "{text}");
+
+    // A container that says it succeeded but never uploaded: the bucket is the judge.
+    create_backup(&f, "n8n-data-2", "n8n-data");
+    let pod = backup_pod(&f, "n8n-data-2");
+    let key2 = get(f.cluster, &ns, "backup", "n8n-data-2", ".status.objectKey");
+    let lie = format!(r#"{{"objectKey":"{key2}","sha256":"00","encryptedBytes":1}}"#);
+    f.cluster.end_pod(&ns, &pod, 0, "Completed", &lie).unwrap();
+    let message = wait_phase(&f, "n8n-data-2", "Failed");
+    assert!(
+        message.contains("does not check out") && message.contains("no manifest"),
+        "{message}"
+    );
+    assert_eq!(
+        get(
+            f.cluster,
+            &ns,
+            "backup",
+            "n8n-data-2",
+            ".status.conditions[?(@.type==\"Ready\")].reason"
+        ),
+        "NotUploaded"
+    );
+
+    // The volume cannot be read: the container's own failure, in its words.
+    create_backup(&f, "n8n-data-3", "n8n-data");
+    let pod = backup_pod(&f, "n8n-data-3");
+    let (code, result) = play_backup_pod(&f, &pod, &f.dir.join("not-mounted"));
+    assert_ne!(code, 0);
+    f.cluster
+        .end_pod(&ns, &pod, code, "Error", &result)
+        .unwrap();
+    let message = wait_phase(&f, "n8n-data-3", "Failed");
+    assert!(
+        message.contains("not-mounted") && message.contains("cannot be read"),
+        "{message}"
+    );
+    assert_eq!(
+        get(
+            f.cluster,
+            &ns,
+            "backup",
+            "n8n-data-3",
+            ".status.conditions[?(@.type==\"Ready\")].reason"
+        ),
+        "SourceFailed"
+    );
+
+    // Killed for memory midway, after uploading part of the archive: said so, and what it
+    // uploaded is removed.
+    create_backup(&f, "n8n-data-4", "n8n-data");
+    let pod = backup_pod(&f, "n8n-data-4");
+    let key4 = get(f.cluster, &ns, "backup", "n8n-data-4", ".status.objectKey");
+    f.store
+        .client()
+        .create_multipart_upload()
+        .bucket(f.store.bucket())
+        .key(format!("{key4}.partial"))
+        .send()
+        .await
+        .unwrap();
+    f.cluster.end_pod(&ns, &pod, 137, "OOMKilled", "").unwrap();
+    let message = wait_phase(&f, "n8n-data-4", "Failed");
+    assert!(
+        message.contains("ran out of memory (limit 138 MiB)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("What it had uploaded was removed"),
+        "{message}"
+    );
+
+    // Only the good backup is in the bucket, and nothing is left half-made.
+    let mut keys = f.store.list("").await.unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![key.clone(), format!("{key}.manifest.json")]);
+    assert!(f.store.open_uploads("").await.unwrap().is_empty());
+
+    // The drill read the archive of the newest good backup: 4 files, at least 3 wanted.
+    let verified = eventually(Duration::from_secs(90), "n8n-data-1 verified", || {
+        let v = get(f.cluster, &ns, "backup", "n8n-data-1", ".status.verified");
+        Ok((v == "true").then_some(()))
+    });
+    let policy_status = get(f.cluster, &ns, "backuppolicy", "n8n-data", ".status");
+    verified.unwrap_or_else(|e| panic!("{e}; policy status {policy_status}"));
+    assert_eq!(
+        get(
+            f.cluster,
+            &ns,
+            "backup",
+            "n8n-data-1",
+            ".status.checks[0].value"
+        ),
+        "4"
+    );
+
+    f.cluster
+        .kubectl_ok(&["delete", "pod", "n8n", "-n", &ns, "--wait=false"])
+        .unwrap();
+    f.cluster
+        .kubectl_ok(&["delete", "pv", &pv, "--wait=false"])
+        .unwrap();
+}

@@ -47,9 +47,14 @@ pub struct Context {
     pub run_starts: tokio::sync::Mutex<()>,
     /// homeplane's own database (history), when configured.
     pub history: Option<sqlx::PgPool>,
+    /// The operator's image, run by the Jobs that back up PersistentVolumeClaims.
+    pub image: String,
     /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
+
+/// The operator's released image, run by PVC backup Jobs unless `--image` names another.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/homeplane/homeplane:", env!("CARGO_PKG_VERSION"));
 
 impl Context {
     /// A context for `client`, reporting events as `homeplane` from `instance`.
@@ -73,6 +78,7 @@ impl Context {
             workflow_resync: workflow::DEFAULT_RESYNC,
             run_starts: tokio::sync::Mutex::new(()),
             history: None,
+            image: DEFAULT_IMAGE.to_string(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -305,6 +311,29 @@ pub fn log_stream_error<T, E: std::fmt::Display>(
 /// The current time.
 pub fn now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
+}
+
+/// How `container` of the pod of Job `job` ended (exit code, reason such as `OOMKilled`, and
+/// its termination message), once it has.
+pub async fn job_container_end(
+    ctx: &Context,
+    ns: &str,
+    job: &str,
+    container: &str,
+) -> Result<Option<k8s_openapi::api::core::v1::ContainerStateTerminated>, Error> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    let pods = kube::Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .map_err(Error::kube("list the Job's pods"))?;
+    Ok(pods
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter(|c| c.name == container)
+        .find_map(|c| c.state.as_ref()?.terminated.clone()))
 }
 
 #[cfg(test)]

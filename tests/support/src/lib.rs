@@ -159,6 +159,90 @@ impl Cluster {
         Ok((out.status.success(), text))
     }
 
+    /// The pod of Job `job` in `ns`, once it is scheduled and Running (KWOK's doing).
+    pub fn running_job_pod(
+        &self,
+        ns: &str,
+        job: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        eventually(timeout, &format!("a Running pod of Job {job}"), || {
+            let out = self.kubectl_ok(&[
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-l",
+                &format!("batch.kubernetes.io/job-name={job}"),
+                "-o",
+                "json",
+            ])?;
+            let list: serde_json::Value = serde_json::from_str(&out)?;
+            Ok(list["items"]
+                .as_array()
+                .and_then(|items| items.first().cloned())
+                .filter(|p| p["status"]["phase"] == "Running"))
+        })
+    }
+
+    /// What a kubelet writes when the only container of `pod` exits (no container really runs
+    /// on a KWOK node, and KWOK leaves pods of agent runs and PVC backups running for this):
+    /// the terminated state with `exit_code`, `reason` (e.g. `Completed`, `Error`,
+    /// `OOMKilled`) and `message` (the termination message), and the pod's final phase.
+    pub fn end_pod(
+        &self,
+        ns: &str,
+        pod: &serde_json::Value,
+        exit_code: i32,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .context("the pod has no name")?;
+        let container = &pod["spec"]["containers"][0];
+        let now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)?
+            .to_string();
+        let patch = serde_json::json!({"status": {
+            "phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+            "containerStatuses": [{
+                "name": container["name"], "image": container["image"], "imageID": "",
+                "ready": false, "restartCount": 0, "started": false,
+                "state": {"terminated": {
+                    "exitCode": exit_code, "reason": reason, "message": message,
+                    "startedAt": pod["status"]["startTime"], "finishedAt": now
+                }}
+            }]
+        }});
+        self.kubectl_ok(&[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])?;
+        Ok(())
+    }
+
+    /// A key of a Secret, decoded.
+    pub fn secret_value(&self, ns: &str, secret: &str, key: &str) -> Result<String> {
+        self.kubectl_ok(&[
+            "get",
+            "secret",
+            secret,
+            "-n",
+            ns,
+            "-o",
+            &format!("go-template={{{{index .data \"{key}\" | base64decode}}}}"),
+        ])
+    }
+
     /// A Kubernetes client for this cluster.
     pub async fn client(&self) -> Result<kube::Client> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;

@@ -15,7 +15,6 @@ use futures::StreamExt;
 use homeplane_crds::agent::{Agent, AgentRun, AgentRunPhase, AgentRunStatus, ContractStatus};
 use homeplane_crds::nodeclass::NodeClass;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, PostParams};
 use kube::runtime::controller::Action;
@@ -188,7 +187,10 @@ async fn converge(
             retry: false,
         });
     }
-    let message = termination_message(ctx, &ns, &name).await?;
+    let message = super::job_container_end(ctx, &ns, &name, job::CONTAINER)
+        .await?
+        .and_then(|t| t.message)
+        .filter(|m| !m.trim().is_empty());
     let parsed = match message {
         Some(text) => contract::parse(&text),
         None => Err("the agent container returned no termination message".to_string()),
@@ -255,22 +257,6 @@ async fn run_seconds(run: &AgentRun, ctx: &Context) -> Result<Option<i64>, Error
             .map_err(Error::kube("read the Agent"))?
             .map(|a| a.spec.budget.max_run_seconds),
     )
-}
-
-/// The termination message of the agent container of the Job's pod.
-async fn termination_message(ctx: &Context, ns: &str, job: &str) -> Result<Option<String>, Error> {
-    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await
-        .map_err(Error::kube("list the run's pods"))?;
-    Ok(pods
-        .items
-        .iter()
-        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
-        .flatten()
-        .filter(|c| c.name == job::CONTAINER)
-        .filter_map(|c| c.state.as_ref()?.terminated.as_ref())
-        .find_map(|t| t.message.clone().filter(|m| !m.trim().is_empty())))
 }
 
 /// Starts the run's Job when the Agent has a free slot; the error is the outcome of a run that

@@ -78,7 +78,15 @@ fn check(p: &BackupPolicy) -> Result<Checked, Invalid> {
         .map_err(|m| invalid("InvalidSchedule", format!("spec: {m}")))?;
     let verify = match &p.spec.verify {
         Some(v) => {
-            if p.spec.source.database.as_ref().map(|d| &d.name) == Some(&v.scratch_database) {
+            if p.spec.source.database.is_some() && v.scratch_database.is_none() {
+                return Err(invalid(
+                    "InvalidVerification",
+                    "spec.verify.scratchDatabase is required for a database source: the restore drill restores into it".into(),
+                ));
+            }
+            if v.scratch_database.is_some()
+                && p.spec.source.database.as_ref().map(|d| &d.name) == v.scratch_database.as_ref()
+            {
                 return Err(invalid(
                     "InvalidVerification",
                     "spec.verify.scratchDatabase names the source database; a drill replaces the scratch database's contents, so name another Database".into(),
@@ -246,11 +254,13 @@ async fn reconcile(p: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Er
                     let message = match &result {
                         Ok(checks) => {
                             bs.checks = checks.clone();
+                            let into = match &spec.scratch_database {
+                                Some(db) => format!("into Database {ns}/{db}"),
+                                None => "its whole archive".to_string(),
+                            };
                             format!(
-                                "restored {} into Database {}/{} and {} checks passed",
+                                "restored {} {into} and {} checks passed",
                                 b.name_any(),
-                                ns,
-                                spec.scratch_database,
                                 checks.len()
                             )
                         }
@@ -479,7 +489,10 @@ async fn drill(
             );
         }
     };
-    let conn = match resolve::database(ctx, &ns, &spec.scratch_database, None).await? {
+    let Some(scratch) = spec.scratch_database.as_deref() else {
+        return Ok(drill_archive(&dest, key, identities, status.sha256.as_deref(), spec).await);
+    };
+    let conn = match resolve::database(ctx, &ns, scratch, None).await? {
         Ok(c) => c,
         Err(invalid) => return fail(invalid.reason, invalid.message),
     };
@@ -511,6 +524,47 @@ async fn drill(
         return fail("RestoreFailed", m);
     }
     Ok(run_checks(&conn, spec).await)
+}
+
+/// The drill of a PVC backup: download, verify the checksum, decrypt, decompress and read the
+/// whole archive (every header and every file's data to its end); it must hold at least
+/// `minFiles` files.
+async fn drill_archive(
+    dest: &resolve::Destination,
+    key: &str,
+    identities: Vec<crypto::Identity>,
+    sha256: Option<&str>,
+    spec: &homeplane_crds::backup::Verification,
+) -> Result<Vec<VerificationCheck>, DrillFailure> {
+    use homeplane_backups::archive;
+    let (sink, read) = archive::spawn_reader(|input| archive::check(input));
+    let restored = pipeline::restore(&dest.store, key, identities, sha256, sink).await;
+    let read = read.await;
+    if let Err(e) = restored {
+        return Err((e.reason(), e.to_string(), Vec::new()));
+    }
+    let stats = match read {
+        Ok(Ok(stats)) => stats,
+        Ok(Err(e)) => return Err(("Damaged", e.to_string(), Vec::new())),
+        Err(e) => return Err(("Internal", e.to_string(), Vec::new())),
+    };
+    let min = spec.min_files.unwrap_or(1);
+    let files = i64::try_from(stats.files).unwrap_or(i64::MAX);
+    let checks = vec![VerificationCheck {
+        name: "files".into(),
+        value: Some(files),
+        min,
+        passed: files >= min,
+    }];
+    if files >= min {
+        Ok(checks)
+    } else {
+        Err((
+            "VerificationFailed",
+            format!("the archive holds {files} files (at least {min} expected)"),
+            checks,
+        ))
+    }
 }
 
 /// Runs the verification queries read-only on the restored database.

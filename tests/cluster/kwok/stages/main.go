@@ -3,9 +3,10 @@
 // Running and Ready; pods of Jobs complete; deleted pods go away). They are read from the
 // KWOK module itself so they always match the KWOK binary that is built beside them.
 //
-// One change: pods of agent runs (label homeplane.dev/agent-run) are not completed by KWOK.
-// No container really runs on a simulated node, so the test (or the demo) decides how such a
-// run ends by writing the pod's terminated state and termination message itself.
+// One change: pods of agent runs (label homeplane.dev/agent-run) and of PVC backups (label
+// homeplane.dev/backup-run) are not completed by KWOK. No container really runs on a simulated
+// node, so the test (or the demo) decides how such a run ends by writing the pod's terminated
+// state and termination message itself.
 package main
 
 import (
@@ -19,7 +20,7 @@ import (
 )
 
 func main() {
-	complete, err := skipAgentRuns(podfast.DefaultPodComplete)
+	complete, err := skipLabelled(podfast.DefaultPodComplete, "homeplane.dev/agent-run", "homeplane.dev/backup-run")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -37,14 +38,17 @@ func main() {
 	fmt.Println(strings.Join(stages, "\n---\n"))
 }
 
-// skipAgentRuns adds a selector to a pod stage so that it leaves pods of agent runs alone.
-func skipAgentRuns(stage string) (string, error) {
+// skipLabelled adds selectors to a pod stage so that it leaves pods with any of the labels
+// alone.
+func skipLabelled(stage string, labels ...string) (string, error) {
 	const anchor = "    matchExpressions:\n"
 	if !strings.Contains(stage, anchor) {
 		return "", fmt.Errorf("the pod-complete stage has no matchExpressions to extend")
 	}
-	skip := anchor +
-		"    - key: '.metadata.labels[\"homeplane.dev/agent-run\"]'\n" +
-		"      operator: 'DoesNotExist'\n"
+	skip := anchor
+	for _, label := range labels {
+		skip += "    - key: '.metadata.labels[\"" + label + "\"]'\n" +
+			"      operator: 'DoesNotExist'\n"
+	}
 	return strings.Replace(stage, anchor, skip, 1), nil
 }
