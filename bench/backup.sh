@@ -4,7 +4,8 @@
 # pipeline) against `pg_dump -Fc -Z1 | age -r … | aws s3 cp - s3://…` (awscli from PyPI) for
 # wall time, CPU seconds and peak RSS of the whole process tree; the encryption stage alone
 # against the `age` CLI on the same input; and a ≥2 GiB stream through homeplane's pipeline to
-# show its peak RSS stays within part size × concurrency plus the process's own baseline.
+# show its peak RSS stays within part size × concurrency plus the process's own baseline; and a
+# 2 GiB volume archived by `homeplane backup pvc` (what a PVC backup Job runs), same bound.
 # Prints the figures and writes them to bench/results/backup.txt. Run with `make bench`.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -82,6 +83,16 @@ read -r st_wall st_cpu st_rss < <(measure "head -c ${stream_mib}M /dev/urandom |
 "$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3 rm "s3://$HOMEPLANE_BACKUP_BUCKET/stream.age" --only-show-errors
 read -r idle_wall idle_cpu idle_rss < <(measure "head -c 1M /dev/urandom | '$homeplane' backup upload --file - -r $recipient --zstd-level 1 --part-size-mib 16 --concurrency 2 --object small.age > /dev/null")
 
+vol_mib=${BENCH_VOLUME_MIB:-2048}
+log "archiving a $vol_mib MiB volume (8 files of random bytes) with homeplane backup pvc"
+vol="$work/tmp/volume"
+mkdir -p "$vol/data/objects"
+for i in 1 2 3 4 5 6 7 8; do head -c "$((vol_mib / 8))M" /dev/urandom > "$vol/data/objects/blob-$i"; done
+read -r pv_wall pv_cpu pv_rss < <(measure "'$homeplane' backup pvc --path '$vol' --claim bench -r $recipient --zstd-level 1 --part-size-mib 16 --concurrency 2 --object volume.tar.zst.age > '$work/tmp/volume.json'")
+pv_files=$(python3 -c "import json; print(json.load(open('$work/tmp/volume.json'))['archive']['files'])")
+rm -rf "$vol"
+"$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3 rm "s3://$HOMEPLANE_BACKUP_BUCKET/volume.tar.zst.age" --only-show-errors
+
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
 result="bench/results/backup.txt"
@@ -101,4 +112,6 @@ result="bench/results/backup.txt"
   echo
   echo "bounded memory: $stream_mib MiB of random bytes streamed (16 MiB parts, 2 in flight: parts hold at most 32 MiB)"
   echo "  peak RSS $(mib "$st_rss") MiB for $stream_mib MiB in ${st_wall}s; the same command on 1 MiB peaks at $(mib "$idle_rss") MiB"
+  echo "volume (PVC) archive: $vol_mib MiB in $pv_files files through tar and the same pipeline (homeplane backup pvc)"
+  echo "  peak RSS $(mib "$pv_rss") MiB in ${pv_wall}s wall, ${pv_cpu}s CPU"
 } | tee "$result"
