@@ -95,6 +95,43 @@ start() { # start NAME BINARY ARGS...
   echo "$name $!" >> "$dir/pids"
 }
 
+# k3s ships the `local-path` StorageClass (the default) and makes a hostPath volume on the node
+# for each claim. Nothing can make directories on a simulated node, so here the class comes
+# with volumes made in advance: four 10 GiB hostPath volumes on pi-1 (folders under the
+# cluster's directory), bound by the real PV controller to whichever claims ask for them.
+storage() {
+  cat <<'YAML'
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local-path
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: rancher.io/local-path
+reclaimPolicy: Retain
+volumeBindingMode: Immediate
+YAML
+  local i
+  for i in 1 2 3 4; do
+    mkdir -p "$dir/volumes/pv-$i"
+    cat <<YAML
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: local-pi-1-$i}
+spec:
+  storageClassName: local-path
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: $dir/volumes/pv-$i, type: Directory}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [pi-1]}]
+YAML
+  done
+}
+
 nodes() {
   cat <<'YAML'
 apiVersion: v1
@@ -174,6 +211,7 @@ up() {
     --cidr 10.0.0.1/24 --node-ip 10.0.0.1 --server-address "127.0.0.1:$kwok_port" \
     --node-lease-duration-seconds 40
   nodes | "$bin/kubectl" --kubeconfig "$dir/kubeconfig" apply -f - >/dev/null
+  storage | "$bin/kubectl" --kubeconfig "$dir/kubeconfig" apply -f - >/dev/null
   wait_for 60 "nodes Ready" "$bin/kubectl" --kubeconfig "$dir/kubeconfig" wait node/pi-1 node/gpu-1 \
     --for=condition=Ready --timeout=1s
   wait_for 60 "the default ServiceAccount" "$bin/kubectl" --kubeconfig "$dir/kubeconfig" \

@@ -2,8 +2,9 @@
 # `make demo`: a local homelab. Starts the real control plane with a simulated Pi (pi-1) and GPU
 # node (gpu-1), PostgreSQL, a local S3 server and n8n (with an owner and an API key),
 # installs homeplane's CRDs, runs the operator, applies the example homelab from
-# manifests/homelab, takes one encrypted backup of its database (to an age identity
-# generated for the demo in .homeplane/demo/age.key), and prints what homeplane sees.
+# manifests/homelab, takes one encrypted backup of its database and one of n8n's data volume
+# (to an age identity generated for the demo in .homeplane/demo/age.key), and prints what
+# homeplane sees.
 # Everything stays running;
 # `make demo-down` stops it. State lives in .homeplane/demo/.
 #
@@ -144,6 +145,19 @@ up() {
   fi
   "$kubectl" wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=120s backup/demo -n data >/dev/null \
     || log "the demo backup did not succeed: kubectl describe backup demo -n data"
+  # n8n's volume: the same bucket and key, and one backup now (its Job played below).
+  log "backing up n8n's data volume (a Job of homeplane's image)"
+  (
+    source "$state/s3/env"
+    "$kubectl" create secret generic r2 -n automation --from-literal=accessKeyId="$AWS_ACCESS_KEY_ID" \
+      --from-literal=secretAccessKey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+    "$kubectl" patch backuppolicy n8n-data -n automation --type merge -p "{\"spec\":{\"recipients\":[\"$recipient\"],\"destination\":{\"endpoint\":\"$AWS_ENDPOINT_URL\",\"bucket\":\"homelab-backups\"}}}" >/dev/null
+  )
+  if ! "$kubectl" get backup demo-n8n -n automation >/dev/null 2>&1; then
+    printf 'apiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {name: demo-n8n, namespace: automation}\nspec: {policy: n8n-data}\n' \
+      | "$kubectl" create -f - >/dev/null
+  fi
+  finish_demo_volume_backup "$kubectl"
   "$kubectl" wait --for=condition=Ready --timeout=90s workflow --all -n automation >/dev/null \
     || log "a Workflow is not Ready yet: kubectl get workflows -n automation"
   "$kubectl" wait --for=condition=Ready --timeout=60s agent --all -n ai >/dev/null \
@@ -216,6 +230,7 @@ up() {
   echo "  psql \"\$DATABASE_URL\"                  # the demo PostgreSQL (superuser)"
   echo "  kubectl get secret homelab-readonly -n data -o jsonpath='{.data.uri}' | base64 -d"
   echo "  homeplane backup decrypt --backup demo -n data --identity .homeplane/demo/age.key | pg_restore -l"
+  echo "  homeplane restore --backup demo-n8n -n automation --identity .homeplane/demo/age.key --into-dir /tmp/n8n-restored"
   echo "  curl -s \$HOMEPLANE_METRICS_URL        # the operator's metrics"
   echo "  kubectl get drift -A -w               # watch drift appear and resolve"
   echo "  homeplane drift history db.server.version   # its transitions (binary: \$HOMEPLANE_BIN)"
@@ -265,6 +280,45 @@ finish_demo_run() {
     sleep 0.2
   done
   log "the demo AgentRun did not finish: kubectl describe agentrun $run -n ai"
+}
+
+# finish_demo_volume_backup KUBECTL: plays the Job of the demo's PVC backup. Its container would
+# run `homeplane backup pvc` with the claim mounted at /data; simulated nodes run no containers
+# (and KWOK leaves backup-run pods running), so the demo runs that exact command line here, with
+# the demo n8n's real data folder in place of the claim and the S3 credentials the Job would
+# get from its Secret, then writes the pod's end state with the result as its termination
+# message. homeplane checks the object in the bucket before the Backup is Succeeded.
+finish_demo_volume_backup() {
+  local kubectl=$1 backup=demo-n8n job="" pod="" phase
+  phase=$("$kubectl" get backup "$backup" -n automation -o jsonpath='{.status.phase}' 2>/dev/null)
+  case "$phase" in ""|Pending|Running) ;; *) return 0 ;; esac # ended in an earlier `make demo`
+  for _ in $(seq 1 150); do
+    job=$("$kubectl" get backup "$backup" -n automation -o jsonpath='{.status.job}' 2>/dev/null)
+    [ -n "$job" ] && pod=$("$kubectl" get pods -n automation -l "batch.kubernetes.io/job-name=$job" \
+      --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)
+    [ -n "$pod" ] && break
+    sleep 0.2
+  done
+  [ -n "$pod" ] || { log "the n8n volume backup did not start: kubectl describe backup $backup -n automation"; return 0; }
+  local result="$state/n8n-backup-result.json" code=0
+  rm -f "$result"
+  "$kubectl" get pod "$pod" -n automation -o json | python3 -c '
+import json, sys
+args = json.load(sys.stdin)["spec"]["containers"][0]["args"]
+data, result = sys.argv[1], sys.argv[2]
+sys.stdout.write("\0".join(data if a == "/data" else result if a == "/dev/termination-log" else a for a in args))
+' "$state/n8n/data" "$result" > "$state/n8n-backup-args"
+  ( source "$state/s3/env"; xargs -0 -a "$state/n8n-backup-args" "$CARGO_TARGET_DIR/release/homeplane" >/dev/null 2>"$state/n8n-backup.log" ) || code=$?
+  local message now
+  message=$(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read() if len(sys.argv) > 1 else ""))' "$result" 2>/dev/null || echo '""')
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  "$kubectl" patch pod "$pod" -n automation --subresource=status --type=merge -p "{\"status\":{
+    \"phase\":\"$([ "$code" = 0 ] && echo Succeeded || echo Failed)\",
+    \"containerStatuses\":[{\"name\":\"backup\",\"image\":\"ghcr.io/homeplane/homeplane:0.1.0\",\"imageID\":\"\",
+    \"ready\":false,\"restartCount\":0,\"started\":false,\"state\":{\"terminated\":{\"exitCode\":$code,
+    \"reason\":\"$([ "$code" = 0 ] && echo Completed || echo Error)\",\"message\":$message,\"startedAt\":\"$now\",\"finishedAt\":\"$now\"}}}]}}" >/dev/null
+  "$kubectl" wait --for=jsonpath='{.status.phase}'=Succeeded --timeout=60s backup/$backup -n automation >/dev/null \
+    || log "the n8n volume backup did not succeed: kubectl describe backup $backup -n automation"
 }
 
 case "${1:-up}" in
