@@ -9,22 +9,22 @@
 //! devices are skipped and reported. Anything else that cannot be read (e.g. permissions) fails
 //! the archive: a backup that silently lacks files would be worse than a failed one.
 //!
-//! [`ArchiveSource`] runs the writer on a blocking thread and is read as the pipeline's source;
-//! when the writer fails, the source's last read is an error, so a failed archive can never be
-//! uploaded as a complete one.
+//! [`archive_source`] runs the writer on a blocking thread and is read as the pipeline's
+//! source; when the writer fails, the source's last read is an error, so a failed archive can
+//! never be uploaded as a complete one.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 
 use serde::{Deserialize, Serialize};
 use tar::{EntryType, Header, HeaderMode};
-use tokio::io::{AsyncRead, DuplexStream, ReadBuf};
+use tokio::io::DuplexStream;
 use tokio::task::JoinHandle;
 use tokio_util::io::SyncIoBridge;
+
+use crate::source::CheckedSource;
 
 /// How many paths of each kind of irregularity are named in [`ArchiveStats`].
 const NAMED: usize = 20;
@@ -490,75 +490,29 @@ fn inside(path: &Path) -> bool {
         .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
-/// A tree archived on a blocking thread, read as an async source. Its end is an error when
-/// the archive failed, and [`ArchiveSource::stats`] holds what it archived once it ended.
-pub struct ArchiveSource {
-    reader: DuplexStream,
-    writer: JoinHandle<Result<ArchiveStats, ArchiveError>>,
-    stats: Arc<Mutex<Option<ArchiveStats>>>,
-    finished: bool,
-}
+/// What [`archive_source`] archived, once its source has been read to its end.
+pub type StatsSlot = Arc<Mutex<Option<ArchiveStats>>>;
 
-impl ArchiveSource {
-    /// Starts archiving `root`. Needs a Tokio runtime.
-    pub fn spawn(root: PathBuf) -> Self {
-        let (reader, writer) = tokio::io::duplex(1 << 20);
-        let handle = tokio::runtime::Handle::current();
-        let writer = tokio::task::spawn_blocking(move || {
-            let out = SyncIoBridge::new_with_handle(writer, handle);
-            let (stats, mut out) = write_tree(&root, out)?;
-            out.flush().map_err(ArchiveError::Write)?;
-            out.shutdown().map_err(ArchiveError::Write)?;
-            Ok(stats)
-        });
-        Self {
-            reader,
-            writer,
-            stats: Arc::new(Mutex::new(None)),
-            finished: false,
+/// The tree under `root` archived on a blocking thread, read as an async source: its end is an
+/// error when the archive failed, and the slot holds what it archived once it ended well.
+/// Needs a Tokio runtime.
+pub fn archive_source(root: PathBuf) -> (CheckedSource<DuplexStream>, StatsSlot) {
+    let (reader, writer) = tokio::io::duplex(1 << 20);
+    let slot: StatsSlot = Arc::new(Mutex::new(None));
+    let filled = slot.clone();
+    let handle = tokio::runtime::Handle::current();
+    let end = tokio::task::spawn_blocking(move || {
+        let out = SyncIoBridge::new_with_handle(writer, handle);
+        let (stats, mut out) =
+            write_tree(&root, out).map_err(|e| io::Error::other(e.to_string()))?;
+        out.flush()?;
+        out.shutdown()?;
+        if let Ok(mut slot) = filled.lock() {
+            *slot = Some(stats);
         }
-    }
-
-    /// What was archived, once the source has been read to its end.
-    pub fn stats(&self) -> Arc<Mutex<Option<ArchiveStats>>> {
-        self.stats.clone()
-    }
-}
-
-impl Drop for ArchiveSource {
-    fn drop(&mut self) {
-        // The writer stops at its next write: its reader is gone.
-        if !self.finished {
-            self.writer.abort();
-        }
-    }
-}
-
-impl AsyncRead for ArchiveSource {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.reader).poll_read(cx, buf))?;
-        if buf.filled().len() > before || buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        // The end: the archive is complete only if its writer says so.
-        let result = ready!(Pin::new(&mut self.writer).poll(cx));
-        self.finished = true;
-        Poll::Ready(match result {
-            Ok(Ok(stats)) => {
-                if let Ok(mut slot) = self.stats.lock() {
-                    *slot = Some(stats);
-                }
-                Ok(())
-            }
-            Ok(Err(e)) => Err(io::Error::other(e.to_string())),
-            Err(e) => Err(io::Error::other(format!("the archive writer stopped: {e}"))),
-        })
-    }
+        Ok(())
+    });
+    (CheckedSource::new(reader, end), slot)
 }
 
 #[cfg(test)]
@@ -765,13 +719,13 @@ mod tests {
     async fn the_source_ends_in_an_error_when_the_archive_fails() {
         use tokio::io::AsyncReadExt;
         let src = tree();
-        let mut ok = ArchiveSource::spawn(src.path().to_path_buf());
+        let (mut ok, slot) = archive_source(src.path().to_path_buf());
         let mut bytes = Vec::new();
         ok.read_to_end(&mut bytes).await.unwrap();
-        let stats = ok.stats().lock().unwrap().clone().unwrap();
+        let stats = slot.lock().unwrap().clone().unwrap();
         assert_eq!(check(&bytes[..]).unwrap(), stats);
 
-        let mut bad = ArchiveSource::spawn(src.path().join("missing"));
+        let (mut bad, _) = archive_source(src.path().join("missing"));
         let e = bad.read_to_end(&mut Vec::new()).await.unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
     }

@@ -9,6 +9,7 @@ pub mod parts;
 pub mod pipeline;
 pub mod postgres;
 pub mod retention;
+pub mod source;
 pub mod store;
 
 pub use age;

@@ -2,15 +2,14 @@
 //! and `pg_restore` fed through its standard input in one transaction. Credentials go to the
 //! child in its environment (`PGPASSWORD`), never on its command line.
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
-use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
+
+use crate::source::CheckedSource;
 
 /// How to reach a database.
 #[derive(Clone)]
@@ -116,14 +115,9 @@ fn decode(text: &str) -> String {
 /// The standard output of a child process as a source; at its end, a non-zero exit of the
 /// child becomes a read error carrying the end of its standard error, so a failed dump can
 /// never be mistaken for a complete one. The child is killed if the source is dropped early.
-pub struct ChildSource {
-    stdout: ChildStdout,
-    exit: JoinHandle<io::Result<(ExitStatus, String)>>,
-    what: &'static str,
-    finished: bool,
-}
+pub type ChildSource = CheckedSource<ChildStdout>;
 
-impl ChildSource {
+impl CheckedSource<ChildStdout> {
     /// Starts `cmd` with its standard output piped to this source.
     pub fn spawn(mut cmd: Command, what: &'static str) -> io::Result<Self> {
         cmd.stdin(Stdio::null())
@@ -137,22 +131,16 @@ impl ChildSource {
             .stdout
             .take()
             .ok_or_else(|| io::Error::other("no stdout"))?;
-        let exit = tokio::spawn(wait_with_stderr(child));
-        Ok(Self {
-            stdout,
-            exit,
-            what,
-            finished: false,
-        })
-    }
-}
-
-impl Drop for ChildSource {
-    fn drop(&mut self) {
-        if !self.finished {
-            // Dropping the task drops the Child, which kills it (kill_on_drop).
-            self.exit.abort();
-        }
+        let exit = tokio::spawn(async move {
+            match wait_with_stderr(child).await {
+                Ok((status, _)) if status.success() => Ok(()),
+                Ok((status, stderr)) => Err(io::Error::other(format!(
+                    "{what} failed ({status}): {stderr}"
+                ))),
+                Err(e) => Err(io::Error::other(format!("waiting for {what}: {e}"))),
+            }
+        });
+        Ok(Self::new(stdout, exit))
     }
 }
 
@@ -174,32 +162,6 @@ async fn wait_with_stderr(mut child: Child) -> io::Result<(ExitStatus, String)> 
     }
     let status = child.wait().await?;
     Ok((status, String::from_utf8_lossy(&tail).trim().to_string()))
-}
-
-impl AsyncRead for ChildSource {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.stdout).poll_read(cx, buf))?;
-        if buf.filled().len() > before || buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        // End of output: the dump is complete only if the child says so.
-        let exit = ready!(Pin::new(&mut self.exit).poll(cx));
-        self.finished = true;
-        let what = self.what;
-        Poll::Ready(match exit {
-            Ok(Ok((status, _))) if status.success() => Ok(()),
-            Ok(Ok((status, stderr))) => Err(io::Error::other(format!(
-                "{what} failed ({status}): {stderr}"
-            ))),
-            Ok(Err(e)) => Err(io::Error::other(format!("waiting for {what}: {e}"))),
-            Err(e) => Err(io::Error::other(format!("waiting for {what}: {e}"))),
-        })
-    }
 }
 
 /// `pg_dump --format=custom` of `conn`'s database, uncompressed (the pipeline compresses).

@@ -353,7 +353,7 @@ async fn pvc_backup(
     args: &PvcArgs,
     key: &str,
 ) -> Result<homeplane_backups::archive::JobReport, (&'static str, String)> {
-    use homeplane_backups::archive::{ArchiveSource, JobReport};
+    use homeplane_backups::archive::{JobReport, archive_source};
     use homeplane_backups::manifest::SourceInfo;
     use homeplane_backups::pipeline::BackupRequest;
     let invalid = |e: anyhow::Error| ("InvalidArguments", format!("{e:#}"));
@@ -379,8 +379,7 @@ async fn pvc_backup(
         }
     }
     let located = locate(&args.location).await.map_err(invalid)?;
-    let source = ArchiveSource::spawn(args.path.clone());
-    let stats = source.stats();
+    let (source, stats) = archive_source(args.path.clone());
     let name = args
         .claim
         .clone()

@@ -64,6 +64,20 @@ fn wait_phase(f: &Fixture, name: &str, phase: &str) -> String {
     .unwrap()
 }
 
+/// Waits for Backup `name` to fail with `reason`; its message.
+fn failed_with(f: &Fixture, name: &str, reason: &str) -> String {
+    let message = wait_phase(f, name, "Failed");
+    let found = get(
+        f.cluster,
+        &f.ns.name,
+        "backup",
+        name,
+        ".status.conditions[?(@.type==\"Ready\")].reason",
+    );
+    assert_eq!(found, reason, "{message}");
+    message
+}
+
 fn keygen(dir: &Path, name: &str) -> String {
     let path = dir.join(name);
     let out = Command::new("age-keygen")
@@ -814,20 +828,10 @@ spec:
 
     // A claim that does not exist: refused at once, no Job.
     create_backup(&f, "nowhere-1", "nowhere");
-    let message = wait_phase(&f, "nowhere-1", "Failed");
+    let message = failed_with(&f, "nowhere-1", "SourceNotFound");
     assert!(
         message.contains("PersistentVolumeClaim") && message.contains("no-such-claim"),
         "{message}"
-    );
-    assert_eq!(
-        get(
-            f.cluster,
-            &ns,
-            "backup",
-            "nowhere-1",
-            ".status.conditions[?(@.type==\"Ready\")].reason"
-        ),
-        "SourceNotFound"
     );
 
     // The run: a Job on the app's node, with its toleration, the claim read-only, the
@@ -960,20 +964,10 @@ spec:
     let key2 = get(f.cluster, &ns, "backup", "n8n-data-2", ".status.objectKey");
     let lie = format!(r#"{{"objectKey":"{key2}","sha256":"00","encryptedBytes":1}}"#);
     f.cluster.end_pod(&ns, &pod, 0, "Completed", &lie).unwrap();
-    let message = wait_phase(&f, "n8n-data-2", "Failed");
+    let message = failed_with(&f, "n8n-data-2", "NotUploaded");
     assert!(
         message.contains("does not check out") && message.contains("no manifest"),
         "{message}"
-    );
-    assert_eq!(
-        get(
-            f.cluster,
-            &ns,
-            "backup",
-            "n8n-data-2",
-            ".status.conditions[?(@.type==\"Ready\")].reason"
-        ),
-        "NotUploaded"
     );
 
     // The volume cannot be read: the container's own failure, in its words.
@@ -984,20 +978,10 @@ spec:
     f.cluster
         .end_pod(&ns, &pod, code, "Error", &result)
         .unwrap();
-    let message = wait_phase(&f, "n8n-data-3", "Failed");
+    let message = failed_with(&f, "n8n-data-3", "SourceFailed");
     assert!(
         message.contains("not-mounted") && message.contains("cannot be read"),
         "{message}"
-    );
-    assert_eq!(
-        get(
-            f.cluster,
-            &ns,
-            "backup",
-            "n8n-data-3",
-            ".status.conditions[?(@.type==\"Ready\")].reason"
-        ),
-        "SourceFailed"
     );
 
     // Killed for memory midway, after uploading part of the archive: said so, and what it

@@ -183,23 +183,12 @@ async fn start(b: &Backup, ctx: &Context, mut status: BackupStatus) -> Result<Ac
         matches!(dest.compress, homeplane_backups::crypto::Compress::Zstd(_)),
         started_at,
     );
-    status.phase = BackupPhase::Running;
-    status.started_at = Some(Time(started_at));
-    status.object_key = Some(key.clone());
-    status.observed_generation = b.metadata.generation;
     let message = format!(
         "Dumping {ns}/{} and uploading to {}/{key}",
         source.name,
         dest.store.bucket()
     );
-    conditions::set(
-        &mut status.conditions,
-        Desired::no(READY, "Running", message),
-        b.metadata.generation,
-        now(),
-    );
-    apply_status(&api(b, ctx), b, &status).await?;
-    info!(key = %key, "backup started");
+    mark_running(b, ctx, &mut status, started_at, &key, None, message).await?;
 
     let clock = Instant::now();
     let outcome = match postgres::pg_dump(&conn) {
@@ -433,11 +422,6 @@ async fn start_pvc(
         }
         Err(e) => return Err(Error::kube("create the backup Job")(e)),
     };
-    status.phase = BackupPhase::Running;
-    status.started_at = Some(Time(started_at));
-    status.object_key = Some(key.clone());
-    status.job = Some(name.clone());
-    status.observed_generation = b.metadata.generation;
     let place = consumer
         .map(|c| format!(" on node {} (where the claim is in use)", c.node))
         .unwrap_or_default();
@@ -445,15 +429,34 @@ async fn start_pvc(
         "Job {name} archives PersistentVolumeClaim {ns}/{claim}{place} and uploads it to {}/{key}",
         dest.store.bucket()
     );
+    mark_running(b, ctx, &mut status, started_at, &key, Some(name), message).await?;
+    Ok(Action::requeue(JOB_POLL))
+}
+
+/// Records that a run started: `Running`, the object key it writes and, for a volume, its Job.
+async fn mark_running(
+    b: &Backup,
+    ctx: &Context,
+    status: &mut BackupStatus,
+    started_at: jiff::Timestamp,
+    key: &str,
+    job: Option<String>,
+    message: String,
+) -> Result<(), Error> {
+    status.phase = BackupPhase::Running;
+    status.started_at = Some(Time(started_at));
+    status.object_key = Some(key.to_string());
+    status.job = job.clone();
+    status.observed_generation = b.metadata.generation;
     conditions::set(
         &mut status.conditions,
         Desired::no(READY, "Running", message),
         b.metadata.generation,
         now(),
     );
-    apply_status(&api(b, ctx), b, &status).await?;
-    info!(key = %key, job = %name, "PVC backup started");
-    Ok(Action::requeue(JOB_POLL))
+    apply_status(&api(b, ctx), b, status).await?;
+    info!(key = %key, job = job.as_deref().unwrap_or(""), "backup started");
+    Ok(())
 }
 
 /// The object key a backup Job writes (its `--object` argument).
