@@ -671,3 +671,112 @@ spec:
     let st = status(cluster, &ns.name, "derived");
     assert!(st["unknown"].as_i64().unwrap_or(0) >= 1, "{st}");
 }
+
+#[test]
+fn kubectl_get_drift_watch_shows_drift_appear_and_resolve() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::new(cluster, "reg-watch").unwrap();
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: caddy}}
+data: {{tls: "on"}}
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {{name: homelab}}
+spec:
+  interval: 1s
+  derived: false
+  properties:
+  - id: edge.caddy.tls
+    desired: "on"
+    severity: critical
+    observe: {{kubernetes: {{apiVersion: v1, kind: ConfigMap, namespace: {}, name: caddy, field: /data/tls}}}}
+"#,
+        ns.name
+    );
+    let (ok, out) = cluster.apply(&ns.name, &manifests).unwrap();
+    assert!(ok, "{out}");
+    let _op = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
+    eventually(WAIT, "in sync", || {
+        Ok((status(cluster, &ns.name, "homelab")["inSync"] == 1).then_some(()))
+    })
+    .unwrap();
+
+    // What a person runs to watch drift, as a child process whose output is collected.
+    let mut watch = std::process::Command::new(cluster.bin.join("kubectl"))
+        .args([
+            "get",
+            "drift",
+            "-n",
+            &ns.name,
+            "-w",
+            "--output-watch-events",
+        ])
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stdout = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let seen = |event: &str| {
+        let lines = lines.clone();
+        let event = event.to_string();
+        eventually(
+            WAIT,
+            &format!("a {event} line for edge.caddy.tls"),
+            move || {
+                let lines = lines.lock().unwrap();
+                Ok(lines
+                    .iter()
+                    .find(|l| l.starts_with(&event) && l.contains("edge.caddy.tls"))
+                    .cloned())
+            },
+        )
+    };
+
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "configmap",
+            "caddy",
+            "-n",
+            &ns.name,
+            "-p",
+            r#"{"data":{"tls":"off"}}"#,
+        ])
+        .unwrap();
+    let added = seen("ADDED").unwrap_or_else(|e| panic!("{e}: {:?}", lines.lock().unwrap()));
+    // The printer columns: property, desired, observed, severity.
+    for column in ["on", "off", "critical"] {
+        assert!(added.split_whitespace().any(|w| w == column), "{added}");
+    }
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "configmap",
+            "caddy",
+            "-n",
+            &ns.name,
+            "-p",
+            r#"{"data":{"tls":"on"}}"#,
+        ])
+        .unwrap();
+    seen("DELETED").unwrap_or_else(|e| panic!("{e}: {:?}", lines.lock().unwrap()));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+}

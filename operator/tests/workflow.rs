@@ -500,6 +500,84 @@ fn edits_in_n8n_are_reported_or_corrected_per_on_drift() {
     delete_all(cluster, &ns.name);
 }
 
+/// `kubectl apply` of a ConfigMap with `workflow.json`.
+fn definition_config_map(cluster: &Cluster, ns: &str, name: &str, definition: &Value) {
+    let yaml = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name},
+        "data": {"workflow.json": definition.to_string()}
+    });
+    apply(cluster, ns, &yaml.to_string());
+}
+
+#[test]
+fn a_changed_definition_config_map_or_key_secret_is_acted_on_at_once() {
+    let cluster = Cluster::shared();
+    let n8n = N8n::shared();
+    let ns = TestNamespace::new(cluster, "wf-watch").unwrap();
+    // Compared with n8n only hourly: whatever happens within the test comes from the watches.
+    let _operator = Operator::start(
+        BINARY,
+        cluster,
+        &ns.name,
+        &ns.name,
+        &["--workflow-resync", "3600"],
+    )
+    .unwrap();
+    api_key_secret(cluster, &ns.name, "n8n-api", "not-the-key");
+    let path = format!("watched-{}", suffix());
+    definition_config_map(
+        cluster,
+        &ns.name,
+        "router",
+        &definition("Voice router", &path, "return items;"),
+    );
+    apply(
+        cluster,
+        &ns.name,
+        &format!(
+            "apiVersion: homeplane.dev/v1alpha1\nkind: Workflow\nmetadata: {{name: router}}\nspec:\n  n8n: {{url: \"{}\", apiKeySecret: {{name: n8n-api, key: apiKey}}}}\n  definitionFrom: {{name: router, key: workflow.json}}\n",
+            n8n.url
+        ),
+    );
+    wait_condition(
+        cluster,
+        &ns.name,
+        "router",
+        "Ready",
+        "False",
+        "N8nUnauthorized",
+    );
+    // The key is fixed in its Secret (watched, like the definition's ConfigMap).
+    cluster
+        .kubectl_ok(&["delete", "secret", "n8n-api", "-n", &ns.name])
+        .unwrap();
+    api_key_secret(cluster, &ns.name, "n8n-api", &n8n.api_key);
+    wait_condition(cluster, &ns.name, "router", "Ready", "True", "Synced");
+    let id = field(cluster, &ns.name, "router", ".status.n8nId");
+
+    // The definition changes in its ConfigMap: n8n follows within seconds.
+    definition_config_map(
+        cluster,
+        &ns.name,
+        "router",
+        &definition("Voice router", &path, "return items.slice(0, 1);"),
+    );
+    eventually(
+        Duration::from_secs(30),
+        "n8n running the new definition",
+        || {
+            let (_, wf) = n8n_workflow(n8n, &id);
+            Ok(
+                (node(&wf, "Classify")["parameters"]["jsCode"] == "return items.slice(0, 1);")
+                    .then_some(()),
+            )
+        },
+    )
+    .unwrap();
+    delete_all(cluster, &ns.name);
+}
+
 #[test]
 fn deletion_policy_retains_or_deletes_the_n8n_workflow() {
     let cluster = Cluster::shared();

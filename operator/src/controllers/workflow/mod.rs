@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
@@ -48,9 +49,32 @@ impl Clients {
     }
 }
 
-/// Runs the controller until `shutdown` is cancelled.
+/// Runs the controller until `shutdown` is cancelled. A Workflow is reconciled when it changes,
+/// when the ConfigMap of its `definitionFrom` or the Secret of its API key changes, and every
+/// `workflow_resync` (edits made in n8n itself are only seen then).
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    Controller::new(ctx.watched::<Workflow>(), watcher::Config::default())
+    let controller = Controller::new(ctx.watched::<Workflow>(), watcher::Config::default());
+    let workflows = controller.store();
+    let by_secret = workflows.clone();
+    controller
+        .watches(
+            ctx.watched::<ConfigMap>(),
+            watcher::Config::default(),
+            move |cm| {
+                referring(&workflows.state(), &cm, |wf| {
+                    wf.spec.definition_from.as_ref().map(|r| r.name.as_str())
+                })
+            },
+        )
+        .watches(
+            ctx.watched::<Secret>(),
+            watcher::Config::default(),
+            move |secret| {
+                referring(&by_secret.state(), &secret, |wf| {
+                    Some(wf.spec.n8n.api_key_secret.name.as_str())
+                })
+            },
+        )
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(
             reconcile,
@@ -59,6 +83,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         )
         .for_each(|_| futures::future::ready(()))
         .await;
+}
+
+/// The Workflows in `object`'s namespace that name it (through `name_of`).
+fn referring<K: ResourceExt>(
+    workflows: &[Arc<Workflow>],
+    object: &K,
+    name_of: impl Fn(&Workflow) -> Option<&str>,
+) -> Vec<ObjectRef<Workflow>> {
+    let ns = object.namespace();
+    let name = object.name_any();
+    workflows
+        .iter()
+        .filter(|wf| wf.namespace() == ns && name_of(wf) == Some(name.as_str()))
+        .map(|wf| ObjectRef::from_obj(wf.as_ref()))
+        .collect()
 }
 
 #[instrument(skip_all, fields(workflow = %wf.name_any(), namespace = wf.namespace().unwrap_or_default()))]
