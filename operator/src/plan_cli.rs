@@ -1,14 +1,15 @@
 //! `homeplane plan -f DIR`: the capacity plan of a folder of manifests, offline. The same
 //! builder and the same arithmetic as the controllers: NodeClasses give the room (their
 //! `capacity`, or Node manifests in the folder), Deployments/StatefulSets/Pods pinned to a
-//! class are what already runs, and MemoryServers and VoicePipelines are expanded into the
-//! workloads homeplane would create. Exits non-zero when something does not fit.
+//! class are what already runs, and MemoryServers, VoicePipelines and managed Databases are
+//! expanded into the workloads homeplane would create. Exits non-zero when something does not fit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use homeplane_crds::database::Database;
 use homeplane_crds::memory::MemoryServer;
 use homeplane_crds::nodeclass::{NodeClass, NodeClassSpec};
 use homeplane_crds::voice::VoicePipeline;
@@ -18,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
+use crate::controllers::database::managed;
 use crate::controllers::nodeclass::plan as class_plan;
 use crate::controllers::{memory, voice};
 use crate::quantity::Milli;
@@ -239,6 +241,13 @@ pub fn plan(paths: &[PathBuf]) -> Result<(String, bool)> {
                 let mut vp: VoicePipeline = parse(file, doc, kind)?;
                 vp.metadata.namespace = Some(ns.clone());
                 owned.push((Owner::of(&vp), voice::plan::workloads(&vp)));
+            }
+            "Database" => {
+                let mut db: Database = parse(file, doc, kind)?;
+                db.metadata.namespace = Some(ns.clone());
+                if let Some(server) = db.spec.server.managed.clone() {
+                    owned.push((Owner::of(&db), vec![managed::workload(&db, &server)]));
+                }
             }
             _ => {}
         }
@@ -466,7 +475,7 @@ pub fn plan(paths: &[PathBuf]) -> Result<(String, bool)> {
     }
     writeln!(
         out,
-        "* = created by homeplane from a MemoryServer or VoicePipeline"
+        "* = created by homeplane from a MemoryServer, VoicePipeline or managed Database"
     )?;
     Ok((out, fits))
 }

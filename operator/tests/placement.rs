@@ -779,3 +779,140 @@ spec:
     assert!(message.starts_with("embedding: "), "{message}");
     delete_class(cluster, &class);
 }
+
+#[test]
+fn a_managed_database_server_is_a_placed_stateful_set_with_its_volume_and_admin_secret() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::new(cluster, "managed-db").unwrap();
+    let node = TestNode::new(cluster, "arm64", "4", "8Gi", 0).unwrap();
+    let class = format!("pi-{}", node.key);
+    test_class(cluster, &class, &node, "  architecture: arm64\n");
+    // The node's disk: a volume waiting for the server's claim (the real PV controller binds
+    // it), reachable only on the test's node.
+    let pv = format!("{}-pgdata", ns.name);
+    let volume = format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {pv}}}
+spec:
+  capacity: {{storage: 10Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: disk-{key}
+  hostPath: {{path: /var/lib/homeplane-test/{pv}}}
+  claimRef: {{namespace: {ns}, name: data-homelab-postgres-0}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{node}]}}]
+"#,
+        key = node.key,
+        ns = ns.name,
+        node = node.name
+    );
+    let (ok, out) = cluster.apply(&ns.name, &volume).unwrap();
+    assert!(ok, "{out}");
+    let _op = Operator::start(
+        BINARY,
+        cluster,
+        &ns.name,
+        &format!("managed-{}", node.key),
+        &[],
+    )
+    .unwrap();
+    let database = |cpu: &str| {
+        format!(
+            r#"apiVersion: homeplane.dev/v1alpha1
+kind: Database
+metadata: {{name: homelab}}
+spec:
+  deletionPolicy: Delete
+  server:
+    managed:
+      image: pgvector/pgvector:pg16
+      storage: 8Gi
+      storageClass: disk-{key}
+      placement: {{class: {class}, cpu: "{cpu}", memory: 1Gi}}
+  roles: [{{name: app}}]
+"#,
+            key = node.key
+        )
+    };
+
+    // Too big for the class: refused before anything is created.
+    let (ok, out) = cluster.apply(&ns.name, &database("6")).unwrap();
+    assert!(ok, "{out}");
+    let message = wait_condition(
+        cluster,
+        "database",
+        "homelab",
+        &ns.name,
+        "Ready",
+        "False",
+        "Unschedulable",
+    );
+    assert!(message.contains("homelab-postgres"), "{message}");
+    assert!(list(cluster, "statefulsets", &ns.name).is_empty());
+
+    // It fits: the server runs on the class's node with its volume, its limits and the admin
+    // password homeplane generated; once it is ready homeplane connects through its Service
+    // (which only resolves inside a cluster: this test's operator runs outside).
+    let (ok, out) = cluster.apply(&ns.name, &database("1")).unwrap();
+    assert!(ok, "{out}");
+    let message = wait_condition(
+        cluster,
+        "database",
+        "homelab",
+        &ns.name,
+        "Ready",
+        "False",
+        "ServerUnreachable",
+    );
+    assert!(
+        message.contains(&format!("homelab-postgres.{}.svc:5432", ns.name)),
+        "{message}"
+    );
+    let ss = get(cluster, "statefulset", "homelab-postgres", &ns.name);
+    assert_eq!(ss["status"]["readyReplicas"], 1, "{ss}");
+    let c = &ss["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "pgvector/pgvector:pg16");
+    assert_eq!(c["resources"]["limits"]["cpu"], "1");
+    assert_eq!(c["resources"]["requests"]["memory"], "1Gi");
+    assert_eq!(c["readinessProbe"]["exec"]["command"][0], "pg_isready");
+    let pods = pods_of(cluster, &ns.name, "homelab-postgres");
+    assert_eq!(pods[0]["spec"]["nodeName"], node.name.as_str());
+    let claim = get(cluster, "pvc", "data-homelab-postgres-0", &ns.name);
+    assert_eq!(claim["status"]["phase"], "Bound");
+    assert_eq!(claim["spec"]["volumeName"], pv.as_str());
+    let secret = cluster
+        .secret_value(&ns.name, "homelab-admin", "password")
+        .unwrap();
+    assert_eq!(secret.len(), 32);
+    assert_eq!(
+        cluster
+            .secret_value(&ns.name, "homelab-admin", "username")
+            .unwrap(),
+        "postgres"
+    );
+    let svc = get(cluster, "service", "homelab-postgres", &ns.name);
+    assert_eq!(svc["spec"]["ports"][0]["port"], 5432);
+
+    // deletionPolicy Delete: the server goes with the Database, and so does its volume.
+    cluster
+        .kubectl_ok(&[
+            "delete",
+            "database",
+            "homelab",
+            "-n",
+            &ns.name,
+            "--timeout=60s",
+        ])
+        .unwrap();
+    eventually(Duration::from_secs(60), "the volume claim deleted", || {
+        let out = cluster.kubectl(&["get", "pvc", "data-homelab-postgres-0", "-n", &ns.name])?;
+        Ok((!out.status.success()).then_some(()))
+    })
+    .unwrap();
+    delete_class(cluster, &class);
+    let _ = cluster.kubectl(&["delete", "pv", &pv, "--wait=false"]);
+}

@@ -18,10 +18,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, HTTPGetAction, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service, ServicePort, ServiceSpec,
-    VolumeMount, VolumeResourceRequirements,
+    Affinity, Container, ContainerPort, EnvVar, ExecAction, HTTPGetAction, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
+    ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -72,6 +72,9 @@ pub struct Workload {
     /// HTTP path answering 2xx when ready, probed on the first port.
     #[serde(default)]
     pub readiness_path: Option<String>,
+    /// A command that exits 0 when ready (e.g. `pg_isready`), when there is no HTTP path.
+    #[serde(default)]
+    pub readiness_command: Vec<String>,
     /// A volume of its own; makes the workload a StatefulSet.
     #[serde(default)]
     pub storage: Option<Storage>,
@@ -400,6 +403,13 @@ pub fn build(w: &Workload, owner: &Owner, class: Class<'_>) -> Result<Objects, P
                     path: Some(path.clone()),
                     port: IntOrString::String(port.name.clone()),
                     ..HTTPGetAction::default()
+                }),
+                period_seconds: Some(10),
+                ..Probe::default()
+            }),
+            _ if !w.readiness_command.is_empty() => Some(Probe {
+                exec: Some(ExecAction {
+                    command: Some(w.readiness_command.clone()),
                 }),
                 period_seconds: Some(10),
                 ..Probe::default()

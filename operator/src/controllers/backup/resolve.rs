@@ -141,14 +141,13 @@ pub async fn database(
             format!("Database {ns}/{name} does not exist"),
         )));
     };
-    let Some(server) = db.spec.server.external.as_ref() else {
+    let Some(server) = crate::controllers::database::server(&db) else {
         return Ok(Err(Invalid::new(
-            "NotImplemented",
-            format!(
-                "Database {ns}/{name} is a managed server, which homeplane does not run yet; back up an external server"
-            ),
+            "DatabaseNotFound",
+            format!("Database {ns}/{name} names no server"),
         )));
     };
+    let server = &server;
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), ns);
     let secret_name = match role {
         Some(role) => role_secret_name(&db, role),

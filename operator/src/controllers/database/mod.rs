@@ -4,6 +4,7 @@
 //! transaction) -> migrations -> Secrets -> status.
 
 mod catalog;
+pub mod managed;
 pub mod migrate;
 mod plan;
 mod sql;
@@ -18,6 +19,7 @@ use homeplane_crds::database::{
     Database, DatabaseStatus, ExternalServer, SslMode, TransactionMode,
 };
 use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -76,7 +78,8 @@ impl Pools {
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=homeplane");
     Controller::new(ctx.watched::<Database>(), watcher::Config::default())
-        .owns(ctx.watched::<Secret>(), owned)
+        .owns(ctx.watched::<Secret>(), owned.clone())
+        .owns(ctx.watched::<StatefulSet>(), owned)
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(
             reconcile,
@@ -137,6 +140,11 @@ async fn reconcile(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error
 async fn cleanup(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
     if db.spec.deletion_policy == DeletionPolicy::Retain {
         info!("deletionPolicy Retain: the database, its roles and data stay on the server");
+        return Ok(Action::await_change());
+    }
+    if db.spec.server.managed.is_some() {
+        // The server goes with the Database (owner references); its volume is deleted here.
+        managed::delete_volume(&db, &ctx).await?;
         return Ok(Action::await_change());
     }
     let Some(server) = db.spec.server.external.as_ref() else {
@@ -250,12 +258,10 @@ async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
 /// `pg_read_all_data`. The error says why the Database cannot be read.
 pub async fn observer_options(ctx: &Context, db: &Database) -> Result<PgConnectOptions, String> {
     let ns = db.namespace().unwrap_or_default();
-    let Some(server) = db.spec.server.external.as_ref() else {
-        return Err(format!(
-            "Database {} has no external server; the sql observer reads external servers only",
-            db.name_any()
-        ));
+    let Some(server) = server(db) else {
+        return Err(format!("Database {} names no server", db.name_any()));
     };
+    let server = &server;
     match admin_credentials(ctx, &ns, server).await {
         Ok(Some((user, password))) => {
             Ok(connect_options(server, &user, &password).database(&database_name(db)))
@@ -292,6 +298,16 @@ fn role_mark(db: &Database) -> String {
         db.namespace().unwrap_or_default(),
         db.name_any()
     )
+}
+
+/// How homeplane reaches the server of `db`: the external server as declared, or a managed
+/// server's Service with the admin Secret homeplane made for it.
+pub(crate) fn server(db: &Database) -> Option<ExternalServer> {
+    match (&db.spec.server.external, &db.spec.server.managed) {
+        (Some(external), _) => Some(external.clone()),
+        (None, Some(_)) => Some(managed::endpoint(db)),
+        (None, None) => None,
+    }
 }
 
 /// The admin username and password from `spec.server.external.adminSecret`; `None` when the
@@ -357,18 +373,19 @@ async fn converge(
     status: &mut DatabaseStatus,
 ) -> Result<Outcome, Error> {
     let ns = db.namespace().unwrap_or_default();
-    let Some(server) = db.spec.server.external.as_ref() else {
-        return Ok(Outcome {
-            ready: Desired::no(
-                READY,
-                "NotImplemented",
-                "spec.server.managed is not implemented yet (it arrives with the shared workload builder); use spec.server.external for now",
-            ),
-            degraded: None,
-            action: Action::await_change(),
-            retry: false,
-        });
+    if let Some(managed) = &db.spec.server.managed
+        && let Err(waiting) = managed::converge(db, ctx, managed).await?
+    {
+        return Ok(waiting);
+    }
+    let Some(server) = server(db) else {
+        return Ok(Outcome::blocked(
+            "InvalidServer",
+            "spec.server names neither an external nor a managed server".into(),
+            Action::await_change(),
+        ));
     };
+    let server = &server;
 
     // Dereference: the admin credentials.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

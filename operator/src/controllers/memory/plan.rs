@@ -123,6 +123,7 @@ fn workload(
             port: port.1,
         }],
         readiness_path: None,
+        readiness_command: Vec::new(),
         storage: None,
         replicas: 1,
         placement: placement.clone(),

@@ -104,6 +104,7 @@ pub fn workloads(vp: &VoicePipeline) -> Vec<Workload> {
                     port: w.port,
                 }],
                 readiness_path: w.health_path.clone(),
+                readiness_command: Vec::new(),
                 storage: None,
                 replicas: 1,
                 placement: w.placement.clone(),
