@@ -43,7 +43,12 @@ pub fn properties(kind: &str, objects: &[Value], home: &str, now: Timestamp) -> 
                 out.push(derived.workflow_active());
                 out.push(derived.workflow_matches());
             }
-            "BackupPolicy" => out.push(derived.backup_age(now)),
+            "BackupPolicy" => {
+                out.push(derived.backup_age(now));
+                if object["spec"]["verify"].is_object() {
+                    out.push(derived.verified_age(now));
+                }
+            }
             "VoicePipeline" => out.push(derived.voice_latency()),
             "NodeClass" => out.push(derived.overcommit()),
             _ => {}
@@ -257,6 +262,54 @@ impl Derivation<'_> {
         (p, o)
     }
 
+    /// BackupPolicy with restore drills: hours since a drill last proved a backup restores, at
+    /// most 1.5 drill periods. A policy never verified counts from its creation, so drills
+    /// that never succeed become drift, not silence.
+    fn verified_age(&self, now: Timestamp) -> Derived {
+        let schedule = self.object["spec"]["verify"]["schedule"]
+            .as_str()
+            .unwrap_or("");
+        let allowed = cron_period_hours(schedule) * 1.5;
+        let p = self.property(
+            "verified-age-hours",
+            format!(
+                "a restore drill proved a backup of {} restorable as recently as its drill schedule ({schedule}) allows",
+                self.name
+            ),
+            number(allowed),
+            Comparison::AtMost,
+            Severity::Critical,
+        );
+        let stamp = |path: &str| {
+            self.object
+                .pointer(path)
+                .and_then(Value::as_str)
+                .and_then(|t| t.parse::<Timestamp>().ok())
+        };
+        let hours = |t: Timestamp| {
+            #[allow(clippy::cast_precision_loss)]
+            let h = now.duration_since(t).as_secs() as f64 / 3600.0;
+            number((h * 10.0).round() / 10.0)
+        };
+        let o = match (
+            stamp("/status/lastVerifiedTime"),
+            stamp("/metadata/creationTimestamp"),
+        ) {
+            (Some(t), _) => Observation {
+                value: Ok(hours(t)),
+                message: Some(format!("last verified at {t}")),
+            },
+            (None, Some(created)) => Observation {
+                value: Ok(hours(created)),
+                message: Some(format!(
+                    "never verified since the policy was created at {created}"
+                )),
+            },
+            (None, None) => self.no_status("verified backup"),
+        };
+        (p, o)
+    }
+
     /// VoicePipeline: p95 end-to-end latency within the budget, in milliseconds.
     fn voice_latency(&self) -> Derived {
         let budget = self.object["spec"]["latencyBudget"]
@@ -408,6 +461,21 @@ mod tests {
         let (p, o) = &properties("BackupPolicy", &[bp], "homelab", now())[1];
         assert_eq!(p.desired, Desired::Literal(json!(36)));
         assert_eq!(o.value, Ok(json!(28)));
+
+        // Restore drills: a weekly drill never verified, created two weeks ago, is drift.
+        let bp = json!({"metadata": {"name": "nightly", "creationTimestamp": "2026-11-10T07:00:00Z"},
+                        "spec": {"schedule": "0 3 * * *", "verify": {"schedule": "0 4 * * 0"}},
+                        "status": {"lastSuccessfulTime": "2026-11-24T03:00:00Z"}});
+        let all = properties("BackupPolicy", &[bp], "homelab", now());
+        let (p, o) = &all[2];
+        assert_eq!(p.id, "backuppolicy.nightly.verified-age-hours");
+        assert_eq!(p.desired, Desired::Literal(json!(252)));
+        assert_eq!(o.value, Ok(json!(336)));
+        assert!(
+            o.message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("never verified"))
+        );
 
         let nc = json!({"metadata": {"name": "pi"}, "status": {"conditions": [
             {"type": "Ready", "status": "True"},
