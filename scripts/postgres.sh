@@ -5,6 +5,10 @@
 # written to DIR/env as DATABASE_URL.
 #
 #   scripts/postgres.sh up DIR | down DIR
+#
+# POSTGRES_LISTEN (an address, default 127.0.0.1), POSTGRES_PORT (default: a free one) and
+# POSTGRES_PASSWORD (default: generated) set the server up as a container of the postgres image
+# would be; tests use them to run the server of a simulated pod at the pod's address.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -21,10 +25,10 @@ up() {
   if [ -f "$dir/env" ] && as_owner "$bindir/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
     log "PostgreSQL already up ($dir)"; return 0
   fi
-  local port password
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  local port password listen="${POSTGRES_LISTEN:-127.0.0.1}"
+  port=${POSTGRES_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
   if [ ! -f "$dir/data/PG_VERSION" ]; then
-    password=$(openssl rand -hex 16)
+    password=${POSTGRES_PASSWORD:-$(openssl rand -hex 16)}
     printf '%s\n' "$password" > "$dir/password"
     chmod 600 "$dir/password"
     [ "$(id -u)" = 0 ] && chown postgres "$dir" "$dir/password"
@@ -39,10 +43,10 @@ up() {
     chmod 600 "$dir/data/server.key"
   fi
   as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off -c ssl=on" >/dev/null
-  echo "export DATABASE_URL=postgres://postgres:$password@127.0.0.1:$port/postgres" > "$dir/env"
+    -o "-c listen_addresses=$listen -c port=$port -c unix_socket_directories=$dir -c fsync=off -c ssl=on" >/dev/null
+  echo "export DATABASE_URL=postgres://postgres:$password@$listen:$port/postgres" > "$dir/env"
   chmod 600 "$dir/env"
-  log "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') up on 127.0.0.1:$port ($dir)"
+  log "PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') up on $listen:$port ($dir)"
 }
 
 down() {

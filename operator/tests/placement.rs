@@ -16,6 +16,7 @@ use homeplane_testkit::{Cluster, Operator, Postgres, TestNamespace, TestNode, ev
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_homeplane");
+const WAIT: Duration = Duration::from_secs(90);
 
 fn get(cluster: &Cluster, kind: &str, name: &str, ns: &str) -> Value {
     let json = cluster
@@ -855,23 +856,22 @@ spec:
     assert!(list(cluster, "statefulsets", &ns.name).is_empty());
 
     // It fits: the server runs on the class's node with its volume, its limits and the admin
-    // password homeplane generated; once it is ready homeplane connects through its Service
-    // (which only resolves inside a cluster: this test's operator runs outside).
+    // password homeplane generated. KWOK reports the pod ready at once, but nothing answers at
+    // its address yet: the Database waits.
     let (ok, out) = cluster.apply(&ns.name, &database("1")).unwrap();
     assert!(ok, "{out}");
-    let message = wait_condition(
-        cluster,
-        "database",
-        "homelab",
-        &ns.name,
-        "Ready",
-        "False",
-        "ServerUnreachable",
-    );
-    assert!(
-        message.contains(&format!("homelab-postgres.{}.svc:5432", ns.name)),
-        "{message}"
-    );
+    let mut last = Default::default();
+    eventually(
+        WAIT,
+        "the Database waiting for its server to answer",
+        || {
+            last = condition(&get(cluster, "database", "homelab", &ns.name), "Ready");
+            Ok((last.1 == "WaitingForServer"
+                && last.2.contains(":5432 does not accept connections"))
+            .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; last Ready: {last:?}"));
     let ss = get(cluster, "statefulset", "homelab-postgres", &ns.name);
     assert_eq!(ss["status"]["readyReplicas"], 1, "{ss}");
     let c = &ss["spec"]["template"]["spec"]["containers"][0];
@@ -897,6 +897,91 @@ spec:
     let svc = get(cluster, "service", "homelab-postgres", &ns.name);
     assert_eq!(svc["spec"]["ports"][0]["port"], 5432);
 
+    // Play the pod: the real PostgreSQL, initialised as the image would be (POSTGRES_PASSWORD
+    // from the admin Secret), serving at the pod's address, which the test (as the kubelet)
+    // reports on a loopback address of its own.
+    let address = format!("127.0.{}.{}", 60 + rand_byte() % 60, 2 + rand_byte() % 250);
+    let data = std::env::temp_dir().join(format!("hp-managed-{}", node.key));
+    let pg_script = homeplane_testkit::repo_root().join("scripts/postgres.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&pg_script)
+        .arg("up")
+        .arg(&data)
+        .env("POSTGRES_LISTEN", &address)
+        .env("POSTGRES_PORT", "5432")
+        .env("POSTGRES_PASSWORD", &secret)
+        .env(
+            "HOMEPLANE_POSTGRES_OWNER_PID",
+            std::process::id().to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let ip = format!(r#"{{"status":{{"podIP":"{address}","podIPs":[{{"ip":"{address}"}}]}}}}"#);
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "pod",
+            &pod,
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &ip,
+        ])
+        .unwrap();
+
+    // homeplane reaches the instance at its address and makes the database, its roles and
+    // their Secrets, whose URIs name the Service (where applications reach it).
+    let message = wait_condition(
+        cluster,
+        "database",
+        "homelab",
+        &ns.name,
+        "Ready",
+        "True",
+        "Reconciled",
+    );
+    let service_host = format!("homelab-postgres.{}.svc", ns.name);
+    assert!(
+        message.contains(&format!("{service_host}:5432")),
+        "{message}"
+    );
+    assert_eq!(
+        cluster
+            .secret_value(&ns.name, "homelab-app", "host")
+            .unwrap(),
+        service_host
+    );
+    let app_password = cluster
+        .secret_value(&ns.name, "homelab-app", "password")
+        .unwrap();
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-t",
+            "-A",
+            "-c",
+            "SELECT current_user || '@' || current_database()",
+        ])
+        .arg(format!(
+            "postgres://app:{app_password}@{address}:5432/homelab?sslmode=require"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "app@homelab",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // deletionPolicy Delete: the server goes with the Database, and so does its volume.
     cluster
         .kubectl_ok(&[
@@ -915,4 +1000,18 @@ spec:
     .unwrap();
     delete_class(cluster, &class);
     let _ = cluster.kubectl(&["delete", "pv", &pv, "--wait=false"]);
+    let _ = std::process::Command::new("bash")
+        .arg(&pg_script)
+        .arg("down")
+        .arg(&data)
+        .output();
+}
+
+/// A byte from the system's randomness (distinct loopback addresses per run).
+fn rand_byte() -> u32 {
+    let mut b = [0u8; 1];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .unwrap();
+    u32::from(b[0])
 }

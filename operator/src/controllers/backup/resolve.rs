@@ -141,10 +141,12 @@ pub async fn database(
             format!("Database {ns}/{name} does not exist"),
         )));
     };
-    let Some(server) = crate::controllers::database::server(&db) else {
+    let Some(server) = crate::controllers::database::server(ctx, &db).await? else {
         return Ok(Err(Invalid::new(
-            "DatabaseNotFound",
-            format!("Database {ns}/{name} names no server"),
+            "DatabaseNotReady",
+            format!(
+                "Database {ns}/{name} has no running server (its managed server has no pod yet)"
+            ),
         )));
     };
     let server = &server;

@@ -4,14 +4,17 @@
 //! created), and the admin Secret `<database>-admin` (user `postgres`, a generated password)
 //! that the server is initialised with and homeplane connects with. The Secret is made once and
 //! never rewritten: the server keeps the password it was initialised with. Until the server
-//! reports ready the Database waits (`WaitingForServer`); then everything else is as for an
-//! external server, reached through the Service.
+//! reports ready and accepts connections the Database waits (`WaitingForServer`); then
+//! everything else is as for an external server. Applications reach it through its Service
+//! (the host in the role Secrets); homeplane reaches the instance itself, at its pod's address,
+//! as CloudNativePG's operator does: that works wherever the pod network is reachable, inside
+//! the cluster or not.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use homeplane_crds::database::{Database, ExternalServer, ManagedServer, SslMode};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Secret, SecretKeySelector};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod, Secret, SecretKeySelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
@@ -44,7 +47,7 @@ pub fn admin_secret_name(db: &Database) -> String {
     format!("{}-admin", db.name_any())
 }
 
-/// How homeplane (and the role Secrets' URIs) reach a managed server: its Service.
+/// How applications (and the role Secrets' URIs) reach a managed server: its Service.
 pub fn endpoint(db: &Database) -> ExternalServer {
     ExternalServer {
         host: format!("{}.{}.svc", name(db), db.namespace().unwrap_or_default()),
@@ -164,13 +167,44 @@ async fn ensure_admin_secret(db: &Database, ctx: &Context) -> Result<(), Error> 
     }
 }
 
-/// Runs the server; `Ok(Ok(()))` once it is ready to be connected to, otherwise the outcome to
-/// report (refused before creation, unschedulable, or still starting).
+/// How homeplane reaches the instance: the Service's settings at the address of its pod, once
+/// the pod has one.
+pub async fn instance(ctx: &Context, db: &Database) -> Result<Option<ExternalServer>, Error> {
+    let ns = db.namespace().unwrap_or_default();
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&format!("{}-0", name(db)))
+        .await
+        .map_err(Error::kube("read the managed server's pod"))?;
+    Ok(pod
+        .and_then(|p| p.status?.pod_ip)
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| ExternalServer {
+            host: ip,
+            ..endpoint(db)
+        }))
+}
+
+/// The Database waits for its server (retried soon, never counted towards `Stalled`).
+pub(super) fn waiting(why: String) -> Outcome {
+    Outcome {
+        ready: Desired::no(
+            READY,
+            "WaitingForServer",
+            format!("the managed server is starting ({why})"),
+        ),
+        degraded: None,
+        action: Action::requeue(std::time::Duration::from_secs(5)),
+        retry: false,
+    }
+}
+
+/// Runs the server; once it is ready and accepts connections, how homeplane reaches it;
+/// otherwise the outcome to report (refused before creation, unschedulable, or starting).
 pub(super) async fn converge(
     db: &Database,
     ctx: &Context,
     server: &ManagedServer,
-) -> Result<Result<(), Outcome>, Error> {
+) -> Result<Result<ExternalServer, Outcome>, Error> {
     ensure_admin_secret(db, ctx).await?;
     let owner = Owner::of(db);
     let workloads = [workload(db, server)];
@@ -197,23 +231,15 @@ pub(super) async fn converge(
                 }));
             }
             match rollouts.get(&name(db)) {
-                Some(r) if r.is_ready() => Ok(Ok(())),
-                other => {
-                    let why = match other {
-                        Some(Rollout::Progressing(m) | Rollout::Unschedulable(m)) => m.clone(),
-                        _ => "not created yet".to_string(),
-                    };
-                    Ok(Err(Outcome {
-                        ready: Desired::no(
-                            READY,
-                            "WaitingForServer",
-                            format!("the managed server is starting ({why})"),
-                        ),
-                        degraded: None,
-                        action: Action::requeue(std::time::Duration::from_secs(10)),
-                        retry: false,
-                    }))
+                Some(r) if r.is_ready() => {}
+                Some(Rollout::Progressing(m) | Rollout::Unschedulable(m)) => {
+                    return Ok(Err(waiting(m.clone())));
                 }
+                _ => return Ok(Err(waiting("not created yet".into()))),
+            }
+            match instance(ctx, db).await? {
+                Some(instance) => Ok(Ok(instance)),
+                None => Ok(Err(waiting("its pod has no address yet".into()))),
             }
         }
     }

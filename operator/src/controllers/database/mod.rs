@@ -258,8 +258,11 @@ async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
 /// `pg_read_all_data`. The error says why the Database cannot be read.
 pub async fn observer_options(ctx: &Context, db: &Database) -> Result<PgConnectOptions, String> {
     let ns = db.namespace().unwrap_or_default();
-    let Some(server) = server(db) else {
-        return Err(format!("Database {} names no server", db.name_any()));
+    let Some(server) = server(ctx, db).await.map_err(|e| e.to_string())? else {
+        return Err(format!(
+            "Database {} has no server to read yet (a managed server without a running pod)",
+            db.name_any()
+        ));
     };
     let server = &server;
     match admin_credentials(ctx, &ns, server).await {
@@ -301,12 +304,13 @@ fn role_mark(db: &Database) -> String {
 }
 
 /// How homeplane reaches the server of `db`: the external server as declared, or a managed
-/// server's Service with the admin Secret homeplane made for it.
-pub(crate) fn server(db: &Database) -> Option<ExternalServer> {
+/// server's instance (its pod's address, with the admin Secret homeplane made for it); `None`
+/// while a managed server's pod has no address.
+pub(crate) async fn server(ctx: &Context, db: &Database) -> Result<Option<ExternalServer>, Error> {
     match (&db.spec.server.external, &db.spec.server.managed) {
-        (Some(external), _) => Some(external.clone()),
-        (None, Some(_)) => Some(managed::endpoint(db)),
-        (None, None) => None,
+        (Some(external), _) => Ok(Some(external.clone())),
+        (None, Some(_)) => managed::instance(ctx, db).await,
+        (None, None) => Ok(None),
     }
 }
 
@@ -373,19 +377,23 @@ async fn converge(
     status: &mut DatabaseStatus,
 ) -> Result<Outcome, Error> {
     let ns = db.namespace().unwrap_or_default();
-    if let Some(managed) = &db.spec.server.managed
-        && let Err(waiting) = managed::converge(db, ctx, managed).await?
-    {
-        return Ok(waiting);
-    }
-    let Some(server) = server(db) else {
-        return Ok(Outcome::blocked(
-            "InvalidServer",
-            "spec.server names neither an external nor a managed server".into(),
-            Action::await_change(),
-        ));
+    // Where homeplane connects, and where applications do (the role Secrets' host).
+    let (server, public) = match (&db.spec.server.external, &db.spec.server.managed) {
+        (Some(external), _) => (external.clone(), external.clone()),
+        (None, Some(managed)) => match managed::converge(db, ctx, managed).await? {
+            Ok(instance) => (instance, managed::endpoint(db)),
+            Err(waiting) => return Ok(waiting),
+        },
+        (None, None) => {
+            return Ok(Outcome::blocked(
+                "InvalidServer",
+                "spec.server names neither an external nor a managed server".into(),
+                Action::await_change(),
+            ));
+        }
     };
     let server = &server;
+    let managed = db.spec.server.managed.is_some();
 
     // Dereference: the admin credentials.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -404,7 +412,7 @@ async fn converge(
     let maintenance = pool(ctx, server, &admin_user, &admin_password, "postgres");
     let mut conn = match maintenance.acquire().await {
         Ok(conn) => conn,
-        Err(error) => return Ok(unreachable(server, &error)),
+        Err(error) => return Ok(unreachable(server, &error, managed)),
     };
     status.server_version = catalog::server_version(&mut conn).await.ok();
     let created = created_mark(db);
@@ -439,7 +447,7 @@ async fn converge(
         .await
     {
         Ok(conn) => conn,
-        Err(error) => return Ok(unreachable(server, &error)),
+        Err(error) => return Ok(unreachable(server, &error, managed)),
     };
 
     // Extensions.
@@ -523,7 +531,7 @@ async fn converge(
 
     // Credentials for the roles that got a new password.
     for (role, password) in &passwords {
-        apply_role_secret(db, ctx, server, &dbname, role, password, &rotation).await?;
+        apply_role_secret(db, ctx, &public, &dbname, role, password, &rotation).await?;
     }
     status.role_secrets = db
         .spec
@@ -645,8 +653,8 @@ async fn converge(
     }
     let message = format!(
         "database {dbname} on {}:{} matches the spec: {} role(s), {} tier(s), {} migration(s) applied",
-        server.host,
-        server.port,
+        public.host,
+        public.port,
         db.spec.roles.len(),
         db.spec.tiers.len(),
         status.migrations_applied
@@ -747,7 +755,10 @@ fn sql_error(action: &'static str, source: sqlx::Error) -> Error {
 }
 
 /// The condition for a server that did not let us in.
-fn unreachable(server: &ExternalServer, error: &sqlx::Error) -> Outcome {
+/// The outcome of a failed connection. A managed server that does not answer yet is waited
+/// for (it is homeplane's own, starting or restarting); anything else is a failure retried with
+/// backoff.
+fn unreachable(server: &ExternalServer, error: &sqlx::Error, managed: bool) -> Outcome {
     let auth = match error {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| c == "28P01" || c == "28000"),
         _ => false,
@@ -760,6 +771,11 @@ fn unreachable(server: &ExternalServer, error: &sqlx::Error) -> Outcome {
                 server.host, server.port
             ),
         )
+    } else if managed {
+        managed::waiting(format!(
+            "{}:{} does not accept connections yet: {error}",
+            server.host, server.port
+        ))
     } else {
         Outcome::retrying(
             "ServerUnreachable",
