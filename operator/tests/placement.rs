@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use homeplane_testkit::{Cluster, Operator, Postgres, TestNamespace, TestNode, eventually, suffix};
+use homeplane_testkit::{
+    Cluster, Operator, Postgres, S3Server, TestNamespace, TestNode, eventually, suffix,
+};
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_homeplane");
@@ -782,7 +784,7 @@ spec:
 }
 
 #[test]
-fn a_managed_database_server_is_a_placed_stateful_set_with_its_volume_and_admin_secret() {
+fn a_managed_database_server_is_placed_with_its_volume_serves_its_roles_and_is_backed_up() {
     let cluster = Cluster::shared();
     let ns = TestNamespace::new(cluster, "managed-db").unwrap();
     let node = TestNode::new(cluster, "arm64", "4", "8Gi", 0).unwrap();
@@ -981,6 +983,83 @@ spec:
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // Its backups reach it the same way: pg_dump of the instance, into the bucket.
+    let s3 = S3Server::shared();
+    let bucket = S3Server::bucket_name("managed");
+    let out = std::process::Command::new(BINARY)
+        .args([
+            "backup",
+            "ensure-bucket",
+            "--endpoint",
+            &s3.endpoint,
+            "--bucket",
+            &bucket,
+        ])
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key_file = data.with_extension("age");
+    let out = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let recipient = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key_file)
+        .output()
+        .unwrap()
+        .stdout;
+    let recipient = String::from_utf8(recipient).unwrap().trim().to_string();
+    cluster
+        .kubectl_ok(&[
+            "create",
+            "secret",
+            "generic",
+            "r2",
+            "-n",
+            &ns.name,
+            &format!("--from-literal=accessKeyId={}", s3.access_key_id),
+            &format!("--from-literal=secretAccessKey={}", s3.secret_access_key),
+        ])
+        .unwrap();
+    let backup = format!(
+        r#"apiVersion: homeplane.dev/v1alpha1
+kind: BackupPolicy
+metadata: {{name: homelab}}
+spec:
+  schedule: "0 3 1 1 *"
+  source: {{database: {{name: homelab}}}}
+  destination: {{endpoint: "{endpoint}", bucket: {bucket}, credentialsSecret: r2, partSizeMiB: 5}}
+  recipients: ["{recipient}"]
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: Backup
+metadata: {{name: first}}
+spec: {{policy: homelab}}
+"#,
+        endpoint = s3.endpoint
+    );
+    let (ok, out) = cluster.apply(&ns.name, &backup).unwrap();
+    assert!(ok, "{out}");
+    let message = wait_condition(
+        cluster,
+        "backup",
+        "first",
+        &ns.name,
+        "Ready",
+        "True",
+        "Succeeded",
+    );
+    assert!(message.contains("size and SHA-256 checked"), "{message}");
 
     // deletionPolicy Delete: the server goes with the Database, and so does its volume.
     cluster
