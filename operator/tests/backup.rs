@@ -619,7 +619,7 @@ async fn restore_drills_verify_and_retention_keeps_the_newest_verified() {
 
 /// A claim bound to a statically provisioned hostPath volume (the real PV controller binds
 /// them); returns the volume's name, to delete it at the end (volumes are cluster-scoped).
-fn claim(f: &Fixture, name: &str) -> String {
+fn claim(f: &Fixture, name: &str, mode: &str) -> String {
     let pv = format!("{}-{name}", f.ns.name);
     let yaml = format!(
         r#"apiVersion: v1
@@ -627,7 +627,7 @@ kind: PersistentVolume
 metadata: {{name: {pv}}}
 spec:
   capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
+  accessModes: [{mode}]
   persistentVolumeReclaimPolicy: Retain
   storageClassName: manual
   hostPath: {{path: /var/lib/homeplane-test/{pv}}}
@@ -639,7 +639,7 @@ metadata: {{name: {name}}}
 spec:
   storageClassName: manual
   volumeName: {pv}
-  accessModes: [ReadWriteOnce]
+  accessModes: [{mode}]
   resources: {{requests: {{storage: 1Gi}}}}
 "#,
         ns = f.ns.name
@@ -788,33 +788,42 @@ fn backup_pod(f: &Fixture, backup: &str) -> serde_json::Value {
 async fn a_volume_is_archived_by_a_job_restores_file_for_file_and_is_checked_in_the_bucket() {
     let f = fixture("bkpvc").await;
     let ns = f.ns.name.clone();
-    let pv = claim(&f, "n8n-data");
-    // The app that uses the claim runs on pi-1, with a toleration the Job must copy.
-    let app = r#"apiVersion: v1
+    let pv = claim(&f, "n8n-data", "ReadWriteOnce");
+    let exclusive_pv = claim(&f, "vault-data", "ReadWriteOncePod");
+    // The apps that use the claims run on pi-1; n8n with a toleration the Job must copy.
+    let app = |name: &str, claim: &str| {
+        format!(
+            r#"apiVersion: v1
 kind: Pod
-metadata: {name: n8n}
+metadata: {{name: {name}}}
 spec:
-  nodeSelector: {kubernetes.io/hostname: pi-1}
-  tolerations: [{key: example.com/quiet-hours, operator: Exists, effect: NoSchedule}]
+  nodeSelector: {{kubernetes.io/hostname: pi-1}}
+  tolerations: [{{key: example.com/quiet-hours, operator: Exists, effect: NoSchedule}}]
   containers:
-  - name: n8n
-    image: docker.n8n.io/n8nio/n8n:1.123.81
-    resources: {limits: {cpu: 10m, memory: 16Mi}}
-    volumeMounts: [{name: data, mountPath: /home/node/.n8n}]
-  volumes: [{name: data, persistentVolumeClaim: {claimName: n8n-data}}]
-"#;
+  - name: app
+    image: example/{name}:1
+    resources: {{limits: {{cpu: 10m, memory: 16Mi}}}}
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes: [{{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}]
+"#
+        )
+    };
     for yaml in [
-        app.to_string(),
+        app("n8n", "n8n-data"),
+        app("vault", "vault-data"),
         pvc_policy_yaml(&f, "n8n-data", "n8n-data"),
         pvc_policy_yaml(&f, "nowhere", "no-such-claim"),
+        pvc_policy_yaml(&f, "vault", "vault-data"),
     ] {
         let (ok, text) = f.cluster.apply(&ns, &yaml).unwrap();
         assert!(ok, "{text}");
     }
-    eventually(Duration::from_secs(60), "the app Running", || {
-        Ok((get(f.cluster, &ns, "pod", "n8n", ".status.phase") == "Running").then_some(()))
-    })
-    .unwrap();
+    for pod in ["n8n", "vault"] {
+        eventually(Duration::from_secs(60), &format!("{pod} Running"), || {
+            Ok((get(f.cluster, &ns, "pod", pod, ".status.phase") == "Running").then_some(()))
+        })
+        .unwrap();
+    }
     let _operator = Operator::start(
         BINARY,
         f.cluster,
@@ -833,6 +842,11 @@ spec:
         message.contains("PersistentVolumeClaim") && message.contains("no-such-claim"),
         "{message}"
     );
+
+    // A ReadWriteOncePod claim in use cannot be mounted by a second pod: said at once.
+    create_backup(&f, "vault-1", "vault");
+    let message = failed_with(&f, "vault-1", "ClaimInUse");
+    assert!(message.contains("pod vault uses it"), "{message}");
 
     // The run: a Job on the app's node, with its toleration, the claim read-only, the
     // operator's image, limits; the container's own command line archives the volume.
@@ -1033,9 +1047,11 @@ spec:
     );
 
     f.cluster
-        .kubectl_ok(&["delete", "pod", "n8n", "-n", &ns, "--wait=false"])
+        .kubectl_ok(&["delete", "pod", "n8n", "vault", "-n", &ns, "--wait=false"])
         .unwrap();
-    f.cluster
-        .kubectl_ok(&["delete", "pv", &pv, "--wait=false"])
-        .unwrap();
+    for volume in [&pv, &exclusive_pv] {
+        f.cluster
+            .kubectl_ok(&["delete", "pv", volume, "--wait=false"])
+            .unwrap();
+    }
 }

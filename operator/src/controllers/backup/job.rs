@@ -50,6 +50,8 @@ const MEMORY_OVERHEAD: u64 = 128 << 20;
 /// tolerations.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Consumer {
+    /// The pod's name.
+    pub pod: String,
     /// The node's name.
     pub node: String,
     /// The pod's tolerations.
@@ -408,6 +410,7 @@ mod tests {
     #[test]
     fn a_claim_in_use_is_backed_up_on_its_node_with_its_tolerations() {
         let consumer = Consumer {
+            pod: "ollama-0".into(),
             node: "gpu-1".into(),
             tolerations: vec![Toleration {
                 key: Some("amd.com/gpu".into()),

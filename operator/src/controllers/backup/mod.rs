@@ -349,12 +349,11 @@ async fn start_pvc(
     claim: &str,
 ) -> Result<Action, Error> {
     let ns = b.namespace().unwrap_or_default();
-    let exists = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), &ns)
         .get_opt(claim)
         .await
-        .map_err(Error::kube("read the PersistentVolumeClaim"))?
-        .is_some();
-    if !exists {
+        .map_err(Error::kube("read the PersistentVolumeClaim"))?;
+    let Some(pvc) = pvc else {
         let invalid = Invalid {
             reason: "SourceNotFound",
             message: format!(
@@ -363,8 +362,23 @@ async fn start_pvc(
             ),
         };
         return fail_invalid(b, ctx, status, invalid).await;
-    }
+    };
     let consumer = consumer(ctx, &ns, claim).await?;
+    let exclusive = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.as_ref())
+        .is_some_and(|m| m.iter().any(|m| m == "ReadWriteOncePod"));
+    if let (true, Some(user)) = (exclusive, consumer.as_ref()) {
+        let invalid = Invalid {
+            reason: "ClaimInUse",
+            message: format!(
+                "PersistentVolumeClaim {ns}/{claim} is ReadWriteOncePod and pod {} uses it, so no backup Job can mount it; stop the pod for the backup or use ReadWriteOnce",
+                user.pod
+            ),
+        };
+        return fail_invalid(b, ctx, status, invalid).await;
+    }
     let started_at = now();
     let key = object_key(
         &dest.prefix,
@@ -490,6 +504,7 @@ async fn consumer(ctx: &Context, ns: &str, claim: &str) -> Result<Option<job::Co
         });
         let node = spec.node_name.filter(|_| mounts)?;
         Some(job::Consumer {
+            pod: p.metadata.name.unwrap_or_default(),
             node,
             tolerations: spec.tolerations.unwrap_or_default(),
         })
