@@ -2,7 +2,8 @@
 # Benchmark of placement: reconcile latency from `kubectl apply` of a MemoryServer to its
 # child objects (Deployments and Services of the server and its Redis) existing, over 20
 # MemoryServers applied one after the other; and the operator's RSS with the example homelab
-# (MemoryServer, VoicePipeline, Database, NodeClasses, services) applied and settled.
+# (MemoryServer, VoicePipeline, Database, NodeClasses, services) applied and settled, and again
+# after a restart with 30 MB of other Secrets in the cluster.
 # Prints the figures and writes them to bench/results/placement.txt. Run with `make bench`.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -51,7 +52,9 @@ pg_port=$(python3 -c "import urllib.parse,os; print(urllib.parse.urlparse(os.env
 sleep 20
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$op/status")
 
-# Reconcile latency: apply a MemoryServer, poll (one kubectl process per poll) until its
+# Reconcile latency: apply a MemoryServer (on the GPU node's class: the example homelab leaves
+# the Pi almost full, and a MemoryServer that does not fit is refused before creation), poll
+# (one kubectl process per poll) until its
 # Deployments and Services exist. The same apply-and-poll of a ConfigMap, which needs no
 # controller, is the client overhead included in the figure.
 children() { # children NAME -> number of child objects that exist
@@ -67,9 +70,9 @@ kind: MemoryServer
 metadata: {name: bench-$i}
 spec:
   image: example/memory:1
-  placement: {class: pi, cpu: 5m, memory: 16Mi}
+  placement: {class: gpu, cpu: 5m, memory: 16Mi}
   database: {name: homelab}
-  cache: {managed: {placement: {class: pi, cpu: 5m, memory: 16Mi}}}
+  cache: {managed: {placement: {class: gpu, cpu: 5m, memory: 16Mi}}}
   embedding: {endpoint: {url: "http://127.0.0.1:9", model: bench}}
 YAML
   deadline=$(( $(date +%s) + 30 ))
@@ -97,6 +100,28 @@ overhead=$(printf '%s\n' "${overheads[@]}" | percentiles)
 summary=$(printf '%s\n' "${latencies[@]}" | percentiles)
 rss_after=$(awk '/VmRSS/ {print $2}' "/proc/$op/status")
 
+# A cluster's other Secrets must not weigh on the operator: restarted (everything in its first
+# list), then restarted again with 150 more Secrets of 200 KB (what Helm keeps for release
+# history), created by the API (no last-applied copy).
+restart() { # restart: sets rss_now and hwm_now (KiB), 25 s after the start
+  kill "$op"; wait "$op" 2>/dev/null || true
+  RUST_LOG=warn "$homeplane" run --http-addr "127.0.0.1:$port" --leader-election-namespace homeplane-system \
+    --identity bench > "$work/operator.log" 2>&1 &
+  op=$!
+  sleep 25
+  rss_now=$(awk '/VmRSS/ {print $2}' "/proc/$op/status")
+  hwm_now=$(awk '/VmHWM/ {print $2}' "/proc/$op/status")
+}
+restart
+rss_restart=$rss_now hwm_restart=$hwm_now
+"$kubectl" create namespace helm-releases >/dev/null
+blob=$(head -c 150000 /dev/urandom | base64 -w0 | head -c 200000)
+for i in $(seq 1 150); do
+  printf -- '---\napiVersion: v1\nkind: Secret\nmetadata: {name: sh.helm.release.v1.app.v%s, namespace: helm-releases}\ntype: helm.sh/release.v1\ndata: {release: %s}\n' "$i" "$blob"
+done | "$kubectl" create -f - >/dev/null
+restart
+rss_secrets=$rss_now hwm_secrets=$hwm_now
+
 mkdir -p bench/results
 {
   echo "# homeplane placement — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores"
@@ -104,4 +129,6 @@ mkdir -p bench/results
   echo "  client overhead in that figure (kubectl apply + one kubectl get of a ConfigMap): $overhead"
   echo "operator RSS, example homelab applied and settled (KiB): $rss"
   echo "operator RSS after 20 more MemoryServers (KiB): $rss_after"
+  echo "operator restarted (all of it in its first lists): RSS $rss_restart KiB, peak $hwm_restart KiB"
+  echo "  and with 150 more Secrets of 200 KB in the cluster (30 MB): RSS $rss_secrets KiB, peak $hwm_secrets KiB"
 } | tee bench/results/placement.txt

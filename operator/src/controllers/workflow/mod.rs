@@ -15,11 +15,12 @@ use homeplane_crds::common::DeletionPolicy;
 use homeplane_crds::workflow::{DriftAction, Execution, Workflow, WorkflowStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -56,25 +57,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let controller = Controller::new(ctx.watched::<Workflow>(), watcher::Config::default());
     let workflows = controller.store();
     let by_secret = workflows.clone();
+    // Metadata only: which object changed is all that is needed, and a cluster's Secrets (Helm
+    // keeps every release in one) must never all be held by the operator on a Pi.
+    let config_maps = watcher(
+        ctx.watched::<PartialObjectMeta<ConfigMap>>(),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let secrets = watcher(
+        ctx.watched::<PartialObjectMeta<Secret>>(),
+        watcher::Config::default(),
+    )
+    .touched_objects();
     controller
-        .watches(
-            ctx.watched::<ConfigMap>(),
-            watcher::Config::default(),
-            move |cm| {
-                referring(&workflows.state(), &cm, |wf| {
-                    wf.spec.definition_from.as_ref().map(|r| r.name.as_str())
-                })
-            },
-        )
-        .watches(
-            ctx.watched::<Secret>(),
-            watcher::Config::default(),
-            move |secret| {
-                referring(&by_secret.state(), &secret, |wf| {
-                    Some(wf.spec.n8n.api_key_secret.name.as_str())
-                })
-            },
-        )
+        .watches_stream(config_maps, move |cm| {
+            referring(&workflows.state(), &cm, |wf| {
+                wf.spec.definition_from.as_ref().map(|r| r.name.as_str())
+            })
+        })
+        .watches_stream(secrets, move |secret| {
+            referring(&by_secret.state(), &secret, |wf| {
+                Some(wf.spec.n8n.api_key_secret.name.as_str())
+            })
+        })
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(
             reconcile,
