@@ -347,4 +347,20 @@ fn the_install_manifests_and_the_example_homelab_are_valid() {
             "{expected} not in:\n{placed}"
         );
     }
+    // The restore Job of the README is accepted as it is written.
+    let out = cluster
+        .kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "-f",
+            &root
+                .join("examples/restore/pvc-restore-job.yaml")
+                .to_string_lossy(),
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "examples/restore/pvc-restore-job.yaml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
