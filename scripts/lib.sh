@@ -10,6 +10,10 @@ export GOFLAGS="-mod=mod -buildvcs=false"
 # per checkout, so that two checkouts building side by side never run each other's binary.
 export CARGO_BUILD_BUILD_DIR="${CARGO_BUILD_BUILD_DIR:-$HOMEPLANE_CACHE/target}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOMEPLANE_CACHE/out/$(printf '%s' "$HOMEPLANE_ROOT" | sha256sum | cut -c1-12)}"
+# No incremental compilation: every checkout (and every change of features) kept its own
+# incremental state of the workspace crates in the shared build directory, which grew to 27 GB
+# and filled the disk; a fresh checkout rebuilds its own crates once anyway (below).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # The workspace's own crates get the same artifact names in every checkout, and cargo judges
 # them fresh by the files of the checkout that built them last. So when the build directory
 # was last used by another checkout, this checkout's sources are touched: its own crates are

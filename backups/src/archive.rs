@@ -2,7 +2,8 @@
 //!
 //! Writing walks the tree without following symbolic links, in a stable order (names sorted,
 //! a directory's entries before its subdirectories' contents), and keeps modes, owners and
-//! modification times. Each regular file is opened and its size read from the open file; the
+//! modification times; a file with several names is stored once and its other names as hard
+//! links. Each regular file is opened and its size read from the open file; the
 //! archive records exactly that many bytes. A file that shrinks while it is read is padded
 //! with zeros and one that changes is reported (as GNU tar does, "file changed as we read
 //! it"); a file removed between listing and reading is reported as vanished. Sockets, FIFOs and
@@ -13,8 +14,10 @@
 //! source; when the writer fails, the source's last read is an error, so a failed archive can
 //! never be uploaded as a complete one.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +42,9 @@ pub struct ArchiveStats {
     pub directories: u64,
     /// Symbolic links.
     pub symlinks: u64,
+    /// Hard links to a file archived earlier (its data is stored once).
+    #[serde(default)]
+    pub hard_links: u64,
     /// Bytes of file contents.
     pub bytes: u64,
     /// Files whose size or modification time changed while they were read.
@@ -168,6 +174,8 @@ pub fn write_tree<W: Write>(root: &Path, out: W) -> Result<(ArchiveStats, W), Ar
         return Err(ArchiveError::NotADirectory(root.to_path_buf()));
     }
     let mut stats = ArchiveStats::default();
+    // Files with more than one name, by (device, inode): the first name archived.
+    let mut linked: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut builder = tar::Builder::new(out);
     builder.mode(HeaderMode::Complete);
     builder.follow_symlinks(false);
@@ -228,6 +236,23 @@ pub fn write_tree<W: Write>(root: &Path, out: W) -> Result<(ArchiveStats, W), Ar
                     .append_link(&mut header, &rel, &target)
                     .map_err(ArchiveError::Write)?;
                 stats.symlinks += 1;
+            } else if kind.is_file() && meta.nlink() > 1 {
+                match linked.get(&(meta.dev(), meta.ino())) {
+                    Some(first) => {
+                        let mut header = Header::new_gnu();
+                        header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+                        header.set_entry_type(EntryType::Link);
+                        header.set_size(0);
+                        builder
+                            .append_link(&mut header, &rel, first)
+                            .map_err(ArchiveError::Write)?;
+                        stats.hard_links += 1;
+                    }
+                    None => {
+                        append_file(&mut builder, &full, &rel, &mut stats)?;
+                        linked.insert((meta.dev(), meta.ino()), rel.clone());
+                    }
+                }
             } else if kind.is_file() {
                 append_file(&mut builder, &full, &rel, &mut stats)?;
             } else {
@@ -370,6 +395,7 @@ fn count(stats: &mut ArchiveStats, kind: EntryType, bytes: u64) {
     match kind {
         EntryType::Directory => stats.directories += 1,
         EntryType::Symlink => stats.symlinks += 1,
+        EntryType::Link => stats.hard_links += 1,
         EntryType::Regular | EntryType::Continuous => {
             stats.files += 1;
             stats.bytes += bytes;
@@ -619,6 +645,28 @@ mod tests {
         let back: JobReport = serde_json::from_str(&text).unwrap();
         assert_eq!(back.archive.unwrap().changed.count, NAMED as u64);
         assert_eq!(back.reason.as_deref(), Some("SourceFailed"));
+    }
+
+    #[test]
+    fn hard_links_are_stored_once_and_restored_as_links() {
+        use std::os::unix::fs::MetadataExt;
+        let src = tree();
+        fs::hard_link(
+            src.path().join("config/nested/big.bin"),
+            src.path().join("big-again.bin"),
+        )
+        .unwrap();
+        let (stats, bytes) = archive(src.path());
+        assert_eq!((stats.files, stats.hard_links), (4, 1));
+        assert_eq!(stats.bytes, 7 + 300_000 + 18 + 9, "the data is stored once");
+        assert_eq!(check(&bytes[..]).unwrap(), stats);
+        let out = tempfile::tempdir().unwrap();
+        let target = out.path().join("restored");
+        unpack(&bytes[..], &target, UnpackOptions::default()).unwrap();
+        let a = fs::metadata(target.join("big-again.bin")).unwrap();
+        let b = fs::metadata(target.join("config/nested/big.bin")).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+        assert_eq!(snapshot(&target), snapshot(src.path()));
     }
 
     #[test]

@@ -309,6 +309,9 @@ pub fn archive_note(a: &ArchiveStats) -> String {
         "; {} files, {} directories, {} symbolic links",
         a.files, a.directories, a.symlinks
     );
+    if a.hard_links > 0 {
+        note.push_str(&format!(", {} hard links", a.hard_links));
+    }
     let named = |paths: &[String], count: u64| {
         let mut list = paths.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
         if count > 3 {
