@@ -73,8 +73,10 @@ down() {
     kill "$(cat "$dir/pid")" 2>/dev/null || true
     rm -f "$dir/pid"
   fi
-  # Podman leaves its overlay storage mounted; unmount it so that the folder can be removed.
-  umount "$dir/storage/overlay" 2>/dev/null || true
+  # Podman leaves its overlay storage mounted, sometimes more than once (each podman command
+  # may mount it); unmount every layer so that the folder can be removed.
+  local n=0
+  while [ "$n" -lt 20 ] && umount "$dir/storage/overlay" 2>/dev/null; do n=$((n + 1)); done
   log "Podman API service in $dir stopped"
 }
 
