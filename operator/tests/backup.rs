@@ -835,6 +835,42 @@ spec:
     let data = f.dir.join("volume");
     volume_tree(&data);
 
+    // A policy whose claim does not exist says so before any run; one whose claim and
+    // credentials are there is Scheduled.
+    let ready = |policy: &str| {
+        let path = ".status.conditions[?(@.type==\"Ready\")]";
+        (
+            get(
+                f.cluster,
+                &ns,
+                "backuppolicy",
+                policy,
+                &format!("{path}.reason"),
+            ),
+            get(
+                f.cluster,
+                &ns,
+                "backuppolicy",
+                policy,
+                &format!("{path}.message"),
+            ),
+        )
+    };
+    let mut last = Default::default();
+    eventually(
+        Duration::from_secs(60),
+        "the policies' Ready conditions",
+        || {
+            last = (ready("nowhere"), ready("n8n-data"));
+            let ((reason, message), (fine, _)) = &last;
+            Ok((reason == "SourceNotFound"
+                && message.contains("no-such-claim")
+                && fine == "Scheduled")
+                .then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}; last {last:?}"));
+
     // A claim that does not exist: refused at once, no Job.
     create_backup(&f, "nowhere-1", "nowhere");
     let message = failed_with(&f, "nowhere-1", "SourceNotFound");

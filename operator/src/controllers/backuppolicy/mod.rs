@@ -409,20 +409,44 @@ async fn reconcile(p: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Er
     };
     let message =
         format!("{next}; {succeeded} successful backups kept, {verified} verified{history}");
-    conditions::set(
-        &mut status.conditions,
-        Desired::yes(READY, "Scheduled", message),
-        generation,
-        now(),
-    );
-    match retention_problem {
-        Some(m) => conditions::set(
-            &mut status.conditions,
-            Desired::yes(DEGRADED, "RetentionFailed", m),
-            generation,
-            now(),
-        ),
-        None => conditions::remove(&mut status.conditions, DEGRADED),
+    // What the next run would need, checked now rather than at 3 am.
+    let problem = match source_problem(&ctx, &p).await? {
+        Some(invalid) => Some(invalid),
+        None => resolve::destination(&ctx, &p).await?.err(),
+    };
+    match problem {
+        Some(invalid) => {
+            let message = format!("{} ({next})", invalid.message);
+            conditions::set(
+                &mut status.conditions,
+                Desired::no(READY, invalid.reason, message.clone()),
+                generation,
+                now(),
+            );
+            conditions::set(
+                &mut status.conditions,
+                Desired::yes(DEGRADED, invalid.reason, message),
+                generation,
+                now(),
+            );
+        }
+        None => {
+            conditions::set(
+                &mut status.conditions,
+                Desired::yes(READY, "Scheduled", message),
+                generation,
+                now(),
+            );
+            match retention_problem {
+                Some(m) => conditions::set(
+                    &mut status.conditions,
+                    Desired::yes(DEGRADED, "RetentionFailed", m),
+                    generation,
+                    now(),
+                ),
+                None => conditions::remove(&mut status.conditions, DEGRADED),
+            }
+        }
     }
     if status != old || p.status.is_none() {
         apply_status(&api(&p, &ctx), &p, &status).await?;
@@ -441,6 +465,46 @@ async fn reconcile(p: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Er
     .unwrap_or(RESYNC)
     .min(RESYNC);
     Ok(Action::requeue(wake))
+}
+
+/// Whether the policy's source exists: its Database or its PersistentVolumeClaim.
+async fn source_problem(ctx: &Context, p: &BackupPolicy) -> Result<Option<Invalid>, Error> {
+    let ns = p.namespace().unwrap_or_default();
+    let source = &p.spec.source;
+    if let Some(db) = &source.database {
+        let found = Api::<homeplane_crds::database::Database>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&db.name)
+            .await
+            .map_err(Error::kube("read the source Database"))?;
+        if found.is_none() {
+            return Ok(Some(Invalid {
+                reason: "SourceNotFound",
+                message: format!(
+                    "Database {ns}/{} (spec.source.database) does not exist; its backups will fail until it does",
+                    db.name
+                ),
+            }));
+        }
+    }
+    if let Some(pvc) = &source.pvc {
+        let found = Api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>::namespaced(
+            ctx.client.clone(),
+            &ns,
+        )
+        .get_opt(&pvc.claim_name)
+        .await
+        .map_err(Error::kube("read the source PersistentVolumeClaim"))?;
+        if found.is_none() {
+            return Ok(Some(Invalid {
+                reason: "SourceNotFound",
+                message: format!(
+                    "PersistentVolumeClaim {ns}/{} (spec.source.pvc.claimName) does not exist; its backups will fail until it does",
+                    pvc.claim_name
+                ),
+            }));
+        }
+    }
+    Ok(None)
 }
 
 type DrillFailure = (&'static str, String, Vec<VerificationCheck>);
