@@ -15,17 +15,16 @@ use homeplane_backups::crypto::Compress;
 use homeplane_crds::backup::{Backup, BackupPolicy};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SecretKeySelector, SecurityContext, Toleration, Volume,
-    VolumeMount,
+    Affinity, Capabilities, Container, EnvVar, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 use crate::controllers::agent::rbac::label_value;
-use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL};
+use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, env_from_secret};
 
 /// Label with the Backup's name on its Job and pod. (The test cluster's KWOK leaves pods with
 /// this label running, so that tests decide how each run ends.)
@@ -96,21 +95,6 @@ pub fn labels(backup: &Backup) -> BTreeMap<String, String> {
 /// Memory limit of the Job: the parts in flight plus a fixed overhead.
 pub fn memory_bytes(plan: PartPlan) -> u64 {
     plan.memory_bound() + MEMORY_OVERHEAD
-}
-
-fn env_from_secret(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_string(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.to_string(),
-                key: key.to_string(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
 }
 
 /// The Job of a PVC backup.

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use homeplane_crds::database::{Database, ExternalServer, ManagedServer, SslMode};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, Pod, Secret, SecretKeySelector};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
@@ -27,7 +27,7 @@ use crate::conditions::{Desired, READY};
 use crate::controllers::{Context, Error};
 use crate::workload::apply::{Converged, converge as converge_workloads, unschedulable};
 use crate::workload::rollout::Rollout;
-use crate::workload::{NamedPort, Owner, Storage, Workload};
+use crate::workload::{NamedPort, Owner, Storage, Workload, env_from_secret};
 
 /// PostgreSQL's port.
 pub const PORT: i32 = 5432;
@@ -57,21 +57,6 @@ pub fn endpoint(db: &Database) -> ExternalServer {
     }
 }
 
-fn from_secret(env: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: env.to_string(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.to_string(),
-                key: key.to_string(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
-}
-
 /// The server as a workload.
 pub fn workload(db: &Database, server: &ManagedServer) -> Workload {
     let secret = admin_secret_name(db);
@@ -82,8 +67,8 @@ pub fn workload(db: &Database, server: &ManagedServer) -> Workload {
         image: server.image.clone(),
         args: Vec::new(),
         env: vec![
-            from_secret("POSTGRES_USER", &secret, "username"),
-            from_secret("POSTGRES_PASSWORD", &secret, "password"),
+            env_from_secret("POSTGRES_USER", &secret, "username"),
+            env_from_secret("POSTGRES_PASSWORD", &secret, "password"),
             EnvVar {
                 name: "PGDATA".into(),
                 value: Some(format!("{MOUNT}/pgdata")),

@@ -4,10 +4,10 @@
 
 use homeplane_crds::common::Placement;
 use homeplane_crds::memory::MemoryServer;
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+use k8s_openapi::api::core::v1::EnvVar;
 use kube::ResourceExt;
 
-use crate::workload::{NamedPort, Workload};
+use crate::workload::{NamedPort, Workload, env_from_secret};
 
 /// Port the memory server serves on.
 pub const SERVER_PORT: i32 = 8080;
@@ -69,18 +69,7 @@ fn value(name: &str, value: impl Into<String>) -> EnvVar {
 /// the memory role; its `uri` key becomes `DATABASE_URL` without homeplane ever reading it.
 pub fn server_env(ms: &MemoryServer, role_secret: &str) -> Vec<EnvVar> {
     let mut env = vec![
-        EnvVar {
-            name: "DATABASE_URL".into(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: role_secret.to_string(),
-                    key: "uri".into(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-        },
+        env_from_secret("DATABASE_URL", role_secret, "uri"),
         value("MEMORY_SCHEMA", &ms.spec.database.schema),
     ];
     if let Some(url) = redis_url(ms) {
