@@ -592,7 +592,7 @@ async fn follow_job(b: &Backup, ctx: &Context, status: BackupStatus) -> Result<A
                 Ok(Action::await_change())
             }
             Err((reason, message)) => {
-                let cleaned = discard(b, ctx, &key).await?;
+                let cleaned = discard_in(&dest.store, &key).await;
                 let message = format!(
                     "Job {name} finished, but its backup does not check out: {message}.{cleaned}"
                 );
@@ -772,13 +772,18 @@ async fn discard(b: &Backup, ctx: &Context, key: &str) -> Result<&'static str, E
     let Ok(dest) = resolve::destination(ctx, &policy).await? else {
         return Ok("");
     };
-    Ok(match dest.store.discard(key).await {
+    Ok(discard_in(&dest.store, key).await)
+}
+
+/// Removes what a run left under `key` in `store`; says how that went, for a message.
+async fn discard_in(store: &homeplane_backups::store::Store, key: &str) -> &'static str {
+    match store.discard(key).await {
         Ok(()) => " What it had uploaded was removed.",
         Err(e) => {
             warn!(error = %e, "removing the upload of a failed backup failed");
             " Removing what it had uploaded failed; retention removes it later."
         }
-    })
+    }
 }
 
 async fn fail_invalid(

@@ -73,15 +73,12 @@ pub fn validate(
     Ok((recipients, compress, plan))
 }
 
-/// Resolves a policy's destination, reading its credentials Secret.
-pub async fn destination(
+/// The bucket credentials of a policy from its Secret (keys `accessKeyId`, `secretAccessKey`);
+/// the inner error says the Secret or a key is missing.
+pub async fn credentials(
     ctx: &Context,
     policy: &BackupPolicy,
-) -> Result<Result<Destination, Invalid>, Error> {
-    let (recipients, compress, plan) = match validate(policy) {
-        Ok(v) => v,
-        Err(invalid) => return Ok(Err(invalid)),
-    };
+) -> Result<Result<(String, String), Invalid>, Error> {
     let ns = policy.namespace().unwrap_or_default();
     let dest = &policy.spec.destination;
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
@@ -102,6 +99,23 @@ pub async fn destination(
             ),
         )));
     };
+    Ok(Ok((access_key_id, secret_access_key)))
+}
+
+/// Resolves a policy's destination, reading its credentials Secret.
+pub async fn destination(
+    ctx: &Context,
+    policy: &BackupPolicy,
+) -> Result<Result<Destination, Invalid>, Error> {
+    let (recipients, compress, plan) = match validate(policy) {
+        Ok(v) => v,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
+    let (access_key_id, secret_access_key) = match credentials(ctx, policy).await? {
+        Ok(c) => c,
+        Err(invalid) => return Ok(Err(invalid)),
+    };
+    let dest = &policy.spec.destination;
     let store = Store::new(&S3Config {
         endpoint: dest.endpoint.clone(),
         bucket: dest.bucket.clone(),

@@ -412,7 +412,8 @@ async fn reconcile(p: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Er
     // What the next run would need, checked now rather than at 3 am.
     let problem = match source_problem(&ctx, &p).await? {
         Some(invalid) => Some(invalid),
-        None => resolve::destination(&ctx, &p).await?.err(),
+        // The Secret only: the S3 client is built when a run or retention needs it.
+        None => resolve::credentials(&ctx, &p).await?.err(),
     };
     match problem {
         Some(invalid) => {
