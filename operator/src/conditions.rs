@@ -11,6 +11,8 @@ pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
 /// The object's workloads are rolling out.
 pub const PROGRESSING: &str = "Progressing";
+/// homeplane stopped trying: a person must change the spec or the world outside (kstatus).
+pub const STALLED: &str = "Stalled";
 
 /// A condition to set, without the bookkeeping fields.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The `homeplane` binary: parse the command line and hand over.
 
 mod backup_cli;
+mod cache;
 mod cli;
 mod conditions;
 mod controllers;

@@ -1,14 +1,20 @@
 //! Prometheus metrics of the operator, prefixed `homeplane_`. Label values are bounded: the
-//! controller name and the error category, never an object name or error text.
+//! controller name, the error category, the names of objects a person declared — never error
+//! text.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::cache::Caches;
+use crate::conditions::{READY, STALLED};
 
 /// Labels of per-controller metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,7 +66,67 @@ pub struct BackupFailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of per-object metrics: one series per homeplane object a person declared.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    /// The kind, e.g. `Database`.
+    pub kind: &'static str,
+    /// The namespace; empty for cluster-scoped kinds.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
 type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// The health of every homeplane object, read from the shared watch caches at each scrape, so
+/// that a deleted object leaves no series behind. Empty until the caches are attached.
+#[derive(Default)]
+struct ObjectHealth(OnceLock<Caches>);
+
+impl std::fmt::Debug for ObjectHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ObjectHealth")
+    }
+}
+
+impl Collector for ObjectHealth {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(caches) = self.0.get() else {
+            return Ok(());
+        };
+        let ready = Family::<ObjectLabels, Gauge>::default();
+        let stalled = Family::<ObjectLabels, Gauge>::default();
+        for health in caches.health() {
+            let labels = ObjectLabels {
+                kind: health.kind,
+                namespace: health.namespace.clone(),
+                name: health.name.clone(),
+            };
+            ready
+                .get_or_create(&labels)
+                .set(i64::from(health.is_true(READY)));
+            stalled
+                .get_or_create(&labels)
+                .set(i64::from(health.is_true(STALLED)));
+        }
+        let help = "1 while a homeplane object's Ready condition is True, 0 otherwise (also before its first status)";
+        ready.encode(encoder.encode_descriptor(
+            "object_ready",
+            help,
+            None,
+            ready.metric_type(),
+        )?)?;
+        let help = "1 while a homeplane object's Stalled condition is True: a person must change something";
+        stalled.encode(encoder.encode_descriptor(
+            "object_stalled",
+            help,
+            None,
+            stalled.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
 
 /// The operator's metrics and the registry that serves them.
 pub struct Metrics {
@@ -77,6 +143,7 @@ pub struct Metrics {
     backup_bytes: Family<PolicyLabels, Gauge>,
     backup_duration: Family<PolicyLabels, FloatGauge>,
     backup_failures: Family<BackupFailureLabels, Counter>,
+    objects: Arc<ObjectHealth>,
 }
 
 impl Default for Metrics {
@@ -158,8 +225,11 @@ impl Default for Metrics {
             "Backups and restore drills that failed, per policy and reason",
             backup_failures.clone(),
         );
+        let objects = Arc::new(ObjectHealth::default());
+        registry.register_collector(Box::new(objects.clone()));
         Self {
             registry,
+            objects,
             reconciles,
             errors,
             durations,
@@ -219,6 +289,12 @@ impl Metrics {
     /// Records a successful restore drill of a policy.
     pub fn backup_verified(&self, policy: PolicyLabels, at: f64) {
         self.backup_last_verified.get_or_create(&policy).set(at);
+    }
+
+    /// Exports the health of every object in `caches` (`homeplane_object_ready`,
+    /// `homeplane_object_stalled`) from now on; the first caches attached stay.
+    pub fn watch_objects(&self, caches: Caches) {
+        let _ = self.objects.0.set(caches);
     }
 
     /// Records whether this replica leads.

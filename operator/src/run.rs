@@ -62,6 +62,11 @@ async fn lead_and_reconcile(
         () = shutdown.cancelled() => return Ok(()),
     }
     health.ready.store(true, Ordering::Relaxed);
+    // Every replica, the standby too, keeps the shared watch caches (read by the per-object
+    // metrics); the tasks end with `shutdown` or when this function returns.
+    let (caches, _cache_tasks) =
+        crate::cache::Caches::start(&client, args.watch_namespace.as_deref(), &shutdown);
+    metrics.watch_objects(caches);
 
     let elector = args.leader_elect.then(|| {
         let timing = leader::Timing {

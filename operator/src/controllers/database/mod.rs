@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
 use super::{Context, Error, FIELD_MANAGER, apply_status, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, READY};
+use crate::conditions::{self, DEGRADED, Desired, READY, STALLED};
 use sql::audited;
 
 const CONTROLLER: &str = "database";
@@ -42,8 +42,6 @@ const CONTROLLER: &str = "database";
 const RESYNC: Duration = Duration::from_secs(120);
 /// Failed attempts in a row before the Database is `Stalled`.
 const MAX_ATTEMPTS: i32 = 5;
-/// Condition set when homeplane stopped retrying.
-const STALLED: &str = "Stalled";
 /// Most plan lines kept in status.
 const MAX_PLAN_LINES: usize = 50;
 /// Annotation on role Secrets: the `rotatePasswords` value their password was made for.
