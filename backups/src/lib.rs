@@ -5,9 +5,12 @@
 pub mod archive;
 pub mod crypto;
 pub mod manifest;
+pub mod memory;
 pub mod parts;
 pub mod pipeline;
 pub mod postgres;
+pub mod publish;
+pub mod restore;
 pub mod retention;
 pub mod source;
 pub mod store;

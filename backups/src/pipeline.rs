@@ -3,8 +3,8 @@
 //! the truthful completion: complete the upload to a staging key, check its size, publish it
 //! under the final key with the checksum in its metadata (a server-side copy, refused if the
 //! key exists), check again, write the manifest. Any failure aborts the upload and removes
-//! whatever was written. Restore: download → verify size and checksum while streaming → age
-//! decrypt with an identity → zstd decompress → sink.
+//! whatever was written. Restore ([`crate::restore`], re-exported here): download → verify
+//! size and checksum while streaming → age decrypt with an identity → zstd decompress → sink.
 //!
 //! Memory: compression and encryption run on one blocking thread that fills part buffers; a
 //! semaphore with `concurrency` permits is taken before a buffer is started and released when
@@ -17,20 +17,24 @@ use std::sync::{Arc, Mutex};
 
 use age::x25519;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::io::SyncIoBridge;
 
-use crate::crypto::{self, Compress, Identity, StreamError};
+use crate::crypto::{self, Compress};
 use crate::manifest::{self, Manifest, SourceInfo};
 use crate::parts::{MAX_PARTS, PartPlan};
 use crate::store::{S3Error, S3FailureKind, Store, manifest_key, staging_key};
+
+pub use crate::publish::{check_published, read_capped};
+use crate::publish::{check_size, publish, refuse_existing};
+pub use crate::restore::{RestoreError, RestoreReport, restore};
 
 /// Version written to manifests and object metadata.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -90,6 +94,30 @@ pub enum BackupError {
     /// A pipeline task stopped unexpectedly.
     #[error("the backup pipeline stopped unexpectedly: {0}")]
     Internal(String),
+}
+
+/// Every reason a backup run can fail with, as [`BackupError::reason`] and the volume Job
+/// (`homeplane backup pvc`, which adds `InvalidArguments`) report them: the one list an
+/// operator matches a reason read from a Job against.
+pub const REASONS: [&str; 13] = [
+    "SourceFailed",
+    "EncryptionFailed",
+    "SizeMismatch",
+    "ChecksumMismatch",
+    "TooManyParts",
+    "NotUploaded",
+    "Internal",
+    "InvalidArguments",
+    "EndpointUnreachable",
+    "CredentialsRefused",
+    "NotFound",
+    "AlreadyExists",
+    "S3Error",
+];
+
+/// `text` as one of the known [`REASONS`], if it is one.
+pub fn known_reason(text: &str) -> Option<&'static str> {
+    REASONS.iter().find(|r| **r == text).copied()
 }
 
 impl BackupError {
@@ -462,68 +490,6 @@ where
     })
 }
 
-/// Checks, from the bucket alone, a backup that another process wrote (the Job of a PVC
-/// backup): its manifest is there and names it, the object has the manifest's size and carries
-/// the manifest's SHA-256 in its metadata. Returns the manifest.
-pub async fn check_published(store: &Store, key: &str) -> Result<Manifest, BackupError> {
-    let manifest_key = manifest_key(key);
-    let body = match store
-        .client()
-        .get_object()
-        .bucket(store.bucket())
-        .key(&manifest_key)
-        .send()
-        .await
-    {
-        Ok(out) => out.body.collect().await.map_err(|e| {
-            BackupError::S3(S3Error {
-                action: format!("reading the manifest {manifest_key}"),
-                detail: e.to_string(),
-                kind: S3FailureKind::Other,
-            })
-        })?,
-        Err(e) => {
-            let e = S3Error::from_sdk(format!("reading the manifest {manifest_key}"), e);
-            if e.kind == S3FailureKind::NotFound {
-                return Err(BackupError::NotPublished(format!(
-                    "the run reported success but there is no manifest {manifest_key} in bucket {}",
-                    store.bucket()
-                )));
-            }
-            return Err(e.into());
-        }
-    };
-    let manifest: Manifest = serde_json::from_slice(&body.into_bytes()).map_err(|e| {
-        BackupError::NotPublished(format!("the manifest {manifest_key} cannot be read: {e}"))
-    })?;
-    if manifest.object_key != key || manifest.format != manifest::FORMAT {
-        return Err(BackupError::NotPublished(format!(
-            "the manifest {manifest_key} describes {} ({}), not {key}",
-            manifest.object_key, manifest.format
-        )));
-    }
-    let info = check_size(store, key, manifest.encrypted_bytes).await?;
-    if info.get("sha256") != Some(&manifest.sha256) {
-        return Err(BackupError::ChecksumMismatch {
-            key: key.to_string(),
-            found: info.get("sha256").cloned(),
-            sent: manifest.sha256,
-        });
-    }
-    Ok(manifest)
-}
-
-async fn refuse_existing(store: &Store, key: &str) -> Result<(), BackupError> {
-    if store.head(key).await?.is_some() {
-        return Err(BackupError::S3(S3Error {
-            action: format!("publishing {key}"),
-            detail: "an object with this key already exists and is never overwritten".into(),
-            kind: S3FailureKind::AlreadyExists,
-        }));
-    }
-    Ok(())
-}
-
 fn internal(e: impl std::fmt::Display) -> BackupError {
     BackupError::Internal(e.to_string())
 }
@@ -581,332 +547,38 @@ async fn upload_part(
         .build())
 }
 
-async fn check_size(
-    store: &Store,
-    key: &str,
-    sent: u64,
-) -> Result<HashMap<String, String>, BackupError> {
-    match store.head(key).await? {
-        Some(info) if info.size == sent => Ok(info.metadata),
-        Some(info) => Err(BackupError::SizeMismatch {
-            key: key.to_string(),
-            found: info.size,
-            sent,
-        }),
-        None => Err(BackupError::SizeMismatch {
-            key: key.to_string(),
-            found: 0,
-            sent,
-        }),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_from_a_bucket_are_capped() {
+        let small = ByteStream::from(vec![b'x'; 100]);
+        assert_eq!(read_capped(small, 100).await.unwrap().len(), 100);
+        let large = ByteStream::from(vec![b'x'; 101]);
+        let error = read_capped(large, 100).await.unwrap_err();
+        assert!(
+            error.contains("larger than the 100 bytes expected"),
+            "{error}"
+        );
     }
-}
 
-/// Server-side copy of the checked staging object to its final key with its metadata, refused
-/// when the key exists; part by part above the single-copy limit.
-async fn publish(
-    store: &Store,
-    staging: &str,
-    key: &str,
-    size: u64,
-    part_size: u64,
-    metadata: HashMap<String, String>,
-) -> Result<(), BackupError> {
-    let source = format!("{}/{}", store.bucket(), staging);
-    let client = store.client();
-    if size <= store.copy_in_one_limit {
-        client
-            .copy_object()
-            .bucket(store.bucket())
-            .key(key)
-            .copy_source(&source)
-            .metadata_directive(MetadataDirective::Replace)
-            .set_metadata(Some(metadata))
-            .content_type("application/octet-stream")
-            .if_none_match("*")
-            .send()
-            .await
-            .map_err(|e| S3Error::from_sdk(format!("publishing {key}"), e))?;
-        return Ok(());
-    }
-    let upload_id = client
-        .create_multipart_upload()
-        .bucket(store.bucket())
-        .key(key)
-        .set_metadata(Some(metadata))
-        .content_type("application/octet-stream")
-        .send()
-        .await
-        .map_err(|e| S3Error::from_sdk(format!("starting to publish {key}"), e))?
-        .upload_id()
-        .map(String::from)
-        .ok_or_else(|| BackupError::Internal("the server returned no upload id".into()))?;
-    let copied = async {
-        let mut parts = Vec::new();
-        let mut start = 0u64;
-        let mut number = 1;
-        while start < size {
-            let end = (start + part_size).min(size) - 1;
-            let out = client
-                .upload_part_copy()
-                .bucket(store.bucket())
-                .key(key)
-                .upload_id(&upload_id)
-                .part_number(number)
-                .copy_source(&source)
-                .copy_source_range(format!("bytes={start}-{end}"))
-                .send()
-                .await
-                .map_err(|e| S3Error::from_sdk(format!("publishing part {number} of {key}"), e))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(
-                        out.copy_part_result()
-                            .and_then(|r| r.e_tag())
-                            .map(String::from),
-                    )
-                    .build(),
-            );
-            start = end + 1;
-            number += 1;
-        }
-        client
-            .complete_multipart_upload()
-            .bucket(store.bucket())
-            .key(key)
-            .upload_id(&upload_id)
-            .if_none_match("*")
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| S3Error::from_sdk(format!("completing the publication of {key}"), e))?;
-        Ok::<(), S3Error>(())
-    }
-    .await;
-    if let Err(e) = copied {
-        let _ = store.abort(key, &upload_id).await;
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-/// A finished restore.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestoreReport {
-    /// Bytes of the encrypted object read.
-    pub encrypted_bytes: u64,
-    /// Plain bytes written to the sink.
-    pub plain_bytes: u64,
-    /// SHA-256 of the encrypted object, verified.
-    pub sha256: String,
-}
-
-/// Why a restore failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    /// No object with that key.
-    #[error("there is no object {key} in bucket {bucket}")]
-    NotFound { key: String, bucket: String },
-    /// The object has no recorded checksum: it is not a complete homeplane backup.
-    #[error(
-        "the object {0} has no sha256 metadata: it is not a complete homeplane backup (an interrupted upload, or another tool's object)"
-    )]
-    NoChecksum(String),
-    /// The object's bytes do not match its recorded checksum or size.
-    #[error("the backup object {key} is damaged: {detail}")]
-    Damaged { key: String, detail: String },
-    /// The identity does not match any recipient.
-    #[error("{0}")]
-    WrongIdentity(String),
-    /// Writing the plain stream failed.
-    #[error("writing the restored data failed: {0}")]
-    Sink(String),
-    /// An S3 call failed.
-    #[error(transparent)]
-    S3(#[from] S3Error),
-    /// A pipeline task stopped unexpectedly.
-    #[error("the restore pipeline stopped unexpectedly: {0}")]
-    Internal(String),
-}
-
-impl RestoreError {
-    /// A CamelCase reason for conditions and metric labels.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            RestoreError::NotFound { .. } => "NotFound",
-            RestoreError::NoChecksum(_) => "NoChecksum",
-            RestoreError::Damaged { .. } => "Damaged",
-            RestoreError::WrongIdentity(_) => "WrongIdentity",
-            RestoreError::Sink(_) => "SinkFailed",
-            RestoreError::S3(e) => e.kind.reason(),
-            RestoreError::Internal(_) => "Internal",
-        }
-    }
-}
-
-/// Reads the ciphertext, hashing and counting it; at the end refuses a wrong size or checksum
-/// before the last plain bytes are released, so a damaged object never restores silently.
-struct VerifyingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    read: u64,
-    size: u64,
-    sha256: String,
-    verdict: Arc<Mutex<Option<String>>>,
-}
-
-impl<R: Read> Read for VerifyingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n > 0 {
-            self.hasher.update(&buf[..n]);
-            self.read += n as u64;
-            if self.read > self.size {
-                return Err(self.fail(format!(
-                    "it holds more than the {} bytes recorded",
-                    self.size
-                )));
+    #[test]
+    fn every_reason_a_run_reports_is_known() {
+        let reasons = [
+            BackupError::Source(String::new()).reason(),
+            BackupError::Encrypt(String::new()).reason(),
+            BackupError::NotPublished(String::new()).reason(),
+            BackupError::Internal(String::new()).reason(),
+            BackupError::TooManyParts {
+                max: 1,
+                part_size: 1,
             }
-            return Ok(n);
+            .reason(),
+        ];
+        for reason in reasons {
+            assert_eq!(known_reason(reason), Some(reason));
         }
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if self.read != self.size {
-            return Err(self.fail(format!(
-                "it is truncated: {} of {} bytes",
-                self.read, self.size
-            )));
-        }
-        let found = hex::encode(self.hasher.finalize_reset());
-        if found != self.sha256 {
-            return Err(self.fail(format!(
-                "its SHA-256 is {found} but {} was recorded",
-                self.sha256
-            )));
-        }
-        Ok(0)
-    }
-}
-
-impl<R> VerifyingReader<R> {
-    fn fail(&self, message: String) -> io::Error {
-        if let Ok(mut v) = self.verdict.lock()
-            && v.is_none()
-        {
-            *v = Some(message.clone());
-        }
-        io::Error::new(io::ErrorKind::InvalidData, message)
-    }
-}
-
-/// Downloads `key`, verifies it against its recorded size and checksum (and `expected_sha256`
-/// when given, e.g. from a Backup's status), decrypts it with `identities`, decompresses it and
-/// writes the plain stream to `sink`, which is shut down at the end and returned.
-pub async fn restore<W>(
-    store: &Store,
-    key: &str,
-    identities: Vec<Identity>,
-    expected_sha256: Option<&str>,
-    sink: W,
-) -> Result<(RestoreReport, W), RestoreError>
-where
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let info = store
-        .head(key)
-        .await?
-        .ok_or_else(|| RestoreError::NotFound {
-            key: key.to_string(),
-            bucket: store.bucket().to_string(),
-        })?;
-    let recorded = info
-        .metadata
-        .get("sha256")
-        .cloned()
-        .ok_or_else(|| RestoreError::NoChecksum(key.to_string()))?;
-    if let Some(expected) = expected_sha256
-        && expected != recorded
-    {
-        return Err(RestoreError::Damaged {
-            key: key.to_string(),
-            detail: format!(
-                "its recorded SHA-256 is {recorded} but the backup record says {expected}"
-            ),
-        });
-    }
-    let compress = match info.metadata.get("compression").map(String::as_str) {
-        Some("none") => Compress::None,
-        _ => Compress::Zstd(0),
-    };
-    let body = store
-        .client()
-        .get_object()
-        .bucket(store.bucket())
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| S3Error::from_sdk(format!("downloading {key}"), e))?
-        .body
-        .into_async_read();
-    let verdict = Arc::new(Mutex::new(None));
-    let rt = Handle::current();
-    let size = info.size;
-    let reader_verdict = verdict.clone();
-    let sha = recorded.clone();
-    let decoded = tokio::task::spawn_blocking(move || {
-        let reader = VerifyingReader {
-            inner: SyncIoBridge::new_with_handle(body, rt.clone()),
-            hasher: Sha256::new(),
-            read: 0,
-            size,
-            sha256: sha,
-            verdict: reader_verdict,
-        };
-        crypto::decrypt(
-            reader,
-            &identities,
-            compress,
-            SyncIoBridge::new_with_handle(sink, rt),
-        )
-    })
-    .await
-    .map_err(|e| RestoreError::Internal(e.to_string()))?;
-    let damaged = |detail: String| RestoreError::Damaged {
-        key: key.to_string(),
-        detail,
-    };
-    match decoded {
-        Ok((plain_bytes, sink)) => {
-            let mut sink = sink.into_inner();
-            sink.shutdown()
-                .await
-                .map_err(|e| RestoreError::Sink(e.to_string()))?;
-            Ok((
-                RestoreReport {
-                    encrypted_bytes: size,
-                    plain_bytes,
-                    sha256: recorded,
-                },
-                sink,
-            ))
-        }
-        Err(e) => {
-            if let Some(v) = verdict.lock().ok().and_then(|mut v| v.take()) {
-                return Err(damaged(v));
-            }
-            Err(match e {
-                StreamError::WrongIdentity => RestoreError::WrongIdentity(e.to_string()),
-                StreamError::Age(detail) => damaged(detail),
-                StreamError::Io(io) if io.kind() == io::ErrorKind::InvalidData => {
-                    damaged(format!("decryption failed ({io})"))
-                }
-                StreamError::Io(io) => RestoreError::Sink(io.to_string()),
-            })
-        }
+        assert_eq!(known_reason("made up by a container"), None);
     }
 }

@@ -40,6 +40,7 @@ use crate::common::{CRON_RULE, DURATION_RULE};
 )]
 #[x_kube(validation = Rule::new("!has(self.verify) || has(self.source.pvc) || has(self.verify.scratchDatabase)").message("spec.verify.scratchDatabase is required for a database source: the restore drill restores into it"))]
 #[x_kube(validation = Rule::new("!has(self.verify) || !has(self.source.pvc) || (!has(self.verify.scratchDatabase) && (!has(self.verify.queries) || size(self.verify.queries) == 0))").message("a PVC source's restore drill reads the whole archive back instead of restoring into a database: remove spec.verify.scratchDatabase and spec.verify.queries (use minFiles)"))]
+#[x_kube(validation = Rule::new(DUMP_MEMORY_RULE).message("a database backup runs inside the operator, within its 64 MiB backup memory budget: partSizeMiB × concurrency + the zstd compressor of compression.level (levels 1-9 take 2-17 MiB, 10-11 29, 12-14 53, 15-18 69, 19 90) + 4 MiB must be at most 64 MiB; lower the level or the parts"))]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicySpec {
     /// When to back up: a five-field cron expression (`0 3 * * *`) or a macro (`@daily`).
@@ -119,8 +120,16 @@ pub struct PvcSource {
     pub claim_name: String,
 }
 
+/// The parts in flight of one upload, at most 64 MiB (defaults: 16 MiB × 2).
+const PARTS_RULE: &str = "(has(self.partSizeMiB) ? self.partSizeMiB : 16) * (has(self.concurrency) ? self.concurrency : 2) <= 64";
+
+/// A database backup (run inside the operator) costs its parts, its zstd compressor (per level,
+/// as `homeplane_backups::memory` counts it) and 4 MiB, within the operator's 64 MiB budget.
+const DUMP_MEMORY_RULE: &str = "!has(self.source.database) || (has(self.destination.partSizeMiB) ? self.destination.partSizeMiB : 16) * (has(self.destination.concurrency) ? self.destination.concurrency : 2) + ((has(self.compression) && has(self.compression.algorithm) && self.compression.algorithm == 'none') ? 0 : (has(self.compression) && has(self.compression.level) ? [2, 2, 4, 5, 6, 6, 9, 9, 17, 29, 29, 53, 53, 53, 69, 69, 69, 69, 90][self.compression.level - 1] : 4)) + 4 <= 64";
+
 /// An S3-compatible bucket. Defaults suit Cloudflare R2.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(PARTS_RULE).message("partSizeMiB × concurrency must be at most 64 (MiB): the parts in flight are what a backup holds in memory; use fewer or smaller parts"))]
 #[serde(rename_all = "camelCase")]
 pub struct S3Destination {
     /// Endpoint URL, e.g. `https://<account>.r2.cloudflarestorage.com`.
@@ -142,14 +151,15 @@ pub struct S3Destination {
     /// Secret with the keys `accessKeyId` and `secretAccessKey`.
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret: String,
-    /// Size of every multipart part but the last, in MiB (R2 needs equal parts; 5 to 5120).
-    /// Memory used by an upload is at most this times `concurrency`.
+    /// Size of every multipart part but the last, in MiB (R2 needs equal parts; 5 to 64, with
+    /// `partSizeMiB × concurrency` at most 64). Memory used by an upload is at most this times
+    /// `concurrency`; 16 MiB parts carry a backup of up to 160 GiB (10,000 parts).
     #[serde(default = "default_part_size_mib", rename = "partSizeMiB")]
-    #[schemars(range(min = 5, max = 5120))]
+    #[schemars(range(min = 5, max = 64))]
     pub part_size_mib: i32,
-    /// Parts uploaded at the same time (1 to 16).
+    /// Parts uploaded at the same time (1 to 12, with `partSizeMiB × concurrency` at most 64).
     #[serde(default = "default_concurrency")]
-    #[schemars(range(min = 1, max = 16))]
+    #[schemars(range(min = 1, max = 12))]
     pub concurrency: i32,
 }
 
@@ -344,6 +354,7 @@ pub struct BackupPolicyStatus {
     category = "homeplane",
     status = "BackupStatus",
     doc = "One backup run of a BackupPolicy; create one to back up now.",
+    selectable = ".spec.policy",
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Size", type_ = "string", json_path = ".status.size"),

@@ -5,6 +5,10 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The Kubernetes types the kinds' status and metadata are made of, for readers of the API
+/// that have no other use for `k8s-openapi` (the state registry's derived properties).
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+
 /// The API group of every homeplane kind.
 pub const GROUP: &str = "homeplane.dev";
 /// The API version of every homeplane kind.

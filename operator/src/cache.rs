@@ -190,7 +190,8 @@ where
 {
     let (reader, writer) = reflector::store();
     let kind = kind_name::<K>();
-    let stream = watcher(api, watcher::Config::default())
+    // Objects one by one: one that cannot be read does not empty the whole kind's cache.
+    let stream = watcher(api, watcher::Config::default().streaming_lists())
         .default_backoff()
         .modify(|obj: &mut K| {
             obj.managed_fields_mut().clear();

@@ -96,6 +96,11 @@ pub struct RunArgs {
     /// `homeplane backup pvc`): the operator's own image.
     #[arg(long, env = "HOMEPLANE_IMAGE", default_value = crate::controllers::DEFAULT_IMAGE)]
     pub image: String,
+    /// MiB the database backups and restore drills the operator runs itself may hold together
+    /// (parts in flight, compressors); a run that does not fit waits. Keep the operator's
+    /// memory limit at its idle size plus this (the chart's 128 MiB holds the default 64).
+    #[arg(long, env = "HOMEPLANE_BACKUP_MEMORY_MIB", default_value_t = crate::controllers::backup::budget::DEFAULT_MIB)]
+    pub backup_memory_mib: u32,
 }
 
 /// `homeplane drift ...`.

@@ -1,6 +1,7 @@
 //! Status conditions in the Kubernetes/kstatus convention: `Ready` always present,
 //! `observedGeneration` on each condition, and `lastTransitionTime` that moves only when the
-//! condition's status changes.
+//! condition's status changes. Which conditions a pass sets is decided in one place, the
+//! reconcile frame (`crate::reconcile::status`).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -13,6 +14,8 @@ pub const DEGRADED: &str = "Degraded";
 pub const PROGRESSING: &str = "Progressing";
 /// homeplane stopped trying: a person must change the spec or the world outside (kstatus).
 pub const STALLED: &str = "Stalled";
+/// homeplane is working on the object: a new generation, a rollout, a retry (kstatus).
+pub const RECONCILING: &str = "Reconciling";
 
 /// A condition to set, without the bookkeeping fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,17 +60,58 @@ pub fn set(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let status = if desired.status { "True" } else { "False" }.to_string();
-    let existing = conditions.iter().position(|c| c.type_ == desired.type_);
+    let status = if desired.status { "True" } else { "False" };
+    put(
+        conditions,
+        desired.type_,
+        status,
+        desired.reason,
+        desired.message,
+        generation,
+        now,
+    );
+}
+
+/// Sets the condition of `type_` to `Unknown` (nobody knows yet), as [`set`] does.
+pub fn set_unknown(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    put(
+        conditions,
+        type_,
+        "Unknown",
+        reason,
+        message.to_string(),
+        generation,
+        now,
+    );
+}
+
+fn put(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = status.to_string();
+    let existing = conditions.iter().position(|c| c.type_ == type_);
     let last_transition_time = match existing.map(|i| &conditions[i]) {
         Some(old) if old.status == status => old.last_transition_time.clone(),
         _ => Time(now),
     };
     let condition = Condition {
-        type_: desired.type_.to_string(),
+        type_: type_.to_string(),
         status,
-        reason: desired.reason.to_string(),
-        message: desired.message,
+        reason: reason.to_string(),
+        message,
         observed_generation: generation,
         last_transition_time,
     };

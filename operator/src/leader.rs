@@ -1,16 +1,22 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that of several replicas exactly
 //! one reconciles. The leader renews the lease every `retry_period`; a standby takes it over
-//! once it has not been renewed for `lease_duration`. A leader that cannot renew within
-//! `renew_deadline` stops leading (the process exits and is restarted), and a leader that shuts
-//! down releases the lease so a standby takes over at once.
+//! once it has not seen the lease change for `lease_duration` — judged on its own clock, from
+//! the moment it observed the current record (as client-go does), never by comparing the
+//! holder's `renewTime` with its own clock, so clock skew cannot make two leaders. Every renew
+//! attempt has a timeout of its own: a leader that has not renewed within `renew_deadline`
+//! of its last successful renew (measured from when that renew was sent) stops leading, and
+//! the caller stops all work at once (`run.rs`) — before any standby can see the lease expire.
+//! A leader that shuts down releases the lease so a standby takes over at once.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 /// Timing of the election, as in client-go's leaderelection package.
@@ -61,6 +67,31 @@ pub struct Elector {
     name: String,
     identity: String,
     timing: Timing,
+    /// The lease record last seen and when this replica saw it (its own clock).
+    observed: Mutex<Option<(Record, Instant)>>,
+    /// When the last successful acquire or renew was sent.
+    renewed: Mutex<Option<Instant>>,
+}
+
+/// What identifies one write of the lease: a standby restarts its wait whenever it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    transitions: Option<i32>,
+    resource_version: Option<String>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.as_ref();
+        Self {
+            holder: spec.and_then(|s| s.holder_identity.clone()),
+            renew_time: spec.and_then(|s| s.renew_time.as_ref().map(|t| t.0.to_string())),
+            transitions: spec.and_then(|s| s.lease_transitions),
+            resource_version: lease.metadata.resource_version.clone(),
+        }
+    }
 }
 
 /// The outcome of one attempt.
@@ -84,6 +115,46 @@ impl Elector {
             name: name.to_string(),
             identity: identity.to_string(),
             timing,
+            observed: Mutex::new(None),
+            renewed: Mutex::new(None),
+        }
+    }
+
+    /// When the last successful acquire or renew was sent (now, if none was).
+    pub fn renewed_at(&self) -> Instant {
+        self.renewed
+            .lock()
+            .ok()
+            .and_then(|r| *r)
+            .unwrap_or_else(Instant::now)
+    }
+
+    fn renewed(&self, sent: Instant) {
+        if let Ok(mut r) = self.renewed.lock() {
+            *r = Some(sent);
+        }
+    }
+
+    /// When this replica first saw `record` (now, if it is new to it).
+    fn observe(&self, record: Record) -> Instant {
+        let now = Instant::now();
+        let Ok(mut observed) = self.observed.lock() else {
+            return now;
+        };
+        match observed.as_ref() {
+            Some((seen, at)) if *seen == record => *at,
+            _ => {
+                *observed = Some((record, now));
+                now
+            }
+        }
+    }
+
+    fn lost(&self, why: String) -> Error {
+        Error::Lost {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            why,
         }
     }
 
@@ -95,14 +166,26 @@ impl Elector {
         }
     }
 
-    /// Waits until this candidate holds the lease.
-    pub async fn acquire(&self) -> Result<(), Error> {
+    /// Waits until this candidate holds the lease; returns when the winning attempt was sent
+    /// (the moment the lease's validity is counted from).
+    pub async fn acquire(&self) -> Result<Instant, Error> {
         let mut last_holder = String::new();
         loop {
-            match self.try_acquire_or_renew().await {
+            let sent = Instant::now();
+            let attempt =
+                tokio::time::timeout(self.timing.renew_deadline, self.try_acquire_or_renew());
+            let attempt = match attempt.await {
+                Ok(attempt) => attempt,
+                Err(_) => {
+                    warn!("a leader election attempt timed out; retrying");
+                    continue;
+                }
+            };
+            match attempt {
                 Ok(Attempt::Leading) => {
                     info!(lease = %self.name, identity = %self.identity, "became leader");
-                    return Ok(());
+                    self.renewed(sent);
+                    return Ok(sent);
                 }
                 Ok(Attempt::HeldBy(holder)) => {
                     if holder != last_holder {
@@ -123,32 +206,33 @@ impl Elector {
         }
     }
 
-    /// Renews the lease while leading; returns an error when leadership is lost.
-    pub async fn hold(&self) -> Error {
-        let mut last_renewal = tokio::time::Instant::now();
+    /// Renews the lease while leading, from the successful attempt sent at `since`; returns
+    /// when leadership is lost: the lease is held by another replica, or no renew succeeded
+    /// within `renew_deadline` of the last successful one being sent. Each attempt is cut off at
+    /// that deadline, so this returns on time even when the API server does not answer.
+    pub async fn hold(&self, since: Instant) -> Error {
+        let mut renewed = since;
         loop {
             tokio::time::sleep(self.timing.retry_period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(Attempt::Leading) => last_renewal = tokio::time::Instant::now(),
-                Ok(Attempt::HeldBy(holder)) => {
-                    return Error::Lost {
-                        namespace: self.namespace.clone(),
-                        name: self.name.clone(),
-                        why: format!("the lease is now held by {holder}"),
-                    };
+            let deadline = renewed + self.timing.renew_deadline;
+            let sent = Instant::now();
+            let attempt = tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await;
+            match attempt {
+                Ok(Ok(Attempt::Leading)) => {
+                    renewed = sent;
+                    self.renewed(sent);
                 }
-                Err(error) => {
-                    warn!(error = %error, "failed to renew the leader lease");
-                    if last_renewal.elapsed() > self.timing.renew_deadline {
-                        return Error::Lost {
-                            namespace: self.namespace.clone(),
-                            name: self.name.clone(),
-                            why: format!(
-                                "not renewed within the renew deadline of {}s",
-                                self.timing.renew_deadline.as_secs()
-                            ),
-                        };
-                    }
+                Ok(Ok(Attempt::HeldBy(holder))) => {
+                    return self.lost(format!("the lease is now held by {holder}"));
+                }
+                Ok(Err(error)) if Instant::now() + self.timing.retry_period < deadline => {
+                    warn!(error = %error, "failed to renew the leader lease; retrying");
+                }
+                Ok(Err(_)) | Err(_) => {
+                    return self.lost(format!(
+                        "not renewed within the renew deadline of {}s",
+                        self.timing.renew_deadline.as_secs()
+                    ));
                 }
             }
         }
@@ -207,23 +291,16 @@ impl Elector {
                 Err(e) => Err(self.lease_error(e)),
             };
         };
+        let seen = self.observe(Record::of(&lease));
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let ours = holder.as_deref() == Some(self.identity.as_str());
         if !ours {
             if let Some(holder) = holder {
-                let renewed = spec
-                    .renew_time
-                    .as_ref()
-                    .map(|t| t.0)
-                    .unwrap_or(Timestamp::UNIX_EPOCH);
-                let valid_for = SignedDuration::from_secs(i64::from(
-                    spec.lease_duration_seconds.unwrap_or(duration_secs),
-                ));
-                if renewed
-                    .checked_add(valid_for)
-                    .is_ok_and(|expires| expires > now)
-                {
+                // Valid until it has not changed for its duration, on this replica's clock.
+                let secs = spec.lease_duration_seconds.unwrap_or(duration_secs).max(1);
+                let valid_for = Duration::from_secs(u64::try_from(secs).unwrap_or(15));
+                if seen + valid_for > Instant::now() {
                     return Ok(Attempt::HeldBy(holder));
                 }
             }
@@ -240,7 +317,10 @@ impl Elector {
             .replace(&self.name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Ok(Attempt::Leading),
+            Ok(written) => {
+                self.observe(Record::of(&written));
+                Ok(Attempt::Leading)
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 Ok(Attempt::HeldBy("another replica".into()))
             }
@@ -248,3 +328,6 @@ impl Elector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,50 +1,30 @@
-//! The `homeplane` binary: parse the command line and hand over.
-
-mod backup_cli;
-mod cache;
-mod cli;
-mod conditions;
-mod controllers;
-mod crdgen;
-mod drift_cli;
-mod duration;
-mod history;
-mod leader;
-mod metrics;
-mod migrate_cli;
-mod plan_cli;
-mod quantity;
-mod run;
-mod startup;
-mod telemetry;
-mod web;
-mod workload;
+//! The `homeplane` binary: parse the command line, start logging, dispatch to the library.
 
 use clap::Parser;
+use homeplane_operator::cli::{BackupCommand, Cli, Command, DriftCommand};
+use homeplane_operator::{backup_cli, crdgen, drift_cli, migrate_cli, plan_cli, run, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = Cli::parse();
     telemetry::init();
     // reqwest's TLS uses the process-wide rustls provider: the same ring that kube uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
-        cli::Command::Run(args) => run::run(args).await,
-        cli::Command::Migrate(args) => migrate_cli::run(args).await,
-        cli::Command::Drift {
-            command: cli::DriftCommand::History(args),
+        Command::Run(args) => run::run(args).await,
+        Command::Migrate(args) => migrate_cli::run(args).await,
+        Command::Drift {
+            command: DriftCommand::History(args),
         } => drift_cli::history(args).await,
-        cli::Command::Plan(args) => plan_cli::run(args),
-        cli::Command::Restore(args) => backup_cli::restore(args).await,
-        cli::Command::Backup(cli::BackupCommand::Decrypt(args)) => backup_cli::decrypt(args).await,
-        cli::Command::Backup(cli::BackupCommand::Upload(args)) => backup_cli::upload(args).await,
-        cli::Command::Backup(cli::BackupCommand::Pvc(args)) => backup_cli::pvc(args).await,
-        cli::Command::Backup(cli::BackupCommand::Encrypt(args)) => backup_cli::encrypt(args).await,
-        cli::Command::Backup(cli::BackupCommand::EnsureBucket(args)) => {
-            backup_cli::ensure_bucket(args).await
-        }
-        cli::Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
-        cli::Command::Crd { out: None } => crdgen::render_all()
+        Command::Plan(args) => plan_cli::run(args),
+        Command::Restore(args) => backup_cli::restore(args).await,
+        Command::Backup(BackupCommand::Decrypt(args)) => backup_cli::decrypt(args).await,
+        Command::Backup(BackupCommand::Upload(args)) => backup_cli::upload(args).await,
+        Command::Backup(BackupCommand::Pvc(args)) => backup_cli::pvc(args).await,
+        Command::Backup(BackupCommand::Encrypt(args)) => backup_cli::encrypt(args).await,
+        Command::Backup(BackupCommand::EnsureBucket(args)) => backup_cli::ensure_bucket(args).await,
+        Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
+        Command::Crd { out: None } => crdgen::render_all()
             .map(|y| print!("{y}"))
             .map_err(Into::into),
     };

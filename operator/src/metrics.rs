@@ -32,6 +32,17 @@ pub struct ErrorLabels {
     pub category: &'static str,
 }
 
+/// Labels of watch failures: the controller and a bounded category (`watch`, `unreadable`,
+/// `runner`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    /// The controller, e.g. `workflow`.
+    pub controller: &'static str,
+    /// What failed: `watch` (the stream), `unreadable` (an object that cannot be read) or
+    /// `runner`.
+    pub category: &'static str,
+}
+
 /// Labels of state-registry metrics per severity.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SeverityLabels {
@@ -133,6 +144,7 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<ControllerLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
+    watch_errors: Family<WatchLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
     leader: Gauge,
     drifted: Family<SeverityLabels, Gauge>,
@@ -157,6 +169,12 @@ impl Default for Metrics {
             ])
         });
         let leader = Gauge::default();
+        let watch_errors = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Watch failures and watched objects that could not be read, per controller",
+            watch_errors.clone(),
+        );
         registry.register(
             "reconciles",
             "Reconciliations run, per controller",
@@ -232,6 +250,7 @@ impl Default for Metrics {
             objects,
             reconciles,
             errors,
+            watch_errors,
             durations,
             leader,
             drifted,
@@ -260,6 +279,16 @@ impl Metrics {
     pub fn failed(&self, controller: &'static str, category: &'static str) {
         self.errors
             .get_or_create(&ErrorLabels {
+                controller,
+                category,
+            })
+            .inc();
+    }
+
+    /// Counts one watch failure of `controller` (`category`: `watch`, `unreadable`, `runner`).
+    pub fn watch_failed(&self, controller: &'static str, category: &'static str) {
+        self.watch_errors
+            .get_or_create(&WatchLabels {
                 controller,
                 category,
             })

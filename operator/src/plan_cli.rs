@@ -20,10 +20,10 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 
 use crate::controllers::database::managed;
-use crate::controllers::nodeclass::plan as class_plan;
 use crate::controllers::{memory, voice};
 use crate::quantity::Milli;
 use crate::workload::capacity::{self, Demand};
+use crate::workload::pods as class_plan;
 use crate::workload::{self, Class, Owner, Workload};
 
 /// Options of `homeplane plan`.

@@ -1,8 +1,8 @@
 //! The operator's HTTP endpoints: `/healthz`, `/readyz` and Prometheus `/metrics`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -20,6 +20,32 @@ pub struct Health {
     pub ready: AtomicBool,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
+    /// Why the process is broken (a controller stopped, the lease was lost): `/healthz` then
+    /// answers 503 until the process exits and Kubernetes restarts it.
+    broken: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Healthy, not ready yet.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            ready: false.into(),
+            metrics,
+            broken: Mutex::new(None),
+        }
+    }
+
+    /// Marks the process broken: `/healthz` answers 503 with `why` from now on.
+    pub fn fail(&self, why: impl Into<String>) {
+        if let Ok(mut broken) = self.broken.lock() {
+            broken.get_or_insert(why.into());
+        }
+    }
+
+    /// Why the process is broken, if it is.
+    pub fn broken(&self) -> Option<String> {
+        self.broken.lock().ok().and_then(|b| b.clone())
+    }
 }
 
 /// Binds `addr` and serves until `shutdown` is cancelled. Returns the bound address (useful
@@ -32,7 +58,7 @@ pub async fn serve(
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(health);
@@ -42,6 +68,13 @@ pub async fn serve(
             .await
     });
     Ok((bound, task))
+}
+
+async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    match health.broken() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {

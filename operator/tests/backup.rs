@@ -548,6 +548,46 @@ async fn restore_drills_verify_and_retention_keeps_the_newest_verified() {
     let _operator = Operator::start(BINARY, f.cluster, &ns, &ns, &[]).unwrap();
     create_backup(&f, "first", "postgres");
     wait_phase(&f, "first", "Succeeded");
+    // A drill replaces the scratch database's contents: one not labelled as scratch is refused.
+    let verified = |field: &str| {
+        get(
+            f.cluster,
+            &ns,
+            "backuppolicy",
+            "postgres",
+            &format!(".status.conditions[?(@.type==\"Verified\")].{field}"),
+        )
+    };
+    eventually(
+        Duration::from_secs(90),
+        "the drill to refuse the scratch",
+        || Ok((verified("reason") == "ScratchNotMarked").then_some(())),
+    )
+    .unwrap();
+    assert!(
+        verified("message").contains("homeplane.dev/scratch=true"),
+        "{}",
+        verified("message")
+    );
+    assert_eq!(
+        f.pg.admin(
+            &scratch,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+        .unwrap(),
+        "0",
+        "nothing was restored into an unmarked database"
+    );
+    f.cluster
+        .kubectl_ok(&[
+            "label",
+            "database",
+            "scratch",
+            "-n",
+            &ns,
+            "homeplane.dev/scratch=true",
+        ])
+        .unwrap();
     eventually(
         Duration::from_secs(150),
         "the drill to verify the first backup",

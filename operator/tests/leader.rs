@@ -89,9 +89,12 @@ fn exactly_one_replica_reconciles_and_a_standby_takes_over() {
         "leader handover after SIGKILL took {:.1}s (lease duration {LEASE_SECONDS}s)",
         handover.as_secs_f64()
     );
+    // The standby counts the lease's duration from when it last saw the lease change (its own
+    // clock, as client-go does): up to one retry period after the leader's last renew, plus up
+    // to one more before its next attempt.
     assert!(
-        handover <= Duration::from_secs(LEASE_SECONDS + 4),
-        "handover took {handover:?}, more than the lease duration plus a renew period"
+        handover <= Duration::from_secs(LEASE_SECONDS + 6),
+        "handover took {handover:?}, more than the lease duration plus two retry periods"
     );
     assert_eq!(holder(cluster, &ns.name), replicas[standby].identity);
     let before = reconciles(&replicas[standby]);

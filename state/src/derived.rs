@@ -1,10 +1,16 @@
 //! Properties every homeplane kind contributes without a catalogue: what an object declares
-//! versus what its status reports, read from the objects as the API returns them (so they
-//! start reporting as each kind's controller fills its status). An absent status is
-//! `Unknown`, never drift.
+//! versus what its status reports, read from the objects through their typed API structs (so a
+//! renamed field breaks the build, not the registry), and starting to report as each kind's
+//! controller fills its status. An absent status is `Unknown`, never drift.
 
+use homeplane_crds::common::Condition;
 use homeplane_crds::registry::Severity;
+use homeplane_crds::{
+    Agent, AgentRun, Backup, BackupPolicy, Database, MemoryServer, NodeClass, StateRegistry,
+    VoicePipeline, Workflow,
+};
 use jiff::Timestamp;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::catalogue::{Checked, Desired, Observe};
@@ -15,57 +21,128 @@ use crate::observation::{Observation, number};
 /// One derived property with its observation.
 pub type Derived = (Checked, Observation);
 
-/// The derived properties of the objects of `kind` (as JSON, e.g. from a list call). Objects
-/// of the registry's own namespace `home` give `<kind>.<name>.…`, others
-/// `<kind>.<namespace>.<name>.…`.
+/// The derived properties of the objects of `kind` (as the API returns them, e.g. from a list
+/// call). Objects of the registry's own namespace `home` give `<kind>.<name>.…`, others
+/// `<kind>.<namespace>.<name>.…`. An object that does not read as its kind gives a `ready`
+/// property that says why it is Unknown.
 pub fn properties(kind: &str, objects: &[Value], home: &str, now: Timestamp) -> Vec<Derived> {
     let mut out = Vec::new();
     for object in objects {
-        let Some(name) = object["metadata"]["name"].as_str() else {
-            continue;
-        };
-        let prefix = match object["metadata"]["namespace"].as_str() {
-            Some(ns) if ns != home => format!("{}.{ns}.{name}", kind.to_ascii_lowercase()),
-            _ => format!("{}.{name}", kind.to_ascii_lowercase()),
-        };
-        let has_status = object.get("status").is_some_and(|s| !s.is_null());
-        let derived = Derivation {
-            kind,
-            name,
-            prefix: &prefix,
-            object,
-            has_status,
-        };
-        out.push(derived.ready());
-        match kind {
-            "Database" => out.push(derived.migrations()),
-            "Workflow" => {
-                out.push(derived.workflow_active());
-                out.push(derived.workflow_matches());
-            }
-            "BackupPolicy" => {
-                out.push(derived.backup_age(now));
-                if object["spec"]["verify"].is_object() {
-                    out.push(derived.verified_age(now));
+        let derived = match kind {
+            "Database" => typed(object, home, |d: &Database, v| {
+                vec![v.ready(), v.migrations(d)]
+            }),
+            "Workflow" => typed(object, home, |w: &Workflow, v| {
+                vec![v.ready(), v.workflow_active(w), v.workflow_matches()]
+            }),
+            "BackupPolicy" => typed(object, home, |p: &BackupPolicy, v| {
+                let mut all = vec![v.ready(), v.backup_age(p, now)];
+                if p.spec.verify.is_some() {
+                    all.push(v.verified_age(p, now));
                 }
-            }
-            "VoicePipeline" => out.push(derived.voice_latency()),
-            "NodeClass" => out.push(derived.overcommit()),
-            _ => {}
-        }
+                all
+            }),
+            "VoicePipeline" => typed(object, home, |p: &VoicePipeline, v| {
+                vec![v.ready(), v.voice_latency(p)]
+            }),
+            "NodeClass" => typed(object, home, |_: &NodeClass, v| {
+                vec![v.ready(), v.overcommit()]
+            }),
+            "Agent" => typed(object, home, |_: &Agent, v| vec![v.ready()]),
+            "AgentRun" => typed(object, home, |_: &AgentRun, v| vec![v.ready()]),
+            "Backup" => typed(object, home, |_: &Backup, v| vec![v.ready()]),
+            "MemoryServer" => typed(object, home, |_: &MemoryServer, v| vec![v.ready()]),
+            "StateRegistry" => typed(object, home, |_: &StateRegistry, v| vec![v.ready()]),
+            _ => None,
+        };
+        out.extend(derived.unwrap_or_default());
     }
     out
 }
 
-struct Derivation<'a> {
-    kind: &'a str,
-    name: &'a str,
-    prefix: &'a str,
-    object: &'a Value,
+/// A homeplane object's name, namespace and status conditions.
+trait Kind: DeserializeOwned {
+    const KIND: &'static str;
+    /// The status's conditions; `None` before the controller wrote a status.
+    fn conditions(&self) -> Option<&[Condition]>;
+}
+
+macro_rules! kind {
+    ($($kind:ident),*) => {$(
+        impl Kind for $kind {
+            const KIND: &'static str = stringify!($kind);
+            fn conditions(&self) -> Option<&[Condition]> {
+                self.status.as_ref().map(|s| s.conditions.as_slice())
+            }
+        }
+    )*};
+}
+
+kind!(
+    Database,
+    Workflow,
+    BackupPolicy,
+    VoicePipeline,
+    NodeClass,
+    Agent,
+    AgentRun,
+    Backup,
+    MemoryServer,
+    StateRegistry
+);
+
+/// Reads `object` as `K` and derives its properties with `derive`; an object that does not
+/// read as `K` gives its `ready` property, Unknown with the reason. `None` without a name.
+fn typed<K: Kind>(
+    object: &Value,
+    home: &str,
+    derive: impl FnOnce(&K, &Derivation) -> Vec<Derived>,
+) -> Option<Vec<Derived>> {
+    let name = object.pointer("/metadata/name")?.as_str()?.to_string();
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str);
+    let typed: Result<K, _> = serde_json::from_value(object.clone());
+    let (conditions, has_status) = match &typed {
+        Ok(k) => (
+            k.conditions()
+                .map(<[Condition]>::to_vec)
+                .unwrap_or_default(),
+            k.conditions().is_some(),
+        ),
+        Err(_) => (Vec::new(), false),
+    };
+    let kind = K::KIND;
+    let prefix = match namespace {
+        Some(ns) if ns != home => format!("{}.{ns}.{name}", kind.to_ascii_lowercase()),
+        _ => format!("{}.{name}", kind.to_ascii_lowercase()),
+    };
+    let derivation = Derivation {
+        kind,
+        name,
+        prefix,
+        conditions,
+        has_status,
+    };
+    Some(match typed {
+        Ok(k) => derive(&k, &derivation),
+        Err(e) => {
+            let (p, _) = derivation.ready();
+            let why = format!("{kind} {} cannot be read: {e}", derivation.name);
+            vec![(p, Observation::failed(why))]
+        }
+    })
+}
+
+struct Derivation {
+    kind: &'static str,
+    name: String,
+    prefix: String,
+    conditions: Vec<Condition>,
     has_status: bool,
 }
 
-impl Derivation<'_> {
+impl Derivation {
     fn property(
         &self,
         suffix: &str,
@@ -100,11 +177,8 @@ impl Derivation<'_> {
         }
     }
 
-    fn condition(&self, kind: &str) -> Option<&Value> {
-        self.object["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == kind)
+    fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
     }
 
     /// Every kind: `Ready` is `True`.
@@ -118,8 +192,8 @@ impl Derivation<'_> {
         );
         let o = match self.condition("Ready") {
             Some(c) => Observation {
-                value: Ok(Value::Bool(c["status"] == "True")),
-                message: c["message"].as_str().map(str::to_string),
+                value: Ok(Value::Bool(c.status == "True")),
+                message: Some(c.message.clone()).filter(|m| !m.is_empty()),
             },
             None => self.no_status("Ready condition"),
         };
@@ -127,27 +201,18 @@ impl Derivation<'_> {
     }
 
     /// Database: migrations applied versus declared.
-    fn migrations(&self) -> Derived {
-        let status = &self.object["status"];
-        let declared_inline = self.object["spec"]["migrations"]["inline"]
-            .as_array()
-            .map(|m| {
-                m.iter()
-                    .filter(|m| !m["id"].as_str().is_some_and(|id| id.ends_with(".down")))
-                    .count()
-            });
-        let applied = status["migrationsApplied"].as_i64();
-        let pending = status["migrationsPending"].as_i64();
-        let declared = match (declared_inline, applied, pending) {
-            (Some(n), _, _)
-                if self.object["spec"]["migrations"]["configMaps"]
-                    .as_array()
-                    .is_none_or(Vec::is_empty) =>
-            {
-                Some(i64::try_from(n).unwrap_or(i64::MAX))
-            }
-            (_, Some(a), Some(p)) => Some(a + p),
-            _ => None,
+    fn migrations(&self, db: &Database) -> Derived {
+        let spec = db.spec.migrations.as_ref();
+        let status = db.status.as_ref();
+        let inline_only = spec.is_some_and(|m| m.config_maps.is_empty());
+        let declared_inline =
+            spec.map(|m| m.inline.iter().filter(|m| !m.id.ends_with(".down")).count());
+        let counted =
+            status.map(|s| i64::from(s.migrations_applied) + i64::from(s.migrations_pending));
+        let declared = match (declared_inline, counted) {
+            (Some(n), _) if inline_only => Some(i64::try_from(n).unwrap_or(i64::MAX)),
+            (None, _) => Some(0),
+            (_, counted) => counted,
         };
         let p = self.property(
             "migrations.applied",
@@ -160,20 +225,21 @@ impl Derivation<'_> {
             Severity::Critical,
         );
         let ready = self.condition("Ready");
-        let o = match (declared, applied) {
-            _ if self.has_status && ready.is_some_and(|c| c["status"] != "True") => {
-                Observation::failed(format!(
-                    "Database {} is not Ready, so its applied migrations are not known: {}",
-                    self.name,
-                    ready
-                        .and_then(|c| c["message"].as_str())
-                        .unwrap_or("no message")
-                ))
-            }
-            (Some(_), Some(a)) if self.has_status => Observation {
-                value: Ok(Value::from(a)),
-                message: status["lastMigration"]
-                    .as_str()
+        let o = match (ready, status) {
+            (Some(c), _) if c.status != "True" => Observation::failed(format!(
+                "Database {} is not Ready, so its applied migrations are not known: {}",
+                self.name,
+                if c.message.is_empty() {
+                    "no message"
+                } else {
+                    c.message.as_str()
+                }
+            )),
+            (Some(_), Some(s)) => Observation {
+                value: Ok(Value::from(s.migrations_applied)),
+                message: s
+                    .last_migration
+                    .as_ref()
                     .map(|m| format!("last applied: {m}")),
             },
             _ => self.no_status("applied migrations"),
@@ -182,8 +248,8 @@ impl Derivation<'_> {
     }
 
     /// Workflow: active in n8n as declared.
-    fn workflow_active(&self) -> Derived {
-        let declared = self.object["spec"]["active"].as_bool().unwrap_or(false);
+    fn workflow_active(&self, wf: &Workflow) -> Derived {
+        let declared = wf.spec.active;
         let p = self.property(
             "active",
             format!("Workflow {} is active in n8n as declared", self.name),
@@ -191,18 +257,17 @@ impl Derivation<'_> {
             Comparison::Equals,
             Severity::Warning,
         );
-        let drifted = self.condition("Drifted");
-        let o = match (self.object["status"]["active"].as_bool(), drifted) {
+        let active = wf.status.as_ref().and_then(|s| s.active);
+        let o = match (active, self.condition("Drifted")) {
             (Some(active), _) => Observation::value(Value::Bool(active)),
             // The controller compares the whole workflow, active flag included, with n8n.
-            (None, Some(c)) if c["status"] == "False" => Observation {
+            (None, Some(c)) if c.status == "False" => Observation {
                 value: Ok(Value::Bool(declared)),
-                message: c["message"].as_str().map(str::to_string),
+                message: Some(c.message.clone()),
             },
-            (None, Some(c)) => Observation::failed(format!(
-                "n8n differs from the declaration: {}",
-                c["message"].as_str().unwrap_or("no message")
-            )),
+            (None, Some(c)) => {
+                Observation::failed(format!("n8n differs from the declaration: {}", c.message))
+            }
             (None, None) => self.no_status("active flag"),
         };
         (p, o)
@@ -222,8 +287,8 @@ impl Derivation<'_> {
         );
         let o = match self.condition("Drifted") {
             Some(c) => Observation {
-                value: Ok(Value::Bool(c["status"] == "True")),
-                message: c["message"].as_str().map(str::to_string),
+                value: Ok(Value::Bool(c.status == "True")),
+                message: Some(c.message.clone()),
             },
             None => self.no_status("Drifted condition"),
         };
@@ -232,8 +297,8 @@ impl Derivation<'_> {
 
     /// BackupPolicy: hours since the last successful backup, at most the schedule's period
     /// and half of it again.
-    fn backup_age(&self, now: Timestamp) -> Derived {
-        let schedule = self.object["spec"]["schedule"].as_str().unwrap_or("");
+    fn backup_age(&self, policy: &BackupPolicy, now: Timestamp) -> Derived {
+        let schedule = policy.spec.schedule.as_str();
         let allowed = cron_period_hours(schedule) * 1.5;
         let p = self.property(
             "age-hours",
@@ -245,18 +310,16 @@ impl Derivation<'_> {
             Comparison::AtMost,
             Severity::Critical,
         );
-        let last = self.object["status"]["lastSuccessfulTime"]
-            .as_str()
-            .and_then(|t| t.parse::<Timestamp>().ok());
+        let last = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.last_successful_time.as_ref())
+            .map(|t| t.0);
         let o = match last {
-            Some(t) => {
-                #[allow(clippy::cast_precision_loss)]
-                let hours = now.duration_since(t).as_secs() as f64 / 3600.0;
-                Observation {
-                    value: Ok(number((hours * 10.0).round() / 10.0)),
-                    message: Some(format!("last successful backup at {t}")),
-                }
-            }
+            Some(t) => Observation {
+                value: Ok(hours_since(t, now)),
+                message: Some(format!("last successful backup at {t}")),
+            },
             None => self.no_status("successful backup"),
         };
         (p, o)
@@ -265,9 +328,12 @@ impl Derivation<'_> {
     /// BackupPolicy with restore drills: hours since a drill last proved a backup restores, at
     /// most 1.5 drill periods. A policy never verified counts from its creation, so drills
     /// that never succeed become drift, not silence.
-    fn verified_age(&self, now: Timestamp) -> Derived {
-        let schedule = self.object["spec"]["verify"]["schedule"]
-            .as_str()
+    fn verified_age(&self, policy: &BackupPolicy, now: Timestamp) -> Derived {
+        let schedule = policy
+            .spec
+            .verify
+            .as_ref()
+            .map(|v| v.schedule.as_str())
             .unwrap_or("");
         let allowed = cron_period_hours(schedule) * 1.5;
         let p = self.property(
@@ -280,27 +346,19 @@ impl Derivation<'_> {
             Comparison::AtMost,
             Severity::Critical,
         );
-        let stamp = |path: &str| {
-            self.object
-                .pointer(path)
-                .and_then(Value::as_str)
-                .and_then(|t| t.parse::<Timestamp>().ok())
-        };
-        let hours = |t: Timestamp| {
-            #[allow(clippy::cast_precision_loss)]
-            let h = now.duration_since(t).as_secs() as f64 / 3600.0;
-            number((h * 10.0).round() / 10.0)
-        };
-        let o = match (
-            stamp("/status/lastVerifiedTime"),
-            stamp("/metadata/creationTimestamp"),
-        ) {
+        let verified = policy
+            .status
+            .as_ref()
+            .and_then(|s| s.last_verified_time.as_ref())
+            .map(|t| t.0);
+        let created = policy.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let o = match (verified, created) {
             (Some(t), _) => Observation {
-                value: Ok(hours(t)),
+                value: Ok(hours_since(t, now)),
                 message: Some(format!("last verified at {t}")),
             },
             (None, Some(created)) => Observation {
-                value: Ok(hours(created)),
+                value: Ok(hours_since(created, now)),
                 message: Some(format!(
                     "never verified since the policy was created at {created}"
                 )),
@@ -311,10 +369,8 @@ impl Derivation<'_> {
     }
 
     /// VoicePipeline: p95 end-to-end latency within the budget, in milliseconds.
-    fn voice_latency(&self) -> Derived {
-        let budget = self.object["spec"]["latencyBudget"]
-            .as_str()
-            .and_then(|b| duration::parse(b).ok());
+    fn voice_latency(&self, vp: &VoicePipeline) -> Derived {
+        let budget = duration::parse(&vp.spec.latency_budget).ok();
         let p = self.property(
             "latency-p95-ms",
             format!(
@@ -325,8 +381,10 @@ impl Derivation<'_> {
             Comparison::AtMost,
             Severity::Warning,
         );
-        let p95 = self.object["status"]["latencyP95"]
-            .as_str()
+        let p95 = vp
+            .status
+            .as_ref()
+            .and_then(|s| s.latency_p95.as_deref())
             .and_then(|l| duration::parse(l).ok());
         let o = match (budget, p95) {
             (None, _) => Observation::failed("the VoicePipeline declares no latencyBudget"),
@@ -350,13 +408,20 @@ impl Derivation<'_> {
         );
         let o = match self.condition("Overcommitted") {
             Some(c) => Observation {
-                value: Ok(Value::Bool(c["status"] == "True")),
-                message: c["message"].as_str().map(str::to_string),
+                value: Ok(Value::Bool(c.status == "True")),
+                message: Some(c.message.clone()),
             },
             None => self.no_status("Overcommitted condition"),
         };
         (p, o)
     }
+}
+
+/// Hours from `t` to `now`, to a tenth.
+fn hours_since(t: Timestamp, now: Timestamp) -> Value {
+    #[allow(clippy::cast_precision_loss)]
+    let hours = now.duration_since(t).as_secs() as f64 / 3600.0;
+    number((hours * 10.0).round() / 10.0)
 }
 
 fn millis(d: std::time::Duration) -> u64 {
@@ -408,9 +473,28 @@ mod tests {
             .unwrap_or(Timestamp::UNIX_EPOCH)
     }
 
+    fn object(kind: &str, name: &str, spec: Value, status: Option<Value>) -> Value {
+        let mut o = json!({"apiVersion": "homeplane.dev/v1alpha1", "kind": kind,
+                           "metadata": {"name": name, "namespace": "homelab"}, "spec": spec});
+        if let Some(s) = status {
+            o["status"] = s;
+        }
+        o
+    }
+
+    fn server() -> Value {
+        json!({"external": {"host": "pg", "port": 5432, "adminSecret": "pg-admin"}})
+    }
+
+    fn workflow_spec(active: bool) -> Value {
+        json!({"n8n": {"url": "http://n8n:5678", "apiKeySecret": {"name": "n8n", "key": "k"}},
+               "definition": {"nodes": []}, "active": active})
+    }
+
     #[test]
     fn an_absent_status_is_unknown() {
-        let db = json!({"metadata": {"name": "homelab"}, "spec": {"migrations": {"inline": [{"id": "0001_init"}]}}});
+        let spec = json!({"server": server(), "migrations": {"inline": [{"id": "0001_init", "sql": "select 1"}]}});
+        let db = object("Database", "homelab", spec, None);
         let props = properties("Database", &[db], "homelab", now());
         let ids: Vec<_> = props.iter().map(|(p, _)| p.id.as_str()).collect();
         assert_eq!(
@@ -427,13 +511,26 @@ mod tests {
     }
 
     #[test]
+    fn an_object_that_does_not_read_as_its_kind_is_unknown_with_the_reason() {
+        let wf = object("Workflow", "broken", json!({"active": "yes"}), None);
+        let props = properties("Workflow", &[wf], "homelab", now());
+        assert_eq!(props.len(), 1);
+        assert_eq!(props[0].0.id, "workflow.broken.ready");
+        let reason = props[0].1.value.clone().err().unwrap_or_default();
+        assert!(
+            reason.contains("Workflow broken cannot be read"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn database_migrations_applied_versus_declared() {
-        let db = json!({
-            "metadata": {"name": "homelab"},
-            "spec": {"migrations": {"inline": [{"id": "0001_a"}, {"id": "0001_a.down"}, {"id": "0002_b"}]}},
-            "status": {"migrationsApplied": 1, "migrationsPending": 1, "lastMigration": "0001_a",
-                       "conditions": [{"type": "Ready", "status": "True", "message": "ok"}]}
-        });
+        let spec = json!({"server": server(), "migrations": {"inline": [
+            {"id": "0001_a", "sql": "x"}, {"id": "0001_a.down", "sql": "x"}, {"id": "0002_b", "sql": "x"}]}});
+        let status = json!({"migrationsApplied": 1, "migrationsPending": 1, "lastMigration": "0001_a",
+                            "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled",
+                                            "message": "ok", "lastTransitionTime": "2026-11-24T07:00:00Z"}]});
+        let db = object("Database", "homelab", spec, Some(status));
         let props = properties("Database", &[db], "homelab", now());
         let (p, o) = &props[1];
         assert_eq!(p.desired, Desired::Literal(json!(2)));
@@ -441,31 +538,60 @@ mod tests {
         assert_eq!(props[0].1.value, Ok(json!(true)));
     }
 
+    fn condition(type_: &str, status: &str, message: &str) -> Value {
+        json!({"type": type_, "status": status, "reason": "R", "message": message,
+               "lastTransitionTime": "2026-11-24T07:00:00Z"})
+    }
+
     #[test]
     fn workflow_voice_backup_and_nodeclass() {
-        let wf = json!({"metadata": {"name": "email"}, "spec": {"active": true}, "status": {"active": false}});
+        let wf = object(
+            "Workflow",
+            "email",
+            workflow_spec(true),
+            Some(json!({"active": false})),
+        );
         let (p, o) = &properties("Workflow", &[wf], "homelab", now())[1];
         assert_eq!(
             (p.desired.clone(), o.value.clone()),
             (Desired::Literal(json!(true)), Ok(json!(false)))
         );
 
-        let vp = json!({"metadata": {"name": "voice"}, "spec": {"latencyBudget": "2s"}, "status": {"latencyP95": "1.4s"}});
+        let spec = json!({"latencyBudget": "2s", "stages": []});
+        let vp = object(
+            "VoicePipeline",
+            "voice",
+            spec,
+            Some(json!({"latencyP95": "1.4s"})),
+        );
         let (p, o) = &properties("VoicePipeline", &[vp], "homelab", now())[1];
         assert_eq!(p.desired, Desired::Literal(json!(2000)));
         assert_eq!(o.value, Ok(json!(1400)));
         assert_eq!(p.comparison, Comparison::AtMost);
 
-        let bp = json!({"metadata": {"name": "nightly"}, "spec": {"schedule": "0 3 * * *"},
-                        "status": {"lastSuccessfulTime": "2026-11-23T03:00:00Z"}});
+        let policy = |verify: Option<Value>, status: Value| {
+            let mut spec = json!({"schedule": "0 3 * * *",
+                "source": {"database": {"name": "homelab"}},
+                "destination": {"endpoint": "https://r2", "bucket": "bkt", "credentialsSecret": "r2"},
+                "recipients": ["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"]});
+            if let Some(v) = verify {
+                spec["verify"] = v;
+            }
+            let mut o = object("BackupPolicy", "nightly", spec, Some(status));
+            o["metadata"]["creationTimestamp"] = json!("2026-11-10T07:00:00Z");
+            o
+        };
+        let bp = policy(None, json!({"lastSuccessfulTime": "2026-11-23T03:00:00Z"}));
         let (p, o) = &properties("BackupPolicy", &[bp], "homelab", now())[1];
         assert_eq!(p.desired, Desired::Literal(json!(36)));
         assert_eq!(o.value, Ok(json!(28)));
 
         // Restore drills: a weekly drill never verified, created two weeks ago, is drift.
-        let bp = json!({"metadata": {"name": "nightly", "creationTimestamp": "2026-11-10T07:00:00Z"},
-                        "spec": {"schedule": "0 3 * * *", "verify": {"schedule": "0 4 * * 0"}},
-                        "status": {"lastSuccessfulTime": "2026-11-24T03:00:00Z"}});
+        let verify = json!({"schedule": "0 4 * * 0", "identitySecret": "drill", "scratchDatabase": "scratch"});
+        let bp = policy(
+            Some(verify),
+            json!({"lastSuccessfulTime": "2026-11-24T03:00:00Z"}),
+        );
         let all = properties("BackupPolicy", &[bp], "homelab", now());
         let (p, o) = &all[2];
         assert_eq!(p.id, "backuppolicy.nightly.verified-age-hours");
@@ -477,9 +603,17 @@ mod tests {
                 .is_some_and(|m| m.starts_with("never verified"))
         );
 
-        let nc = json!({"metadata": {"name": "pi"}, "status": {"conditions": [
-            {"type": "Ready", "status": "True"},
-            {"type": "Overcommitted", "status": "True", "message": "limits 5 CPU > 4"}]}});
+        let status = json!({"conditions": [condition("Ready", "True", "ok"),
+                                           condition("Overcommitted", "True", "limits 5 CPU > 4")]});
+        let mut nc = object(
+            "NodeClass",
+            "pi",
+            json!({"nodeSelector": {"homeplane.dev/class": "pi"}}),
+            Some(status),
+        );
+        nc["metadata"]
+            .as_object_mut()
+            .map(|m| m.remove("namespace"));
         let (p, o) = &properties("NodeClass", &[nc], "homelab", now())[1];
         assert_eq!(p.id, "nodeclass.pi.overcommitted");
         assert_eq!(o.value, Ok(json!(true)));

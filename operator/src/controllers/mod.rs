@@ -1,6 +1,7 @@
-//! The controllers, one module per kind, and what they share: the context, the error type and
-//! the error policy (an invalid spec waits for a change; a transient error backs off
-//! exponentially per object and resets on success).
+//! The controllers, one module per kind, and what they share: the context and the error type.
+//! Controllers run in the reconcile frame (`crate::reconcile`); `error_policy`, `apply_status`
+//! and the failure counts below serve the controllers not moved onto it yet (Database,
+//! StateRegistry, Agent).
 
 pub mod agent;
 pub mod agentrun;
@@ -24,8 +25,7 @@ use tracing::warn;
 
 use crate::metrics::Metrics;
 
-/// The field manager of everything homeplane applies.
-pub const FIELD_MANAGER: &str = "homeplane";
+pub use crate::workload::FIELD_MANAGER;
 
 /// What every reconciliation shares.
 pub struct Context {
@@ -49,6 +49,10 @@ pub struct Context {
     pub history: Option<sqlx::PgPool>,
     /// The operator's image, run by the Jobs that back up PersistentVolumeClaims.
     pub image: String,
+    /// The memory budget of the backups and restore drills the operator runs itself.
+    pub backup_budget: backup::budget::Budget,
+    /// Failure streaks per object: the one retry policy of the reconcile frame.
+    pub retries: crate::reconcile::retry::Retries,
     /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -79,6 +83,8 @@ impl Context {
             run_starts: tokio::sync::Mutex::new(()),
             history: None,
             image: DEFAULT_IMAGE.to_string(),
+            backup_budget: backup::budget::Budget::default(),
+            retries: crate::reconcile::retry::Retries::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -176,6 +182,9 @@ pub enum Error {
     /// The HTTP client could not be built.
     #[error("failed to set up the HTTP client: {0}")]
     Http(String),
+    /// A list holds more objects than homeplane reads.
+    #[error("failed to {action}: more than {max} objects; homeplane reads at most that many")]
+    TooMany { action: &'static str, max: usize },
     /// An object could not be serialized.
     #[error("failed to serialize {what}")]
     Serialize {
@@ -183,6 +192,17 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl From<crate::workload::apply::Error> for Error {
+    fn from(error: crate::workload::apply::Error) -> Self {
+        use crate::workload::apply::Error as Workload;
+        match error {
+            Workload::Kube { action, source } => Error::Kube { action, source },
+            Workload::Serialize { what, source } => Error::Serialize { what, source },
+            Workload::Class(invalid) => Error::Spec(invalid.to_string()),
+        }
+    }
 }
 
 impl Error {
@@ -197,6 +217,7 @@ impl Error {
             Error::Spec(_) => "spec",
             Error::N8n { .. } => "n8n",
             Error::Http(_) => "http",
+            Error::TooMany { .. } => "limit",
         }
     }
 
@@ -211,6 +232,7 @@ impl Error {
             Error::Spec(_) => "InvalidSpec",
             Error::N8n { .. } => "N8nError",
             Error::Http(_) => "HttpClientError",
+            Error::TooMany { .. } => "TooManyObjects",
         }
     }
 
@@ -230,19 +252,7 @@ pub async fn apply_status<K>(
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
-        &kube::api::Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(Error::kube("update status"))
+    crate::reconcile::status::write(api, obj, &status).await
 }
 
 /// The key of an object for backoff bookkeeping.
@@ -305,6 +315,62 @@ pub fn log_stream_error<T, E: std::fmt::Display>(
             Err(error) => warn!(controller, %error, "controller stream error"),
         }
         futures::future::ready(())
+    }
+}
+
+/// The outcome of workloads refused before anything was created: a placement that cannot be
+/// built is the spec's to fix; a class that is missing or full waits for the world (checked
+/// again every minute, and when the class's nodes or pods change).
+pub fn refused(reason: &'static str, message: String) -> crate::reconcile::Outcome {
+    use crate::reconcile::Outcome;
+    match reason {
+        "InvalidPlacement" => Outcome::invalid(reason, message),
+        _ => Outcome::blocked(reason, message).after(Duration::from_secs(60)),
+    }
+}
+
+/// The outcome of applied workloads whose pods the scheduler cannot place, if there are any.
+pub fn unschedulable(
+    rollouts: &std::collections::BTreeMap<String, crate::workload::rollout::Rollout>,
+) -> Option<crate::reconcile::Outcome> {
+    let [ready, ..] = crate::workload::apply::unschedulable(rollouts)?;
+    Some(
+        crate::reconcile::Outcome::blocked(ready.reason, ready.message)
+            .after(Duration::from_secs(30)),
+    )
+}
+
+/// Most objects read from one list (in pages of [`LIST_PAGE`]): every read from the API server
+/// is bounded, whatever a namespace holds.
+pub const MAX_LISTED: usize = 5_000;
+/// Objects per page of a list.
+pub const LIST_PAGE: u32 = 500;
+
+/// Lists `api` with `params` page by page, failing once more than [`MAX_LISTED`] objects come
+/// back (`action` names the list in the error).
+pub async fn list_capped<K>(
+    api: &kube::Api<K>,
+    params: kube::api::ListParams,
+    action: &'static str,
+) -> Result<Vec<K>, Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = params.limit(LIST_PAGE);
+    let mut out = Vec::new();
+    loop {
+        let page = api.list(&params).await.map_err(Error::kube(action))?;
+        out.extend(page.items);
+        if out.len() > MAX_LISTED {
+            return Err(Error::TooMany {
+                action,
+                max: MAX_LISTED,
+            });
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
     }
 }
 

@@ -15,9 +15,43 @@ use serde::de::DeserializeOwned;
 use tracing::info;
 
 use super::rollout::{self, Rollout};
-use super::{INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Objects, Runner};
+use super::{
+    FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Objects, Runner,
+};
 use crate::conditions::{DEGRADED, Desired, PROGRESSING, READY};
-use crate::controllers::{Error, FIELD_MANAGER};
+
+/// Why sending workloads to the cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("failed to {action}")]
+    Kube {
+        /// What was being done.
+        action: &'static str,
+        /// The API's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// An object could not be serialized.
+    #[error("failed to serialize {what}")]
+    Serialize {
+        /// What.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A NodeClass holds a quantity that does not parse.
+    #[error(transparent)]
+    Class(#[from] super::capacity::InvalidClass),
+}
+
+impl Error {
+    /// Shorthand for a failed API call.
+    pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
+    }
+}
 
 /// Server-side applies one namespaced object with homeplane's field manager.
 pub async fn apply_one<K>(client: &Client, obj: &K) -> Result<K, Error>
@@ -161,10 +195,39 @@ pub async fn room(
     else {
         return Ok(None);
     };
-    let (nodes, pods) = crate::controllers::nodeclass::dereference(&nc, client).await?;
-    let room = super::capacity::room(class, &nc.spec, &nodes, &pods, replacing)
-        .map_err(|e| Error::Spec(e.to_string()))?;
+    let (nodes, pods) = class_members(&nc, client).await?;
+    let room = super::capacity::room(class, &nc.spec, &nodes, &pods, replacing)?;
     Ok(Some((nc, room)))
+}
+
+/// The nodes that match a NodeClass and the pods scheduled on them.
+pub async fn class_members(
+    nc: &homeplane_crds::nodeclass::NodeClass,
+    client: &Client,
+) -> Result<(Vec<k8s_openapi::api::core::v1::Node>, Vec<Pod>), Error> {
+    use k8s_openapi::api::core::v1::Node;
+    let selector: Vec<String> = nc
+        .spec
+        .node_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels(&selector.join(",")))
+        .await
+        .map_err(Error::kube("list the nodes of the class"))?
+        .items;
+    let pods_api = Api::<Pod>::all(client.clone());
+    let mut pods = Vec::new();
+    for node in &nodes {
+        let on_node = format!("spec.nodeName={}", node.name_any());
+        let list = pods_api
+            .list(&ListParams::default().fields(&on_node))
+            .await
+            .map_err(Error::kube("list the pods on the class's nodes"))?;
+        pods.extend(list.items);
+    }
+    Ok((nodes, pods))
 }
 
 /// What became of a set of workloads.
@@ -348,7 +411,7 @@ mod tests {
             &mut old,
             Converged::refused_conditions("Unschedulable", "x")[1].clone(),
             None,
-            crate::controllers::now(),
+            k8s_openapi::jiff::Timestamp::now(),
         );
         assert!(!Converged::refusal_is_news(&old, "Unschedulable"));
         assert!(Converged::refusal_is_news(&old, "NodeClassNotFound"));

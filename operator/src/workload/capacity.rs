@@ -7,8 +7,8 @@ use homeplane_crds::nodeclass::NodeClassSpec;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
 
+use super::pods::{self as class_plan};
 use super::{Asks, OWNER_LABEL};
-use crate::controllers::nodeclass::plan::{self as class_plan};
 use crate::quantity::{InvalidQuantity, Milli};
 
 /// One resource of a class: what it has, keeps back and already runs.

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod capacity;
+pub mod pods;
 pub mod rollout;
 
 use std::collections::BTreeMap;
@@ -31,6 +32,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::quantity::{InvalidQuantity, Milli};
+
+/// The field manager of everything homeplane applies.
+pub const FIELD_MANAGER: &str = "homeplane";
 
 /// `app.kubernetes.io/name`: what the software is (`redis`, `memory-server`).
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";

@@ -99,9 +99,56 @@ pub fn memory_bytes(plan: PartPlan) -> u64 {
 
 /// The Job of a PVC backup.
 pub fn build(spec: PvcJob<'_>) -> Job {
-    let dest = &spec.policy.spec.destination;
     let ns = spec.backup.namespace().unwrap_or_default();
-    let mut args: Vec<String> = [
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        containers: vec![container(&spec, &ns)],
+        volumes: Some(vec![Volume {
+            name: "source".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: spec.claim.to_string(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        }]),
+        affinity: spec.consumer.map(|c| on_node(&c.node)),
+        tolerations: spec
+            .consumer
+            .map(|c| c.tolerations.clone())
+            .filter(|t| !t.is_empty()),
+        termination_grace_period_seconds: Some(30),
+        ..PodSpec::default()
+    };
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(spec.backup)),
+            namespace: Some(ns),
+            labels: Some(labels(spec.backup)),
+            owner_references: spec.backup.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(JobSpec {
+            // One attempt: a retry would be a new run, with a new object key.
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(DEADLINE_SECONDS),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(spec.backup)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}
+
+/// `homeplane backup pvc` with the policy's bucket, recipients, compression and part plan.
+fn args(spec: &PvcJob<'_>, ns: &str) -> Vec<String> {
+    let dest = &spec.policy.spec.destination;
+    let fixed = [
         "backup",
         "pvc",
         "--path",
@@ -109,7 +156,7 @@ pub fn build(spec: PvcJob<'_>) -> Job {
         "--claim",
         spec.claim,
         "--namespace",
-        &ns,
+        ns,
         "--object",
         spec.key,
         "--endpoint",
@@ -118,10 +165,8 @@ pub fn build(spec: PvcJob<'_>) -> Job {
         &dest.bucket,
         "--region",
         &dest.region,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ];
+    let mut args: Vec<String> = fixed.iter().map(|s| s.to_string()).collect();
     if !dest.path_style {
         args.push("--virtual-hosted".into());
     }
@@ -134,34 +179,33 @@ pub fn build(spec: PvcJob<'_>) -> Job {
     };
     let part_size_mib = spec.plan.part_size() >> 20;
     let concurrency = spec.plan.memory_bound() / spec.plan.part_size().max(1);
-    args.extend([
-        "--zstd-level".to_string(),
-        level.to_string(),
-        "--part-size-mib".to_string(),
-        part_size_mib.to_string(),
-        "--concurrency".to_string(),
-        concurrency.to_string(),
-        "--result-file".to_string(),
-        RESULT_PATH.to_string(),
-    ]);
+    for (flag, value) in [
+        ("--zstd-level", level.to_string()),
+        ("--part-size-mib", part_size_mib.to_string()),
+        ("--concurrency", concurrency.to_string()),
+        ("--result-file", RESULT_PATH.to_string()),
+    ] {
+        args.extend([flag.to_string(), value]);
+    }
+    args
+}
+
+/// The container: the claim read-only, the bucket's credentials from the Secret, root with
+/// only `CAP_DAC_READ_SEARCH`, limits from the part plan, the result as termination message.
+fn container(spec: &PvcJob<'_>, ns: &str) -> Container {
+    let secret = &spec.policy.spec.destination.credentials_secret;
+    let memory = Quantity(format!("{}Mi", memory_bytes(spec.plan) >> 20));
     let resources = BTreeMap::from([
         ("cpu".to_string(), Quantity(CPU.to_string())),
-        (
-            "memory".to_string(),
-            Quantity(format!("{}Mi", memory_bytes(spec.plan) >> 20)),
-        ),
+        ("memory".to_string(), memory),
     ]);
-    let container = Container {
+    Container {
         name: CONTAINER.to_string(),
         image: Some(spec.image.to_string()),
-        args: Some(args),
+        args: Some(args(spec, ns)),
         env: Some(vec![
-            env_from_secret("AWS_ACCESS_KEY_ID", &dest.credentials_secret, "accessKeyId"),
-            env_from_secret(
-                "AWS_SECRET_ACCESS_KEY",
-                &dest.credentials_secret,
-                "secretAccessKey",
-            ),
+            env_from_secret("AWS_ACCESS_KEY_ID", secret, "accessKeyId"),
+            env_from_secret("AWS_SECRET_ACCESS_KEY", secret, "secretAccessKey"),
             EnvVar {
                 name: "RUST_LOG".into(),
                 value: Some("info".into()),
@@ -193,15 +237,19 @@ pub fn build(spec: PvcJob<'_>) -> Job {
         termination_message_path: Some(RESULT_PATH.to_string()),
         termination_message_policy: Some("File".to_string()),
         ..Container::default()
-    };
-    let affinity = spec.consumer.map(|c| Affinity {
+    }
+}
+
+/// Node affinity to one node by hostname (where a ReadWriteOnce claim is in use).
+fn on_node(node: &str) -> Affinity {
+    Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                 node_selector_terms: vec![NodeSelectorTerm {
                     match_expressions: Some(vec![NodeSelectorRequirement {
                         key: "kubernetes.io/hostname".into(),
                         operator: "In".into(),
-                        values: Some(vec![c.node.clone()]),
+                        values: Some(vec![node.to_string()]),
                     }]),
                     ..NodeSelectorTerm::default()
                 }],
@@ -209,49 +257,6 @@ pub fn build(spec: PvcJob<'_>) -> Job {
             ..NodeAffinity::default()
         }),
         ..Affinity::default()
-    });
-    let pod = PodSpec {
-        restart_policy: Some("Never".into()),
-        automount_service_account_token: Some(false),
-        containers: vec![container],
-        volumes: Some(vec![Volume {
-            name: "source".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: spec.claim.to_string(),
-                read_only: Some(true),
-            }),
-            ..Volume::default()
-        }]),
-        affinity,
-        tolerations: spec
-            .consumer
-            .map(|c| c.tolerations.clone())
-            .filter(|t| !t.is_empty()),
-        termination_grace_period_seconds: Some(30),
-        ..PodSpec::default()
-    };
-    Job {
-        metadata: ObjectMeta {
-            name: Some(job_name(spec.backup)),
-            namespace: Some(ns),
-            labels: Some(labels(spec.backup)),
-            owner_references: spec.backup.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(JobSpec {
-            // One attempt: a retry would be a new run, with a new object key.
-            backoff_limit: Some(0),
-            active_deadline_seconds: Some(DEADLINE_SECONDS),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(spec.backup)),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(pod),
-            },
-            ..JobSpec::default()
-        }),
-        ..Job::default()
     }
 }
 

@@ -137,6 +137,35 @@ pub async fn destination(
     }))
 }
 
+/// The label that marks a Database whose contents may be thrown away: the only kind a restore
+/// drill restores into (`pg_restore --clean` replaces everything in it).
+pub const SCRATCH_LABEL: &str = "homeplane.dev/scratch";
+
+/// How to reach the scratch Database `name` of a restore drill, as its server's admin; refused
+/// unless the Database is labelled [`SCRATCH_LABEL`]`=true`.
+pub async fn scratch_database(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Result<PgConn, Invalid>, Error> {
+    let db = Api::<Database>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube("read the scratch Database"))?;
+    let marked = db
+        .as_ref()
+        .is_some_and(|d| d.labels().get(SCRATCH_LABEL).map(String::as_str) == Some("true"));
+    if db.is_some() && !marked {
+        return Ok(Err(Invalid::new(
+            "ScratchNotMarked",
+            format!(
+                "Database {ns}/{name} is not marked as scratch: a restore drill replaces its whole contents, so it only restores into a Database labelled {SCRATCH_LABEL}=true (kubectl label database {name} -n {ns} {SCRATCH_LABEL}=true, if its contents may be thrown away)"
+            ),
+        )));
+    }
+    database(ctx, ns, name, None).await
+}
+
 /// How to reach the database of the Database object `name` in `ns`: as `role` (its Secret
 /// `<database>-<role>`, written by the Database controller) or as the server's admin.
 pub async fn database(

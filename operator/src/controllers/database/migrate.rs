@@ -53,6 +53,13 @@ pub enum MigrateError {
     /// A migration failed; nothing of it was applied.
     #[error("migration {id} failed and was rolled back: {message}")]
     Failed { id: String, message: String },
+    /// The connection to the server was lost while a migration ran (the server restarted or
+    /// went away): its transaction was rolled back by the server, so it is applied again, once,
+    /// when the server is back.
+    #[error(
+        "the connection was lost while migration {id} ran ({message}); it was rolled back and is retried"
+    )]
+    ConnectionLost { id: String, message: String },
     /// The history table could not be read or written, or the lock taken.
     #[error("failed to {action}")]
     Sql {
@@ -70,8 +77,18 @@ impl MigrateError {
             MigrateError::ChecksumMismatch { .. } => "ChecksumMismatch",
             MigrateError::DownMissing { .. } => "DownMigrationMissing",
             MigrateError::Failed { .. } => "MigrationFailed",
+            MigrateError::ConnectionLost { .. } => "ConnectionLost",
             MigrateError::Sql { .. } => "MigrationHistoryError",
         }
+    }
+
+    /// Whether retrying can cure it: the history table or the connection failed, not the SQL
+    /// of a migration or the files.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            MigrateError::Sql { .. } | MigrateError::ConnectionLost { .. }
+        )
     }
 }
 
@@ -246,9 +263,28 @@ fn record_sql(history: &str, m: &Migration, millis: i64, applied_by: &str) -> St
 }
 
 fn failed(id: &str, error: &sqlx::Error) -> MigrateError {
-    MigrateError::Failed {
-        id: id.to_string(),
-        message: super::sql::message(error),
+    let message = super::sql::message(error);
+    let id = id.to_string();
+    match connection_lost(error) {
+        true => MigrateError::ConnectionLost { id, message },
+        false => MigrateError::Failed { id, message },
+    }
+}
+
+/// Whether `error` is the connection failing rather than the statement: I/O, the pool, or the
+/// server shutting down or refusing the session (SQLSTATE classes 08 and 57P01-57P03).
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 

@@ -40,8 +40,6 @@ use sql::audited;
 const CONTROLLER: &str = "database";
 /// How often a converged Database is checked again (hand-made grants are revoked by then).
 const RESYNC: Duration = Duration::from_secs(120);
-/// Failed attempts in a row before the Database is `Stalled`.
-const MAX_ATTEMPTS: i32 = 5;
 /// Most plan lines kept in status.
 const MAX_PLAN_LINES: usize = 50;
 /// Annotation on role Secrets: the `rotatePasswords` value their password was made for.
@@ -93,7 +91,7 @@ struct Outcome {
     ready: Desired,
     degraded: Option<Desired>,
     action: Action,
-    /// A failure that retrying may cure (counted towards `Stalled`).
+    /// A failure that retrying may cure: retried with backoff.
     retry: bool,
 }
 
@@ -108,7 +106,7 @@ impl Outcome {
         }
     }
 
-    /// Failed for now; tried again with backoff, and `Stalled` after [`MAX_ATTEMPTS`].
+    /// Failed for now; tried again with backoff until it passes.
     fn retrying(reason: &'static str, message: String) -> Self {
         Self {
             retry: true,
@@ -204,40 +202,22 @@ async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
     let mut status = db.status.clone().unwrap_or_default();
     let old = status.clone();
     let generation = db.metadata.generation;
-    if status.observed_generation != generation {
-        status.failed_attempts = 0;
-    }
-    if status.failed_attempts >= MAX_ATTEMPTS {
-        // Stalled: leave the server alone until the spec changes.
-        return Ok(Action::await_change());
-    }
     let outcome = converge(&db, &ctx, &mut status).await?;
     status.observed_generation = generation;
-    status.failed_attempts = if outcome.retry {
-        status.failed_attempts + 1
-    } else {
-        0
+    // A failure the world can cure (a server restarting, a Secret that arrives late) is retried
+    // with the reconcile frame's backoff for as long as it takes, never counted towards a stall.
+    // Nothing in the status changes from one attempt to the next, so the status write does not
+    // wake the controller again at once.
+    status.failed_attempts = 0;
+    conditions::remove(&mut status.conditions, STALLED);
+    let key = super::key(db.as_ref());
+    let action = match outcome.retry {
+        true => Action::requeue(ctx.retries.failed(&key).delay),
+        false => {
+            ctx.retries.succeeded(&key);
+            outcome.action
+        }
     };
-    let stalled = status.failed_attempts >= MAX_ATTEMPTS;
-    let action = if stalled {
-        Action::await_change()
-    } else {
-        outcome.action
-    };
-    if stalled {
-        let message = format!(
-            "gave up after {MAX_ATTEMPTS} failed attempts in a row: {}; change the spec to try again",
-            outcome.ready.message
-        );
-        conditions::set(
-            &mut status.conditions,
-            Desired::yes(STALLED, "TooManyFailures", message),
-            generation,
-            now(),
-        );
-    } else {
-        conditions::remove(&mut status.conditions, STALLED);
-    }
     conditions::set(&mut status.conditions, outcome.ready, generation, now());
     match outcome.degraded {
         Some(degraded) => conditions::set(&mut status.conditions, degraded, generation, now()),
@@ -630,7 +610,7 @@ async fn converge(
         let reason = error.reason();
         ctx.event(db, EventType::Warning, reason, error.to_string())
             .await;
-        if reason == "MigrationHistoryError" {
+        if error.is_transient() {
             return Ok(Outcome::retrying(reason, error.to_string()));
         }
         return Ok(Outcome::blocked(

@@ -1,40 +1,41 @@
 //! The MemoryServer controller: waits for its Database, then runs the memory server (plus a
 //! managed Redis and an embedding model when asked) through the shared workload builder, and
-//! reports each dependency and the rollout from what the cluster says.
+//! reports each dependency and the rollout from what the cluster says. Pipeline: dereference
+//! (the Database and its role Secret) -> build (pure workloads) -> apply (capacity check, then
+//! server-side apply and pruning) -> status (dependencies, rollout).
 
 pub mod plan;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use homeplane_crds::database::Database;
 use homeplane_crds::memory::{Dependency, MemoryServer, MemoryServerStatus};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::instrument;
 
-use super::{Context, Error, apply_status, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
-use crate::workload::apply::{Converged, converge, pruned_note, unschedulable};
+use super::{Context, Error, now};
+use crate::conditions::{self, Desired, PROGRESSING, READY};
+use crate::reconcile::{self, Outcome, Reconciler, watch};
+use crate::workload::apply::{Converged, converge, pruned_note};
 use crate::workload::rollout::Rollout;
 use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, Owner};
 
-const CONTROLLER: &str = "memoryserver";
+/// The MemoryServer controller.
+pub struct MemoryServers;
 
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let controller = Controller::new(ctx.watched::<MemoryServer>(), watcher::Config::default());
+    let controller = Controller::new(ctx.watched::<MemoryServer>(), watch::config());
     let store = controller.store();
-    controller
+    let controller = controller
         .owns(ctx.watched::<Deployment>(), owned.clone())
         .owns(ctx.watched::<StatefulSet>(), owned.clone())
         .owns(ctx.watched::<Service>(), owned)
@@ -51,15 +52,110 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                     .map(|ms| ObjectRef::from_obj(ms.as_ref()))
                     .collect::<Vec<_>>()
             },
-        )
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(
-            reconcile,
-            |ms, error, ctx| error_policy(CONTROLLER, ms, error, ctx),
-            ctx,
-        )
-        .for_each(super::log_stream_error(CONTROLLER))
-        .await;
+        );
+    reconcile::run(MemoryServers, controller, ctx, shutdown).await;
+}
+
+impl Reconciler for MemoryServers {
+    type Object = MemoryServer;
+    const NAME: &'static str = "memoryserver";
+    const RESYNC: Duration = Duration::from_secs(300);
+
+    async fn reconcile(
+        &self,
+        ms: &MemoryServer,
+        status: &mut MemoryServerStatus,
+        ctx: &Context,
+    ) -> Result<Outcome, Error> {
+        status.endpoint = Some(plan::endpoint(ms));
+        status.dependencies.clear();
+        let ns = ms.namespace().unwrap_or_default();
+        let db = Api::<Database>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&ms.spec.database.name)
+            .await
+            .map_err(Error::kube("read the Database"))?;
+        let secret = match database_state(ms, db.as_ref()) {
+            Ok(secret) => secret,
+            Err(message) => {
+                status.dependencies = vec![dependency("database", false, Some(message.clone()))];
+                conditions::remove(&mut status.conditions, PROGRESSING);
+                return Ok(Outcome::progressing("WaitingForDatabase", message)
+                    .after(Duration::from_secs(60)));
+            }
+        };
+        status.dependencies.push(dependency("database", true, None));
+        let workloads = plan::workloads(ms, Some(&secret));
+        let owner = Owner::of(ms);
+        let (rollouts, pruned) =
+            match converge(&ctx.client, &owner, &workloads, &BTreeSet::new()).await? {
+                Converged::Refused { reason, message } => {
+                    conditions::remove(&mut status.conditions, PROGRESSING);
+                    return Ok(super::refused(reason, message));
+                }
+                Converged::Applied { rollouts, pruned } => (rollouts, pruned),
+            };
+        if let Some(note) = pruned_note(&pruned) {
+            ctx.event(ms, EventType::Normal, "Pruned", note).await;
+        }
+        status.dependencies.push(match &ms.spec.cache.external {
+            Some(url) => reachable("cache", url).await,
+            None => rollout_dependency("cache", rollouts.get(&plan::cache_name(ms))),
+        });
+        status.dependencies.push(match &ms.spec.embedding.endpoint {
+            Some(e) => reachable("embedding", &e.url).await,
+            None => rollout_dependency("embedding", rollouts.get(&plan::embedding_name(ms))),
+        });
+        Ok(readiness(ms, status, &rollouts))
+    }
+}
+
+/// Where the server stands once its workloads are applied: unschedulable, rolling out,
+/// waiting for a dependency, or serving.
+fn readiness(
+    ms: &MemoryServer,
+    status: &mut MemoryServerStatus,
+    rollouts: &BTreeMap<String, Rollout>,
+) -> Outcome {
+    let generation = ms.metadata.generation;
+    let mut progressing =
+        |d: Desired| conditions::set(&mut status.conditions, d, generation, now());
+    if let Some(outcome) = super::unschedulable(rollouts) {
+        progressing(Desired::no(
+            PROGRESSING,
+            "Unschedulable",
+            "the scheduler cannot place a pod",
+        ));
+        return outcome;
+    }
+    let rolling = rollouts.values().any(|r| !r.is_ready());
+    let server = rollouts.get(&ms.name_any()).cloned();
+    let server = server.unwrap_or(Rollout::Progressing("the server is not created yet".into()));
+    if let Rollout::Progressing(m) = &server {
+        progressing(Desired::yes(PROGRESSING, "RollingOut", m.clone()));
+        return Outcome::progressing("Progressing", m.clone());
+    }
+    let waiting: Vec<String> = status
+        .dependencies
+        .iter()
+        .filter(|d| !d.ready)
+        .map(|d| format!("{}: {}", d.name, d.message.clone().unwrap_or_default()))
+        .collect();
+    let message = waiting.join("; ");
+    let mut progressing =
+        |d: Desired| conditions::set(&mut status.conditions, d, generation, now());
+    if rolling {
+        progressing(Desired::yes(PROGRESSING, "RollingOut", message.clone()));
+    } else {
+        progressing(Desired::no(
+            PROGRESSING,
+            "RolledOut",
+            "every workload is available",
+        ));
+    }
+    if !waiting.is_empty() {
+        return Outcome::progressing("DependencyNotReady", message);
+    }
+    Outcome::ready("Ready", format!("serving at {}", plan::endpoint(ms)))
 }
 
 fn dependency(name: &str, ready: bool, message: Option<String>) -> Dependency {
@@ -150,152 +246,6 @@ fn rollout_dependency(name: &str, rollout: Option<&Rollout>) -> Dependency {
         }
         None => dependency(name, false, Some("not created".into())),
     }
-}
-
-#[instrument(skip_all, fields(memoryserver = %ms.name_any(), namespace = ms.namespace().unwrap_or_default()))]
-async fn reconcile(ms: Arc<MemoryServer>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let ns = ms.namespace().unwrap_or_default();
-    let old = ms.status.clone().unwrap_or_default();
-    let mut status = MemoryServerStatus {
-        conditions: old.conditions.clone(),
-        endpoint: Some(plan::endpoint(&ms)),
-        ..MemoryServerStatus::default()
-    };
-    let generation = ms.metadata.generation;
-    let set = |status: &mut MemoryServerStatus, d: Desired| {
-        conditions::set(&mut status.conditions, d, generation, now());
-    };
-
-    let db = Api::<Database>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&ms.spec.database.name)
-        .await
-        .map_err(Error::kube("read the Database"))?;
-    let secret = match database_state(&ms, db.as_ref()) {
-        Ok(secret) => secret,
-        Err(message) => {
-            status.dependencies = vec![dependency("database", false, Some(message.clone()))];
-            set(
-                &mut status,
-                Desired::no(READY, "WaitingForDatabase", message),
-            );
-            conditions::remove(&mut status.conditions, PROGRESSING);
-            conditions::remove(&mut status.conditions, DEGRADED);
-            status.observed_generation = generation;
-            write(&ms, &ctx, &old, status).await?;
-            ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-            return Ok(Action::requeue(Duration::from_secs(60)));
-        }
-    };
-    status.dependencies.push(dependency("database", true, None));
-
-    let owner = Owner::of(ms.as_ref());
-    let workloads = plan::workloads(&ms, Some(&secret));
-    let converged = converge(&ctx.client, &owner, &workloads, &BTreeSet::new()).await?;
-    let action = match converged {
-        Converged::Refused { reason, message } => {
-            if Converged::refusal_is_news(&old.conditions, reason) {
-                ctx.event(ms.as_ref(), EventType::Warning, reason, message.clone())
-                    .await;
-            }
-            for d in Converged::refused_conditions(reason, &message) {
-                set(&mut status, d);
-            }
-            conditions::remove(&mut status.conditions, PROGRESSING);
-            Action::requeue(Duration::from_secs(60))
-        }
-        Converged::Applied { rollouts, pruned } => {
-            if let Some(note) = pruned_note(&pruned) {
-                ctx.event(ms.as_ref(), EventType::Normal, "Pruned", note)
-                    .await;
-            }
-            status.dependencies.push(match &ms.spec.cache.external {
-                Some(url) => reachable("cache", url).await,
-                None => rollout_dependency("cache", rollouts.get(&plan::cache_name(&ms))),
-            });
-            status.dependencies.push(match &ms.spec.embedding.endpoint {
-                Some(e) => reachable("embedding", &e.url).await,
-                None => rollout_dependency("embedding", rollouts.get(&plan::embedding_name(&ms))),
-            });
-            let server = rollouts
-                .get(&ms.name_any())
-                .cloned()
-                .unwrap_or(Rollout::Progressing("the server is not created yet".into()));
-            let waiting: Vec<String> = status
-                .dependencies
-                .iter()
-                .filter(|d| !d.ready)
-                .map(|d| format!("{}: {}", d.name, d.message.clone().unwrap_or_default()))
-                .collect();
-            conditions::remove(&mut status.conditions, DEGRADED);
-            if let Some(refused) = unschedulable(&rollouts) {
-                for d in refused {
-                    set(&mut status, d);
-                }
-            } else if let Rollout::Progressing(m) = &server {
-                set(&mut status, Desired::no(READY, "Progressing", m.clone()));
-                set(
-                    &mut status,
-                    Desired::yes(PROGRESSING, "RollingOut", m.clone()),
-                );
-            } else if !waiting.is_empty() {
-                let message = waiting.join("; ");
-                set(
-                    &mut status,
-                    Desired::no(READY, "DependencyNotReady", message.clone()),
-                );
-                let rolling = rollouts.values().any(|r| !r.is_ready());
-                if rolling {
-                    set(
-                        &mut status,
-                        Desired::yes(PROGRESSING, "RollingOut", message),
-                    );
-                } else {
-                    set(
-                        &mut status,
-                        Desired::no(PROGRESSING, "RolledOut", "every workload is available"),
-                    );
-                }
-            } else {
-                set(
-                    &mut status,
-                    Desired::yes(
-                        READY,
-                        "Ready",
-                        format!("serving at {}", plan::endpoint(&ms)),
-                    ),
-                );
-                set(
-                    &mut status,
-                    Desired::no(PROGRESSING, "RolledOut", "every workload is available"),
-                );
-            }
-            if conditions::is_true(&status.conditions, READY) {
-                Action::requeue(Duration::from_secs(300))
-            } else {
-                Action::requeue(Duration::from_secs(10))
-            }
-        }
-    };
-    status.observed_generation = generation;
-    write(&ms, &ctx, &old, status).await?;
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    ctx.succeeded(&super::key(ms.as_ref()));
-    Ok(action)
-}
-
-async fn write(
-    ms: &MemoryServer,
-    ctx: &Context,
-    old: &MemoryServerStatus,
-    new: MemoryServerStatus,
-) -> Result<(), Error> {
-    if old == &new && ms.status.is_some() {
-        return Ok(());
-    }
-    let api: Api<MemoryServer> =
-        Api::namespaced(ctx.client.clone(), &ms.namespace().unwrap_or_default());
-    apply_status(&api, ms, &new).await
 }
 
 #[cfg(test)]

@@ -1,42 +1,37 @@
 //! The NodeClass controller: finds the class's nodes and the pods scheduled on them and
 //! publishes the capacity plan. Pipeline: dereference (nodes, pods) -> build (pure plan) ->
-//! status.
+//! status (the plan, `Overcommitted`, an event when that changes).
 
 pub(crate) mod plan;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use homeplane_crds::nodeclass::{NodeClass, NodeClassStatus};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::ListParams;
-use kube::runtime::controller::{Action, Config};
+use kube::Api;
+use kube::runtime::controller::Config;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument};
+use tracing::info;
 
 pub use plan::OVERCOMMITTED;
 
-use super::{Context, Error, apply_status, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, READY};
+use super::{Context, Error, now};
+use crate::conditions::{self, READY};
+use crate::reconcile::{self, Outcome, Reconciler, watch};
+use crate::workload::apply::class_members;
 
-const CONTROLLER: &str = "nodeclass";
-
-/// How often a class is re-planned without any change (a safety net for missed events).
-const RESYNC: Duration = Duration::from_secs(300);
+/// The NodeClass controller.
+pub struct NodeClasses;
 
 /// Runs the controller until `shutdown` is cancelled. Every NodeClass is re-planned when a
 /// node or a pod changes.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let client = ctx.client.clone();
-    let controller = Controller::new(
-        Api::<NodeClass>::all(client.clone()),
-        watcher::Config::default(),
-    );
+    let controller = Controller::new(Api::<NodeClass>::all(client.clone()), watch::config());
     let store = controller.store();
     let every_class = move || {
         store
@@ -46,7 +41,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             .collect::<Vec<_>>()
     };
     let on_node = every_class.clone();
-    controller
+    let controller = controller
         .watches(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
@@ -57,112 +52,80 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             watcher::Config::default(),
             move |_| every_class(),
         )
-        .with_config(Config::default().debounce(Duration::from_millis(500)))
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(
-            reconcile,
-            |nc, error, ctx| error_policy(CONTROLLER, nc, error, ctx),
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .with_config(Config::default().debounce(Duration::from_millis(500)));
+    reconcile::run(NodeClasses, controller, ctx, shutdown).await;
 }
 
-#[instrument(skip_all, fields(nodeclass = %nc.name_any()))]
-async fn reconcile(nc: Arc<NodeClass>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let (nodes, pods) = dereference(&nc, &ctx.client).await?;
-    let generation = nc.metadata.generation;
-    let old = nc.status.clone().unwrap_or_default();
-    let mut status = old.clone();
-    status.observed_generation = generation;
-    let action = match plan::build(&nc.spec, &nodes, &pods) {
-        Ok(plan) => {
-            status.nodes = plan.nodes;
-            status.node_count = i32::try_from(status.nodes.len()).unwrap_or(i32::MAX);
-            status.capacity = Some(plan.capacity);
-            status.pods = plan.pods;
-            status.pod_count = i32::try_from(plan.pod_count).unwrap_or(i32::MAX);
-            for desired in plan.conditions {
-                conditions::set(&mut status.conditions, desired, generation, now());
-            }
-            conditions::remove(&mut status.conditions, DEGRADED);
-            Action::requeue(RESYNC)
-        }
-        Err(invalid) => {
+impl Reconciler for NodeClasses {
+    type Object = NodeClass;
+    const NAME: &'static str = "nodeclass";
+    /// A safety net for missed node and pod events.
+    const RESYNC: Duration = Duration::from_secs(300);
+
+    async fn reconcile(
+        &self,
+        nc: &NodeClass,
+        status: &mut NodeClassStatus,
+        ctx: &Context,
+    ) -> Result<Outcome, Error> {
+        let (nodes, pods) = class_members(nc, &ctx.client).await?;
+        let plan = match plan::build(&nc.spec, &nodes, &pods) {
+            Ok(plan) => plan,
             // The CRD's CEL rules refuse such values; this guards objects stored before them.
-            let message = format!("{invalid}; fix it and apply again");
-            let ready = Desired::no(READY, "InvalidSpec", message.clone());
-            conditions::set(&mut status.conditions, ready, generation, now());
-            let degraded = Desired::yes(DEGRADED, "InvalidSpec", message);
-            conditions::set(&mut status.conditions, degraded, generation, now());
-            Action::await_change()
+            Err(invalid) => {
+                let message = format!("{invalid}; fix it and apply again");
+                return Ok(Outcome::invalid("InvalidSpec", message));
+            }
+        };
+        let was = conditions::is_true(&status.conditions, OVERCOMMITTED);
+        status.nodes = plan.nodes;
+        status.node_count = i32::try_from(status.nodes.len()).unwrap_or(i32::MAX);
+        status.capacity = Some(plan.capacity);
+        status.pods = plan.pods;
+        status.pod_count = i32::try_from(plan.pod_count).unwrap_or(i32::MAX);
+        let mut outcome = None;
+        for desired in plan.conditions {
+            if desired.type_ == READY {
+                outcome = Some(match desired.status {
+                    true => Outcome::ready(desired.reason, desired.message),
+                    // A node with the class's labels may join at any time (nodes are watched).
+                    false => Outcome::blocked(desired.reason, desired.message),
+                });
+            } else {
+                conditions::set(
+                    &mut status.conditions,
+                    desired,
+                    nc.metadata.generation,
+                    now(),
+                );
+            }
         }
-    };
-    write_status(&nc, &ctx, &old, status).await?;
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    ctx.succeeded(&super::key(nc.as_ref()));
-    Ok(action)
+        announce(nc, ctx, was, status).await;
+        Ok(outcome.unwrap_or_else(|| Outcome::ready("Planned", "the capacity plan is current")))
+    }
 }
 
-/// Lists the nodes that match the class and the pods scheduled on them.
-pub(crate) async fn dereference(
-    nc: &NodeClass,
-    client: &kube::Client,
-) -> Result<(Vec<Node>, Vec<Pod>), Error> {
-    let selector: Vec<String> = nc
-        .spec
-        .node_selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let nodes = Api::<Node>::all(client.clone())
-        .list(&ListParams::default().labels(&selector.join(",")))
-        .await
-        .map_err(Error::kube("list the nodes of the class"))?
-        .items;
-    let pods_api = Api::<Pod>::all(client.clone());
-    let mut pods = Vec::new();
-    for node in &nodes {
-        let on_node = format!("spec.nodeName={}", node.name_any());
-        let list = pods_api
-            .list(&ListParams::default().fields(&on_node))
-            .await
-            .map_err(Error::kube("list the pods on the class's nodes"))?;
-        pods.extend(list.items);
+/// An event when the class becomes, or stops being, overcommitted.
+async fn announce(nc: &NodeClass, ctx: &Context, was: bool, status: &NodeClassStatus) {
+    let is = conditions::is_true(&status.conditions, OVERCOMMITTED);
+    if is == was {
+        return;
     }
-    Ok((nodes, pods))
-}
-
-/// Sends the status when it changed, and an event when the class becomes or stops being
-/// overcommitted.
-async fn write_status(
-    nc: &NodeClass,
-    ctx: &Context,
-    old: &NodeClassStatus,
-    new: NodeClassStatus,
-) -> Result<(), Error> {
-    if old == &new && nc.status.is_some() {
-        return Ok(());
-    }
-    let was = conditions::is_true(&old.conditions, OVERCOMMITTED);
-    let is = conditions::is_true(&new.conditions, OVERCOMMITTED);
-    let message = new
+    let message = status
         .conditions
         .iter()
         .find(|c| c.type_ == OVERCOMMITTED)
         .map(|c| c.message.clone())
         .unwrap_or_default();
-    apply_status(&Api::<NodeClass>::all(ctx.client.clone()), nc, &new).await?;
-    if is != was {
-        info!(overcommitted = is, "capacity changed");
-        if is {
-            ctx.event(nc, EventType::Warning, "Overcommitted", message)
-                .await;
-        } else if nc.status.is_some() {
-            ctx.event(nc, EventType::Normal, "WithinCapacity", message)
-                .await;
-        }
+    info!(overcommitted = is, "capacity changed");
+    if is {
+        ctx.event(nc, EventType::Warning, "Overcommitted", message)
+            .await;
+    } else if nc.status.is_some() {
+        ctx.event(nc, EventType::Normal, "WithinCapacity", message)
+            .await;
     }
-    Ok(())
 }
+
+#[cfg(test)]
+mod tests;

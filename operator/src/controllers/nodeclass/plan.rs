@@ -1,14 +1,12 @@
 //! The capacity plan of a NodeClass: a pure function from the class, its nodes and the pods
 //! scheduled on them to the status and conditions.
 
-use std::collections::BTreeMap;
-
 use homeplane_crds::nodeclass::{Capacity, NodeClassSpec, PodUsage, ResourcePlan};
-use k8s_openapi::api::core::v1::{Container, Node, Pod};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::core::v1::{Node, Pod};
 
 use crate::conditions::{Desired, READY};
 use crate::quantity::{InvalidQuantity, Milli};
+use crate::workload::pods::{Asks, active, asks, quantity};
 
 /// Condition type set when the workloads of a class do not fit it.
 pub const OVERCOMMITTED: &str = "Overcommitted";
@@ -29,77 +27,6 @@ pub struct Plan {
     pub pod_count: usize,
     /// `Ready` and `Overcommitted`.
     pub conditions: Vec<Desired>,
-}
-
-/// What one pod asks for, in exact units.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Asks {
-    pub(crate) cpu_request: Milli,
-    pub(crate) cpu_limit: Option<Milli>,
-    pub(crate) memory_request: Milli,
-    pub(crate) memory_limit: Option<Milli>,
-    pub(crate) gpu: Milli,
-}
-
-fn quantity(map: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<Milli> {
-    map.and_then(|m| m.get(name))
-        .and_then(|q| Milli::parse(&q.0).ok())
-}
-
-/// Sums what the containers of a pod ask for; an init container counts where it asks for more
-/// than all regular containers together (as the scheduler counts it).
-pub(crate) fn asks(pod: &Pod, gpu_resource: Option<&str>) -> Asks {
-    let Some(spec) = pod.spec.as_ref() else {
-        return Asks::default();
-    };
-    let one = |c: &Container| {
-        let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
-        let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
-        let cpu_limit = quantity(limits, "cpu");
-        let memory_limit = quantity(limits, "memory");
-        // A container with a limit and no request gets the limit as its request.
-        let gpu = gpu_resource
-            .and_then(|g| quantity(requests, g).or_else(|| quantity(limits, g)))
-            .unwrap_or_default();
-        Asks {
-            cpu_request: quantity(requests, "cpu").or(cpu_limit).unwrap_or_default(),
-            cpu_limit,
-            memory_request: quantity(requests, "memory")
-                .or(memory_limit)
-                .unwrap_or_default(),
-            memory_limit,
-            gpu,
-        }
-    };
-    let add_limit = |a: Option<Milli>, b: Option<Milli>| match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
-        _ => None,
-    };
-    let mut total = Asks {
-        cpu_limit: Some(Milli::ZERO),
-        memory_limit: Some(Milli::ZERO),
-        ..Asks::default()
-    };
-    for c in &spec.containers {
-        let a = one(c);
-        total.cpu_request += a.cpu_request;
-        total.memory_request += a.memory_request;
-        total.gpu += a.gpu;
-        total.cpu_limit = add_limit(total.cpu_limit, a.cpu_limit);
-        total.memory_limit = add_limit(total.memory_limit, a.memory_limit);
-    }
-    for c in spec.init_containers.iter().flatten() {
-        let a = one(c);
-        total.cpu_request = total.cpu_request.max(a.cpu_request);
-        total.memory_request = total.memory_request.max(a.memory_request);
-        total.gpu = total.gpu.max(a.gpu);
-    }
-    total
-}
-
-pub(crate) fn active(pod: &Pod) -> bool {
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-    !matches!(phase, Some("Succeeded") | Some("Failed"))
 }
 
 fn managed(pod: &Pod) -> bool {
@@ -185,7 +112,6 @@ pub fn build(spec: &NodeClassSpec, nodes: &[Node], pods: &[Pod]) -> Result<Plan,
     parse_opt(spec.defaults.cpu.as_ref(), "defaults.cpu")?;
     parse_opt(spec.defaults.memory.as_ref(), "defaults.memory")?;
     let gpu_resource = spec.gpu_resource.as_deref();
-
     let mut names: Vec<String> = nodes
         .iter()
         .filter_map(|n| n.metadata.name.clone())
@@ -198,13 +124,60 @@ pub fn build(spec: &NodeClassSpec, nodes: &[Node], pods: &[Pod]) -> Result<Plan,
             .filter_map(|n| quantity(n.status.as_ref().and_then(|s| s.allocatable.as_ref()), name))
             .sum()
     };
+    let usages = usages(pods, &names, gpu_resource);
+    let sum = |f: fn(&Asks) -> Milli| usages.iter().map(|(a, _)| f(a)).sum::<Milli>();
+    let cpu = Totals {
+        allocatable: allocatable("cpu"),
+        reserved: reserved_cpu * node_count,
+        requested: sum(|a| a.cpu_request),
+        limits: sum(|a| a.cpu_limit.unwrap_or(a.cpu_request)),
+    };
+    let memory = Totals {
+        allocatable: allocatable("memory"),
+        reserved: reserved_memory * node_count,
+        requested: sum(|a| a.memory_request),
+        limits: sum(|a| a.memory_limit.unwrap_or(a.memory_request)),
+    };
+    let gpu = gpu_resource.map(|g| Totals {
+        allocatable: allocatable(g),
+        reserved: Milli::ZERO,
+        requested: sum(|a| a.gpu),
+        limits: sum(|a| a.gpu),
+    });
+    let unlimited = usages
+        .iter()
+        .filter(|(a, _)| a.cpu_limit.is_none() || a.memory_limit.is_none())
+        .count();
+    let conditions = vec![
+        matched(spec, &names),
+        overcommitted(&cpu, &memory, gpu.as_ref().zip(gpu_resource), unlimited),
+    ];
+    let pod_count = usages.len();
+    Ok(Plan {
+        nodes: names,
+        capacity: Capacity {
+            cpu: cpu.plan(Milli::cpu),
+            memory: memory.plan(Milli::memory),
+            gpu: gpu.map(|g| g.plan(Milli::count)),
+        },
+        pods: usages
+            .into_iter()
+            .take(MAX_LISTED_PODS)
+            .map(|(_, u)| u)
+            .collect(),
+        pod_count,
+        conditions,
+    })
+}
 
+/// What each active pod on the class's nodes asks for, largest CPU limit first.
+fn usages(pods: &[Pod], nodes: &[String], gpu_resource: Option<&str>) -> Vec<(Asks, PodUsage)> {
     let mut usages: Vec<(Asks, PodUsage)> = pods
         .iter()
         .filter(|p| active(p))
         .filter_map(|p| {
             let node = p.spec.as_ref()?.node_name.clone()?;
-            if !names.contains(&node) {
+            if !nodes.contains(&node) {
                 return None;
             }
             let a = asks(p, gpu_resource);
@@ -229,39 +202,37 @@ pub fn build(spec: &NodeClassSpec, nodes: &[Node], pods: &[Pod]) -> Result<Plan,
             .cmp(&a.cpu_limit)
             .then_with(|| (&x.namespace, &x.name).cmp(&(&y.namespace, &y.name)))
     });
+    usages
+}
 
-    let cpu = Totals {
-        allocatable: allocatable("cpu"),
-        reserved: reserved_cpu * node_count,
-        requested: usages.iter().map(|(a, _)| a.cpu_request).sum(),
-        limits: usages
-            .iter()
-            .map(|(a, _)| a.cpu_limit.unwrap_or(a.cpu_request))
-            .sum(),
-    };
-    let memory = Totals {
-        allocatable: allocatable("memory"),
-        reserved: reserved_memory * node_count,
-        requested: usages.iter().map(|(a, _)| a.memory_request).sum(),
-        limits: usages
-            .iter()
-            .map(|(a, _)| a.memory_limit.unwrap_or(a.memory_request))
-            .sum(),
-    };
-    let gpu = gpu_resource.map(|g| {
-        let used = usages.iter().map(|(a, _)| a.gpu).sum();
-        Totals {
-            allocatable: allocatable(g),
-            reserved: Milli::ZERO,
-            requested: used,
-            limits: used,
-        }
-    });
-    let unlimited = usages
+/// `Ready`: which nodes match, or that none does.
+fn matched(spec: &NodeClassSpec, names: &[String]) -> Desired {
+    if !names.is_empty() {
+        let message = format!("{} node(s) match: {}", names.len(), names.join(", "));
+        return Desired::yes(READY, "NodesMatched", message);
+    }
+    let selector: Vec<String> = spec
+        .node_selector
         .iter()
-        .filter(|(a, _)| a.cpu_limit.is_none() || a.memory_limit.is_none())
-        .count();
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    Desired::no(
+        READY,
+        "NoMatchingNodes",
+        format!(
+            "no node has the labels {}; label a node or change spec.nodeSelector",
+            selector.join(",")
+        ),
+    )
+}
 
+/// `Overcommitted`: whether the limits exceed what the class can give, and by how much.
+fn overcommitted(
+    cpu: &Totals,
+    memory: &Totals,
+    gpu: Option<(&Totals, &str)>,
+    unlimited: usize,
+) -> Desired {
     let mut problems: Vec<String> = [
         cpu.overcommit("CPU", Milli::cpu),
         memory.overcommit("memory", Milli::memory),
@@ -269,74 +240,30 @@ pub fn build(spec: &NodeClassSpec, nodes: &[Node], pods: &[Pod]) -> Result<Plan,
     .into_iter()
     .flatten()
     .collect();
-    if let (Some(g), Some(name)) = (&gpu, gpu_resource) {
+    if let Some((g, name)) = gpu {
         problems.extend(g.overcommit(name, Milli::count));
     }
-
-    let ready = if names.is_empty() {
-        let selector: Vec<String> = spec
-            .node_selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        Desired::no(
-            READY,
-            "NoMatchingNodes",
-            format!(
-                "no node has the labels {}; label a node or change spec.nodeSelector",
-                selector.join(",")
-            ),
-        )
-    } else {
-        Desired::yes(
-            READY,
-            "NodesMatched",
-            format!("{} node(s) match: {}", names.len(), names.join(", ")),
-        )
+    let unlimited_note = match unlimited {
+        0 => String::new(),
+        n => format!(
+            "; {n} pod(s) have a container without CPU or memory limit (counted at their requests)"
+        ),
     };
-    let unlimited_note = if unlimited > 0 {
+    if !problems.is_empty() {
+        let message = format!("{}{unlimited_note}", problems.join("; "));
+        return Desired::yes(OVERCOMMITTED, "LimitsExceedCapacity", message);
+    }
+    Desired::no(
+        OVERCOMMITTED,
+        "WithinCapacity",
         format!(
-            "; {unlimited} pod(s) have a container without CPU or memory limit (counted at their requests)"
-        )
-    } else {
-        String::new()
-    };
-    let overcommitted = if problems.is_empty() {
-        Desired::no(
-            OVERCOMMITTED,
-            "WithinCapacity",
-            format!(
-                "limits fit: CPU {} of {}, memory {} of {}{unlimited_note}",
-                Milli::cpu(cpu.limits),
-                Milli::cpu(cpu.available()),
-                Milli::memory(memory.limits),
-                Milli::memory(memory.available())
-            ),
-        )
-    } else {
-        Desired::yes(
-            OVERCOMMITTED,
-            "LimitsExceedCapacity",
-            format!("{}{unlimited_note}", problems.join("; ")),
-        )
-    };
-
-    let pod_count = usages.len();
-    Ok(Plan {
-        nodes: names,
-        capacity: Capacity {
-            cpu: cpu.plan(Milli::cpu),
-            memory: memory.plan(Milli::memory),
-            gpu: gpu.map(|g| g.plan(Milli::count)),
-        },
-        pods: usages
-            .into_iter()
-            .take(MAX_LISTED_PODS)
-            .map(|(_, u)| u)
-            .collect(),
-        pod_count,
-        conditions: vec![ready, overcommitted],
-    })
+            "limits fit: CPU {} of {}, memory {} of {}{unlimited_note}",
+            Milli::cpu(cpu.limits),
+            Milli::cpu(cpu.available()),
+            Milli::memory(memory.limits),
+            Milli::memory(memory.available())
+        ),
+    )
 }
 
 #[cfg(test)]

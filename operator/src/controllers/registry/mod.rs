@@ -23,9 +23,9 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -85,14 +85,28 @@ pub async fn run(ctx: Arc<Context>, history: Option<History>, shutdown: Cancella
         history,
         memory: Mutex::new(HashMap::new()),
     });
-    Controller::new(ctx.watched::<StateRegistry>(), watcher::Config::default())
+    // One registry that cannot be read (JSON nested too deep) must not stop the others: the
+    // reconcile frame's watch lists them one by one and reports the unreadable one.
+    let controller = Controller::new(
+        ctx.watched::<StateRegistry>(),
+        crate::reconcile::watch::config(),
+    );
+    let reporter = Arc::new(crate::reconcile::watch::Reporter::new(
+        CONTROLLER,
+        ctx.clone(),
+        controller.store(),
+    ));
+    controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(
             reconcile,
             |registry, error, shared| error_policy(CONTROLLER, registry, error, shared.ctx.clone()),
             shared,
         )
-        .for_each(|_| futures::future::ready(()))
+        .for_each(move |item| {
+            let reporter = reporter.clone();
+            async move { reporter.report(item).await }
+        })
         .await;
 }
 

@@ -2,7 +2,8 @@
 //! (refusing the whole pipeline before anything is created when its stages do not fit,
 //! GPUs included), wires each stage to the next, publishes the chain in a ConfigMap for the
 //! gateway, reports every stage's readiness from its rollout, and measures end-to-end latency
-//! with the probe against the budget.
+//! with the probe against the budget. Pipeline: build (pure workloads and chain) -> apply
+//! (capacity check, server-side apply, pruning) -> status (stages) -> probe (latency).
 
 pub mod plan;
 
@@ -10,35 +11,34 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use homeplane_crds::voice::{LatencyProbe, StageStatus, VoicePipeline, VoicePipelineStatus};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::ObjectMeta;
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument};
+use tracing::info;
 
-use super::{Context, Error, apply_status, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
+use super::{Context, Error, now};
+use crate::conditions::{self, Desired, PROGRESSING};
 use crate::duration;
-use crate::workload::apply::{Converged, apply_one, converge, pruned_note, unschedulable};
+use crate::reconcile::{self, Outcome, Reconciler, State, watch};
+use crate::workload::apply::{Converged, apply_one, converge, pruned_note};
 use crate::workload::rollout::Rollout;
 use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Owner};
 
-use self::plan::Samples;
+use self::plan::{Latency, Samples};
 
-const CONTROLLER: &str = "voicepipeline";
 /// Condition type: p95 within the latency budget.
 pub const WITHIN_BUDGET: &str = "WithinBudget";
 
-/// Probe results per pipeline (`namespace/name`), with when the last call was made, and the
-/// one HTTP client every probe call shares (its connection pool and TLS setup are built once).
+/// The VoicePipeline controller, with the probe results per pipeline (`namespace/name`) and
+/// when each was last probed, and the one HTTP client every probe call shares (its connection
+/// pool and TLS setup are built once).
 #[derive(Default)]
-struct Probes {
+pub struct VoicePipelines {
     by_pipeline: Mutex<HashMap<String, (Instant, Samples)>>,
     client: reqwest::Client,
 }
@@ -46,20 +46,194 @@ struct Probes {
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let owned = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let probes = Arc::new(Probes::default());
-    Controller::new(ctx.watched::<VoicePipeline>(), watcher::Config::default())
+    let controller = Controller::new(ctx.watched::<VoicePipeline>(), watch::config())
         .owns(ctx.watched::<Deployment>(), owned.clone())
         .owns(ctx.watched::<StatefulSet>(), owned.clone())
         .owns(ctx.watched::<Service>(), owned.clone())
-        .owns(ctx.watched::<ConfigMap>(), owned)
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(
-            move |vp, ctx| reconcile(vp, ctx, probes.clone()),
-            |vp, error, ctx| error_policy(CONTROLLER, vp, error, ctx),
-            ctx,
-        )
-        .for_each(super::log_stream_error(CONTROLLER))
-        .await;
+        .owns(ctx.watched::<ConfigMap>(), owned);
+    reconcile::run(VoicePipelines::default(), controller, ctx, shutdown).await;
+}
+
+impl Reconciler for VoicePipelines {
+    type Object = VoicePipeline;
+    const NAME: &'static str = "voicepipeline";
+    const RESYNC: Duration = Duration::from_secs(300);
+
+    async fn reconcile(
+        &self,
+        vp: &VoicePipeline,
+        status: &mut VoicePipelineStatus,
+        ctx: &Context,
+    ) -> Result<Outcome, Error> {
+        let owner = Owner::of(vp);
+        let keep = BTreeSet::from([format!("ConfigMap/{}", plan::chain_name(vp))]);
+        let workloads = plan::workloads(vp);
+        let mut outcome = match converge(&ctx.client, &owner, &workloads, &keep).await? {
+            Converged::Refused { reason, message } => {
+                conditions::remove(&mut status.conditions, PROGRESSING);
+                status.stages = stage_statuses(vp, &BTreeMap::new());
+                super::refused(reason, message)
+            }
+            Converged::Applied { rollouts, pruned } => {
+                if let Some(note) = pruned_note(&pruned) {
+                    ctx.event(vp, EventType::Normal, "Pruned", note).await;
+                }
+                apply_one(&ctx.client, &chain_config_map(vp, &owner)?).await?;
+                status.stages = stage_statuses(vp, &rollouts);
+                rollout(vp, status, &rollouts)
+            }
+        };
+        let ready = status.stages.iter().filter(|s| s.ready).count();
+        status.ready_stages = Some(format!("{ready}/{}", status.stages.len()));
+        if let Some((interval, budget_exceeded)) = self.probe(vp, status, ctx).await? {
+            let current = match (outcome.requeue, outcome.state) {
+                (Some(after), _) => after,
+                (None, State::Progressing) => reconcile::driver::PROGRESS_POLL,
+                (None, _) => interval,
+            };
+            outcome.requeue = Some(current.min(interval));
+            if let Some(figures) = budget_exceeded {
+                outcome = outcome.degraded("LatencyBudgetExceeded", figures);
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+/// Where the pipeline stands once its workloads are applied.
+fn rollout(
+    vp: &VoicePipeline,
+    status: &mut VoicePipelineStatus,
+    rollouts: &BTreeMap<String, Rollout>,
+) -> Outcome {
+    let generation = vp.metadata.generation;
+    let mut set = |d: Desired| conditions::set(&mut status.conditions, d, generation, now());
+    if let Some(outcome) = super::unschedulable(rollouts) {
+        set(Desired::no(
+            PROGRESSING,
+            "Unschedulable",
+            "the scheduler cannot place a pod",
+        ));
+        return outcome;
+    }
+    let waiting: Vec<String> = status
+        .stages
+        .iter()
+        .filter(|s| !s.ready)
+        .map(|s| format!("{}: {}", s.name, s.message.clone().unwrap_or_default()))
+        .collect();
+    let mut set = |d: Desired| conditions::set(&mut status.conditions, d, generation, now());
+    if waiting.is_empty() {
+        set(Desired::no(
+            PROGRESSING,
+            "RolledOut",
+            "every stage is available",
+        ));
+        return Outcome::ready("Ready", "every stage is ready");
+    }
+    let message = waiting.join("; ");
+    set(Desired::yes(PROGRESSING, "RollingOut", message.clone()));
+    Outcome::progressing("StagesNotReady", message)
+}
+
+impl VoicePipelines {
+    /// Runs the latency probe when it is due and records p50/p95 and `WithinBudget`; returns the
+    /// probe interval and, when p95 exceeds the budget, the figures. `None` without a probe.
+    async fn probe(
+        &self,
+        vp: &VoicePipeline,
+        status: &mut VoicePipelineStatus,
+        ctx: &Context,
+    ) -> Result<Option<(Duration, Option<String>)>, Error> {
+        let key = reconcile::key(vp);
+        let Some(probe) = &vp.spec.probe else {
+            self.by_pipeline.lock().map(|mut m| m.remove(&key)).ok();
+            status.latency_p50 = None;
+            status.latency_p95 = None;
+            conditions::remove(&mut status.conditions, WITHIN_BUDGET);
+            return Ok(None);
+        };
+        let parse = |text: &str, field: &str| {
+            duration::parse(text).map_err(|e| Error::Spec(format!("spec.{field}: {e}")))
+        };
+        let interval = parse(&vp.spec.probe_interval, "probeInterval")?;
+        let timeout = parse(&probe.timeout, "probe.timeout")?;
+        let budget = parse(&vp.spec.latency_budget, "latencyBudget")?;
+        let window = usize::try_from(probe.window).unwrap_or(1);
+        if self.due(&key, interval) {
+            let call = call_probe(&self.client, probe, timeout).await;
+            if let Ok(mut m) = self.by_pipeline.lock() {
+                let entry = m
+                    .entry(key.clone())
+                    .or_insert_with(|| (Instant::now(), Samples::default()));
+                entry.0 = Instant::now();
+                entry.1.record(call, window);
+            }
+        }
+        let latency = self
+            .by_pipeline
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).and_then(|(_, s)| s.latency(timeout)));
+        let exceeded = match latency {
+            Some(l) => budget_verdict(vp, status, l, budget, ctx).await,
+            None => None,
+        };
+        Ok(Some((interval, exceeded)))
+    }
+
+    fn due(&self, key: &str, interval: Duration) -> bool {
+        self.by_pipeline
+            .lock()
+            .map(|m| m.get(key).is_none_or(|(at, _)| at.elapsed() >= interval))
+            .unwrap_or(true)
+    }
+}
+
+/// Records the latency against the budget (`WithinBudget`, an event when it changes); the
+/// figures when p95 exceeds it.
+async fn budget_verdict(
+    vp: &VoicePipeline,
+    status: &mut VoicePipelineStatus,
+    l: Latency,
+    budget: Duration,
+    ctx: &Context,
+) -> Option<String> {
+    status.latency_p50 = Some(duration::format(l.p50));
+    status.latency_p95 = Some(duration::format(l.p95));
+    let figures = format!(
+        "p95 {} and p50 {} over the last {} probes ({} failed); budget {}",
+        duration::format(l.p95),
+        duration::format(l.p50),
+        l.calls,
+        l.failed,
+        vp.spec.latency_budget
+    );
+    let exceeded = l.p95 > budget;
+    let was = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == WITHIN_BUDGET)
+        .map(|c| c.status == "False");
+    let verdict = match exceeded {
+        true => Desired::no(WITHIN_BUDGET, "LatencyBudgetExceeded", figures.clone()),
+        false => Desired::yes(WITHIN_BUDGET, "WithinBudget", figures.clone()),
+    };
+    conditions::set(
+        &mut status.conditions,
+        verdict,
+        vp.metadata.generation,
+        now(),
+    );
+    if was.unwrap_or(false) != exceeded {
+        let (kind, reason) = match exceeded {
+            true => (EventType::Warning, "LatencyBudgetExceeded"),
+            false => (EventType::Normal, "WithinBudget"),
+        };
+        info!(exceeded, message = %figures, "latency budget");
+        ctx.event(vp, kind, reason, figures.clone()).await;
+    }
+    exceeded.then_some(figures)
 }
 
 fn chain_config_map(vp: &VoicePipeline, owner: &Owner) -> Result<ConfigMap, Error> {
@@ -140,189 +314,4 @@ async fn call_probe(
     // The run is over when the whole answer has arrived.
     answer.bytes().await.ok()?;
     ok.then(|| started.elapsed())
-}
-
-#[instrument(skip_all, fields(voicepipeline = %vp.name_any(), namespace = vp.namespace().unwrap_or_default()))]
-async fn reconcile(
-    vp: Arc<VoicePipeline>,
-    ctx: Arc<Context>,
-    probes: Arc<Probes>,
-) -> Result<Action, Error> {
-    let started = Instant::now();
-    let old = vp.status.clone().unwrap_or_default();
-    let generation = vp.metadata.generation;
-    let mut status = VoicePipelineStatus {
-        conditions: old.conditions.clone(),
-        latency_p50: old.latency_p50.clone(),
-        latency_p95: old.latency_p95.clone(),
-        ..VoicePipelineStatus::default()
-    };
-    let set = |status: &mut VoicePipelineStatus, d: Desired| {
-        conditions::set(&mut status.conditions, d, generation, now());
-    };
-    let owner = Owner::of(vp.as_ref());
-    let keep = BTreeSet::from([format!("ConfigMap/{}", plan::chain_name(&vp))]);
-    let workloads = plan::workloads(&vp);
-    let mut requeue = Duration::from_secs(300);
-    match converge(&ctx.client, &owner, &workloads, &keep).await? {
-        Converged::Refused { reason, message } => {
-            if Converged::refusal_is_news(&old.conditions, reason) {
-                ctx.event(vp.as_ref(), EventType::Warning, reason, message.clone())
-                    .await;
-            }
-            for d in Converged::refused_conditions(reason, &message) {
-                set(&mut status, d);
-            }
-            conditions::remove(&mut status.conditions, PROGRESSING);
-            status.stages = stage_statuses(&vp, &BTreeMap::new());
-            requeue = Duration::from_secs(60);
-        }
-        Converged::Applied { rollouts, pruned } => {
-            if let Some(note) = pruned_note(&pruned) {
-                ctx.event(vp.as_ref(), EventType::Normal, "Pruned", note)
-                    .await;
-            }
-            apply_one(&ctx.client, &chain_config_map(&vp, &owner)?).await?;
-            status.stages = stage_statuses(&vp, &rollouts);
-            let waiting: Vec<String> = status
-                .stages
-                .iter()
-                .filter(|s| !s.ready)
-                .map(|s| format!("{}: {}", s.name, s.message.clone().unwrap_or_default()))
-                .collect();
-            conditions::remove(&mut status.conditions, DEGRADED);
-            if let Some(refused) = unschedulable(&rollouts) {
-                for d in refused {
-                    set(&mut status, d);
-                }
-            } else if !waiting.is_empty() {
-                let message = waiting.join("; ");
-                set(
-                    &mut status,
-                    Desired::no(READY, "StagesNotReady", message.clone()),
-                );
-                set(
-                    &mut status,
-                    Desired::yes(PROGRESSING, "RollingOut", message),
-                );
-            } else {
-                set(
-                    &mut status,
-                    Desired::yes(READY, "Ready", "every stage is ready"),
-                );
-                set(
-                    &mut status,
-                    Desired::no(PROGRESSING, "RolledOut", "every stage is available"),
-                );
-            }
-            if !conditions::is_true(&status.conditions, READY) {
-                requeue = Duration::from_secs(10);
-            }
-        }
-    }
-    let ready = status.stages.iter().filter(|s| s.ready).count();
-    status.ready_stages = Some(format!("{ready}/{}", status.stages.len()));
-
-    // The latency probe.
-    let key = super::key(vp.as_ref());
-    match &vp.spec.probe {
-        None => {
-            probes.by_pipeline.lock().map(|mut m| m.remove(&key)).ok();
-            status.latency_p50 = None;
-            status.latency_p95 = None;
-            conditions::remove(&mut status.conditions, WITHIN_BUDGET);
-        }
-        Some(probe) => {
-            let parse = |text: &str, field: &str| {
-                duration::parse(text).map_err(|e| Error::Spec(format!("spec.{field}: {e}")))
-            };
-            let interval = parse(&vp.spec.probe_interval, "probeInterval")?;
-            let timeout = parse(&probe.timeout, "probe.timeout")?;
-            let budget = parse(&vp.spec.latency_budget, "latencyBudget")?;
-            let window = usize::try_from(probe.window).unwrap_or(1);
-            let due = probes
-                .by_pipeline
-                .lock()
-                .map(|m| m.get(&key).is_none_or(|(at, _)| at.elapsed() >= interval))
-                .unwrap_or(true);
-            if due {
-                let call = call_probe(&probes.client, probe, timeout).await;
-                if let Ok(mut m) = probes.by_pipeline.lock() {
-                    let entry = m
-                        .entry(key.clone())
-                        .or_insert_with(|| (Instant::now(), Samples::default()));
-                    entry.0 = Instant::now();
-                    entry.1.record(call, window);
-                }
-            }
-            let latency = probes
-                .by_pipeline
-                .lock()
-                .ok()
-                .and_then(|m| m.get(&key).and_then(|(_, s)| s.latency(timeout)));
-            if let Some(l) = latency {
-                status.latency_p50 = Some(duration::format(l.p50));
-                status.latency_p95 = Some(duration::format(l.p95));
-                let figures = format!(
-                    "p95 {} and p50 {} over the last {} probes ({} failed); budget {}",
-                    duration::format(l.p95),
-                    duration::format(l.p50),
-                    l.calls,
-                    l.failed,
-                    vp.spec.latency_budget
-                );
-                if l.p95 > budget {
-                    set(
-                        &mut status,
-                        Desired::no(WITHIN_BUDGET, "LatencyBudgetExceeded", figures.clone()),
-                    );
-                    if !conditions::is_true(&status.conditions, DEGRADED) {
-                        set(
-                            &mut status,
-                            Desired::yes(DEGRADED, "LatencyBudgetExceeded", figures),
-                        );
-                    }
-                } else {
-                    set(
-                        &mut status,
-                        Desired::yes(WITHIN_BUDGET, "WithinBudget", figures),
-                    );
-                }
-            }
-            let was = !conditions::is_true(&old.conditions, WITHIN_BUDGET)
-                && old.conditions.iter().any(|c| c.type_ == WITHIN_BUDGET);
-            let is = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == WITHIN_BUDGET && c.status == "False");
-            if was != is {
-                let (kind, reason) = if is {
-                    (EventType::Warning, "LatencyBudgetExceeded")
-                } else {
-                    (EventType::Normal, "WithinBudget")
-                };
-                let message = status
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == WITHIN_BUDGET)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_default();
-                info!(exceeded = is, %message, "latency budget");
-                ctx.event(vp.as_ref(), kind, reason, message).await;
-            }
-            requeue = requeue.min(interval);
-        }
-    }
-    if !conditions::is_true(&status.conditions, DEGRADED) {
-        conditions::remove(&mut status.conditions, DEGRADED);
-    }
-    status.observed_generation = generation;
-    if old != status || vp.status.is_none() {
-        let api: Api<VoicePipeline> =
-            Api::namespaced(ctx.client.clone(), &vp.namespace().unwrap_or_default());
-        apply_status(&api, vp.as_ref(), &status).await?;
-    }
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    ctx.succeeded(&key);
-    Ok(Action::requeue(requeue))
 }

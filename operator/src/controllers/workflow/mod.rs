@@ -1,40 +1,40 @@
 //! The Workflow controller: keeps an n8n workflow equal to its declaration through n8n's public
-//! REST API. Pipeline: API key Secret and definition (inline or ConfigMap) -> the body the API
-//! accepts (pure) -> observe n8n's copy -> create, update and (de)activate, or report drift per
-//! `onDrift` -> last execution -> status. `deletionPolicy: Delete` removes the workflow from n8n
-//! through a finalizer.
+//! REST API. Pipeline: dereference (API key Secret, definition inline or from a ConfigMap) ->
+//! build (the body the API accepts, pure) -> observe n8n's copy -> apply (create, update and
+//! (de)activate, or report drift per `onDrift`) -> status (id, activation, last execution,
+//! `Drifted`). `deletionPolicy: Delete` removes the workflow from n8n through a finalizer.
 
 pub mod definition;
 pub mod n8n;
+mod sync;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use homeplane_crds::common::DeletionPolicy;
-use homeplane_crds::workflow::{DriftAction, Execution, Workflow, WorkflowStatus};
+use homeplane_crds::workflow::{Execution, Workflow, WorkflowStatus};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::PartialObjectMeta;
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument};
+use tracing::info;
 
-use super::{Context, Error, apply_status, backoff, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, READY};
+use super::{Context, Error};
+use crate::reconcile::{self, Outcome, Reconciler, watch};
 use n8n::{Http, N8n, N8nError};
 
-const CONTROLLER: &str = "workflow";
 /// The condition that says whether n8n's copy differs from the declaration.
 pub const DRIFTED: &str = "Drifted";
 /// Finalizer that lets `deletionPolicy` run before a Workflow object goes away.
 const FINALIZER: &str = "homeplane.dev/workflow-cleanup";
+/// How often a Workflow is compared with n8n when nothing changes (edits in the n8n UI are
+/// seen this often).
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 
 /// The HTTP client every Workflow shares, made on first use.
 #[derive(Default)]
@@ -50,11 +50,14 @@ impl Clients {
     }
 }
 
+/// The Workflow controller.
+pub struct Workflows;
+
 /// Runs the controller until `shutdown` is cancelled. A Workflow is reconciled when it changes,
 /// when the ConfigMap of its `definitionFrom` or the Secret of its API key changes, and every
 /// `workflow_resync` (edits made in n8n itself are only seen then).
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
-    let controller = Controller::new(ctx.watched::<Workflow>(), watcher::Config::default());
+    let controller = Controller::new(ctx.watched::<Workflow>(), watch::config());
     let workflows = controller.store();
     let by_secret = workflows.clone();
     // Metadata only: which object changed is all that is needed, and a cluster's Secrets (Helm
@@ -69,7 +72,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
         watcher::Config::default(),
     )
     .touched_objects();
-    controller
+    let controller = controller
         .watches_stream(config_maps, move |cm| {
             referring(&workflows.state(), &cm, |wf| {
                 wf.spec.definition_from.as_ref().map(|r| r.name.as_str())
@@ -79,15 +82,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             referring(&by_secret.state(), &secret, |wf| {
                 Some(wf.spec.n8n.api_key_secret.name.as_str())
             })
-        })
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(
-            reconcile,
-            |wf, error, ctx| error_policy(CONTROLLER, wf, error, ctx),
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        });
+    reconcile::run(Workflows, controller, ctx, shutdown).await;
 }
 
 /// The Workflows in `object`'s namespace that name it (through `name_of`).
@@ -105,84 +101,48 @@ fn referring<K: ResourceExt>(
         .collect()
 }
 
-#[instrument(skip_all, fields(workflow = %wf.name_any(), namespace = wf.namespace().unwrap_or_default()))]
-async fn reconcile(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api = api(&wf, &ctx);
-    finalizer(&api, FINALIZER, wf, |event| async {
-        match event {
-            FinalizerEvent::Apply(wf) => apply(wf, ctx.clone()).await,
-            FinalizerEvent::Cleanup(wf) => cleanup(wf, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
-}
+impl Reconciler for Workflows {
+    type Object = Workflow;
+    const NAME: &'static str = "workflow";
+    const RESYNC: Duration = DEFAULT_RESYNC;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
 
-fn api(wf: &Workflow, ctx: &Context) -> Api<Workflow> {
-    Api::namespaced(ctx.client.clone(), &wf.namespace().unwrap_or_default())
-}
+    async fn reconcile(
+        &self,
+        wf: &Workflow,
+        status: &mut WorkflowStatus,
+        ctx: &Context,
+    ) -> Result<Outcome, Error> {
+        let key = match api_key(wf, ctx).await? {
+            Ok(key) => key,
+            Err(outcome) => return Ok(outcome),
+        };
+        let definition = match declared(wf, ctx).await? {
+            Ok(d) => d,
+            Err(outcome) => return Ok(outcome),
+        };
+        let payload = match definition::payload(&definition, &wf.name_any()) {
+            Ok(p) => p,
+            // Inline, the spec must change; from a ConfigMap, the ConfigMap (watched).
+            Err(e) if wf.spec.definition.is_some() => {
+                let message = format!("the workflow definition {e}");
+                return Ok(Outcome::invalid("InvalidDefinition", message));
+            }
+            Err(e) => {
+                let message = format!("the workflow definition {e}");
+                return Ok(Outcome::blocked("InvalidDefinition", message));
+            }
+        };
+        let client = N8n::new(ctx.n8n.get()?, &wf.spec.n8n.url, &key);
+        let outcome = sync::Sync::new(wf, ctx, &client, &payload, status)
+            .run()
+            .await;
+        Ok(outcome.after(ctx.workflow_resync))
+    }
 
-/// The outcome of one pass, before it becomes status.
-struct Outcome {
-    ready: Desired,
-    degraded: Option<Desired>,
-    /// `Drifted`; `None` leaves the last known value.
-    drifted: Option<Desired>,
-    /// A failure: tried again with per-object exponential backoff.
-    retry: bool,
-}
-
-impl Outcome {
-    /// Failed for now (n8n down, key refused, definition rejected…); retried with backoff.
-    fn failed(reason: &'static str, message: String) -> Self {
-        Self {
-            ready: Desired::no(READY, reason, message.clone()),
-            degraded: Some(Desired::yes(DEGRADED, reason, message)),
-            drifted: None,
-            retry: true,
-        }
+    async fn cleanup(&self, wf: &Workflow, ctx: &Context) -> Result<(), Error> {
+        cleanup(wf, ctx).await
     }
-}
-
-async fn apply(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    // The cached object may predate our own last status write; build on the stored status.
-    let Some(wf) = api(&wf, &ctx)
-        .get_opt(&wf.name_any())
-        .await
-        .map_err(Error::kube("read the Workflow"))?
-    else {
-        return Ok(Action::await_change());
-    };
-    let mut status = wf.status.clone().unwrap_or_default();
-    let old = status.clone();
-    let generation = wf.metadata.generation;
-    let outcome = converge(&wf, &ctx, &mut status).await?;
-    status.observed_generation = generation;
-    conditions::set(&mut status.conditions, outcome.ready, generation, now());
-    match outcome.degraded {
-        Some(degraded) => conditions::set(&mut status.conditions, degraded, generation, now()),
-        None => conditions::remove(&mut status.conditions, DEGRADED),
-    }
-    if let Some(drifted) = outcome.drifted {
-        let newly = drifted.status && !conditions::is_true(&old.conditions, DRIFTED);
-        if newly {
-            ctx.event(&wf, EventType::Warning, "Drifted", drifted.message.clone())
-                .await;
-        }
-        conditions::set(&mut status.conditions, drifted, generation, now());
-    }
-    if status != old || wf.status.is_none() {
-        apply_status(&api(&wf, &ctx), &wf, &status).await?;
-    }
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    let key = super::key(&wf);
-    if outcome.retry {
-        ctx.metrics.failed(CONTROLLER, "n8n");
-        return Ok(Action::requeue(backoff(ctx.failed(&key))));
-    }
-    ctx.succeeded(&key);
-    Ok(Action::requeue(ctx.workflow_resync))
 }
 
 /// Reads the API key from `spec.n8n.apiKeySecret`; the inner error is the outcome to report.
@@ -200,7 +160,7 @@ async fn api_key(wf: &Workflow, ctx: &Context) -> Result<Result<String, Outcome>
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
     Ok(value.ok_or_else(|| {
-        Outcome::failed(
+        Outcome::retry(
             "ApiKeySecretMissing",
             format!(
                 "Secret {ns}/{} has no key {}; create it with an n8n API key (n8n: Settings > n8n API)",
@@ -216,10 +176,8 @@ async fn declared(wf: &Workflow, ctx: &Context) -> Result<Result<Value, Outcome>
         return Ok(Ok(definition.clone()));
     }
     let Some(reference) = &wf.spec.definition_from else {
-        return Ok(Err(Outcome::failed(
-            "InvalidDefinition",
-            "set spec.definition or spec.definitionFrom".into(),
-        )));
+        let message = "set spec.definition or spec.definitionFrom";
+        return Ok(Err(Outcome::invalid("InvalidDefinition", message)));
     };
     let ns = wf.namespace().unwrap_or_default();
     let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
@@ -230,7 +188,7 @@ async fn declared(wf: &Workflow, ctx: &Context) -> Result<Result<Value, Outcome>
         .as_ref()
         .and_then(|c| c.data.as_ref()?.get(&reference.key))
     else {
-        return Ok(Err(Outcome::failed(
+        return Ok(Err(Outcome::retry(
             "DefinitionMissing",
             format!(
                 "ConfigMap {ns}/{} has no key {} (spec.definitionFrom); create it with the workflow's JSON",
@@ -239,7 +197,7 @@ async fn declared(wf: &Workflow, ctx: &Context) -> Result<Result<Value, Outcome>
         )));
     };
     Ok(definition::parse(text).map_err(|e| {
-        Outcome::failed(
+        Outcome::blocked(
             "InvalidDefinition",
             format!(
                 "the workflow definition in ConfigMap {ns}/{} key {} {e}",
@@ -249,221 +207,29 @@ async fn declared(wf: &Workflow, ctx: &Context) -> Result<Result<Value, Outcome>
     }))
 }
 
-/// The outcome of a failed call to n8n, with n8n's own message.
+/// The outcome of a failed call to n8n, with n8n's own message. Everything is retried: n8n
+/// comes back, a key is replaced, and a definition n8n refused may be accepted by another n8n
+/// version; the backoff keeps the calls rare.
 fn n8n_failed(wf: &Workflow, what: &str, error: &N8nError) -> Outcome {
     let ns = wf.namespace().unwrap_or_default();
     match error {
-        N8nError::Unreachable { .. } => Outcome::failed(
+        N8nError::Unreachable { .. } => Outcome::retry(
             "N8nUnreachable",
             format!("{error}; check spec.n8n.url and that n8n is running"),
         ),
-        N8nError::Unauthorized { .. } => Outcome::failed(
+        N8nError::Unauthorized { .. } => Outcome::retry(
             "N8nUnauthorized",
             format!(
                 "{error}; put a valid API key into Secret {ns}/{} key {}",
                 wf.spec.n8n.api_key_secret.name, wf.spec.n8n.api_key_secret.key
             ),
         ),
-        N8nError::Rejected { .. } | N8nError::NotFound { .. } => Outcome::failed(
+        N8nError::Rejected { .. } | N8nError::NotFound { .. } => Outcome::retry(
             "N8nRejected",
             format!("n8n refused to {what}: {error}; fix the workflow definition"),
         ),
-        N8nError::Protocol(_) => Outcome::failed("N8nError", format!("{what}: {error}")),
+        N8nError::Protocol(_) => Outcome::retry("N8nError", format!("{what}: {error}")),
     }
-}
-
-async fn converge(
-    wf: &Workflow,
-    ctx: &Context,
-    status: &mut WorkflowStatus,
-) -> Result<Outcome, Error> {
-    let key = match api_key(wf, ctx).await? {
-        Ok(key) => key,
-        Err(outcome) => return Ok(outcome),
-    };
-    let definition = match declared(wf, ctx).await? {
-        Ok(d) => d,
-        Err(outcome) => return Ok(outcome),
-    };
-    let payload = match definition::payload(&definition, &wf.name_any()) {
-        Ok(p) => p,
-        Err(e) => {
-            return Ok(Outcome::failed(
-                "InvalidDefinition",
-                format!("the workflow definition {e}"),
-            ));
-        }
-    };
-    let desired_hash = definition::canonical_hash(&payload.body);
-    let client = N8n::new(ctx.n8n.get()?, &wf.spec.n8n.url, &key);
-    let spec = &wf.spec;
-    // A new declaration (or a first pass) is applied whatever n8n holds; drift is only a
-    // difference that appeared while the declaration stayed the same.
-    let declaration_changed = status.definition_hash.as_deref() != Some(desired_hash.as_str())
-        || status.observed_generation != wf.metadata.generation;
-
-    let observed = match &status.n8n_id {
-        Some(id) => match client.get_workflow(id).await {
-            Ok(found) => found,
-            Err(e) => return Ok(n8n_failed(wf, "read the workflow", &e)),
-        },
-        None => None,
-    };
-
-    let mut drift = Vec::new();
-    let mut corrected = false;
-    let id = match observed {
-        None => {
-            if let Some(old_id) = status.n8n_id.clone() {
-                if !declaration_changed && spec.on_drift == DriftAction::Report {
-                    let message = format!(
-                        "workflow {old_id} was deleted in n8n; onDrift is Report, so homeplane leaves it deleted (set onDrift: Correct or change the spec to create it again)"
-                    );
-                    return Ok(Outcome {
-                        ready: Desired::no(READY, "DeletedInN8n", message.clone()),
-                        degraded: Some(Desired::yes(DEGRADED, "DeletedInN8n", message.clone())),
-                        drifted: Some(Desired::yes(DRIFTED, "DeletedInN8n", message)),
-                        retry: false,
-                    });
-                }
-                corrected = !declaration_changed;
-                drift.push(format!("workflow {old_id} was deleted in n8n"));
-            }
-            let created = match client.create_workflow(&payload.body).await {
-                Ok(created) => created,
-                Err(e) => return Ok(n8n_failed(wf, "create the workflow", &e)),
-            };
-            let Some(id) = created.get("id").and_then(Value::as_str) else {
-                return Ok(Outcome::failed(
-                    "N8nError",
-                    "n8n created the workflow but returned no id".into(),
-                ));
-            };
-            info!(n8n_id = id, "created the workflow in n8n");
-            status.n8n_id = Some(id.to_string());
-            ctx.event(
-                wf,
-                EventType::Normal,
-                "Created",
-                format!("created n8n workflow {id}"),
-            )
-            .await;
-            if spec.active
-                && let Err(e) = client.set_active(id, true).await
-            {
-                return Ok(n8n_failed(wf, "activate the workflow", &e));
-            }
-            id.to_string()
-        }
-        Some(observed) => {
-            let id = status.n8n_id.clone().unwrap_or_default();
-            let definition_differs = definition::canonical_hash(&observed) != desired_hash;
-            let active = observed
-                .get("active")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            if definition_differs {
-                drift.extend(definition::differences(&payload.body, &observed));
-                if drift.is_empty() {
-                    drift.push("the definition was changed in n8n".into());
-                }
-            }
-            if active != spec.active {
-                drift.push(format!(
-                    "it is {} in n8n",
-                    if active { "active" } else { "inactive" }
-                ));
-            }
-            let act = declaration_changed || spec.on_drift == DriftAction::Correct;
-            if !drift.is_empty() && !act {
-                let message = format!(
-                    "n8n workflow {id} differs from the declaration: {}; onDrift is Report, so homeplane changes nothing (set onDrift: Correct to put the declaration back)",
-                    drift.join("; ")
-                );
-                status.last_execution = last_execution(&client, &id).await;
-                status.active = Some(active);
-                return Ok(Outcome {
-                    ready: Desired::yes(READY, "DriftReported", message.clone()),
-                    degraded: None,
-                    drifted: Some(Desired::yes(DRIFTED, "EditedInN8n", message)),
-                    retry: false,
-                });
-            }
-            if definition_differs {
-                if let Err(e) = client.update_workflow(&id, &payload.body).await {
-                    return Ok(n8n_failed(wf, "update the workflow", &e));
-                }
-                info!(n8n_id = %id, "updated the workflow in n8n");
-            }
-            if active != spec.active
-                && let Err(e) = client.set_active(&id, spec.active).await
-            {
-                let what = if spec.active {
-                    "activate the workflow"
-                } else {
-                    "deactivate the workflow"
-                };
-                return Ok(n8n_failed(wf, what, &e));
-            }
-            corrected = !drift.is_empty() && !declaration_changed;
-            if !drift.is_empty() && declaration_changed {
-                ctx.event(
-                    wf,
-                    EventType::Normal,
-                    "Updated",
-                    format!("updated n8n workflow {id} to the new declaration"),
-                )
-                .await;
-            }
-            id
-        }
-    };
-    // Only now is the declaration fully in n8n: a pass that failed half-way is retried as
-    // a new declaration, not mistaken for drift.
-    status.definition_hash = Some(desired_hash);
-    status.active = Some(spec.active);
-    if corrected {
-        ctx.event(
-            wf,
-            EventType::Normal,
-            "DriftCorrected",
-            format!(
-                "put the declaration back in n8n (onDrift Correct): {}",
-                drift.join("; ")
-            ),
-        )
-        .await;
-    }
-    status.last_execution = last_execution(&client, &id).await;
-    let mut message = format!(
-        "n8n workflow {id} matches the declaration and is {}",
-        if spec.active { "active" } else { "inactive" }
-    );
-    if !payload.ignored.is_empty() {
-        message.push_str(&format!(
-            "; fields n8n's API does not accept were left out: {}",
-            payload.ignored.join(", ")
-        ));
-    }
-    let drifted = if corrected {
-        Desired::no(
-            DRIFTED,
-            "Corrected",
-            format!("drift was corrected: {}", drift.join("; ")),
-        )
-    } else {
-        Desired::no(
-            DRIFTED,
-            "InSync",
-            format!("n8n workflow {id} matches the declaration"),
-        )
-    };
-    Ok(Outcome {
-        ready: Desired::yes(READY, "Synced", message),
-        degraded: None,
-        drifted: Some(drifted),
-        retry: false,
-    })
 }
 
 /// The last execution n8n reports; `None` when it never ran or cannot be read (the status
@@ -481,21 +247,21 @@ async fn last_execution(client: &N8n<'_>, id: &str) -> Option<Execution> {
 
 /// Runs when a Workflow object is deleted. `Retain` leaves the workflow in n8n as it is;
 /// `Delete` deletes it there.
-async fn cleanup(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn cleanup(wf: &Workflow, ctx: &Context) -> Result<(), Error> {
     if wf.spec.deletion_policy == DeletionPolicy::Retain {
         info!("deletionPolicy Retain: the workflow stays in n8n");
-        return Ok(Action::await_change());
+        return Ok(());
     }
     let Some(id) = wf.status.as_ref().and_then(|s| s.n8n_id.clone()) else {
-        return Ok(Action::await_change());
+        return Ok(());
     };
-    let key = match api_key(&wf, &ctx).await? {
+    let key = match api_key(wf, ctx).await? {
         Ok(key) => key,
         Err(outcome) => {
-            let note = format!("{}; the workflow {id} stays in n8n", outcome.ready.message);
-            ctx.event(wf.as_ref(), EventType::Warning, "CleanupSkipped", note)
+            let note = format!("{}; the workflow {id} stays in n8n", outcome.message);
+            ctx.event(wf, EventType::Warning, "CleanupSkipped", note)
                 .await;
-            return Ok(Action::await_change());
+            return Ok(());
         }
     };
     let client = N8n::new(ctx.n8n.get()?, &wf.spec.n8n.url, &key);
@@ -507,9 +273,5 @@ async fn cleanup(wf: Arc<Workflow>, ctx: Arc<Context>) -> Result<Action, Error> 
             source,
         })?;
     info!(n8n_id = %id, "deleted the workflow from n8n (deletionPolicy Delete)");
-    Ok(Action::await_change())
+    Ok(())
 }
-
-/// How often a Workflow is compared with n8n when nothing changes (edits in the n8n UI are
-/// seen this often).
-pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);

@@ -169,18 +169,19 @@ impl<'a> N8n<'a> {
             .await
             .map_err(|e| unreachable(error_chain(&e)))?;
         let status = response.status();
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_BODY as u64)
-        {
-            return Err(N8nError::Protocol(format!(
+        let too_large = || {
+            N8nError::Protocol(format!(
                 "{method} {path} answered with more than {MAX_BODY} bytes"
-            )));
-        }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| unreachable(format!("reading the answer failed: {}", error_chain(&e))))?;
+            ))
+        };
+        let bytes = match read_capped(response, MAX_BODY).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(too_large()),
+            Err(e) => {
+                let detail = format!("reading the answer failed: {}", error_chain(&e));
+                return Err(unreachable(detail));
+            }
+        };
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         if status.is_success() {
             return json.ok_or_else(|| {
@@ -216,6 +217,25 @@ impl<'a> N8n<'a> {
     }
 }
 
+/// The body of `response`, read chunk by chunk; `None` as soon as it passes `max` bytes (n8n
+/// may answer without a Content-Length, so the length is counted, not announced).
+async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 fn workflow_path(id: &str) -> String {
     format!("/api/v1/workflows/{}", encode_component(id))
 }
@@ -249,6 +269,44 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An n8n that answers without a Content-Length and does not stop.
+    async fn endless_server() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let chunk = vec![b' '; 1 << 20];
+            loop {
+                let frame = format!("{:x}\r\n", chunk.len());
+                if stream.write_all(frame.as_bytes()).await.is_err()
+                    || stream.write_all(&chunk).await.is_err()
+                    || stream.write_all(b"\r\n").await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_length_is_cut_at_the_cap() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = Http::new().unwrap();
+        let url = endless_server().await;
+        let client = N8n::new(&http, &url, "key");
+        let error = client.get_workflow("w1").await.unwrap_err();
+        assert!(
+            matches!(&error, N8nError::Protocol(m) if m.contains("more than 16777216 bytes")),
+            "{error}"
+        );
+    }
 
     #[test]
     fn ids_are_encoded_in_paths() {

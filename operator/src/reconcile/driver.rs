@@ -1,0 +1,255 @@
+//! The pipeline every controller runs in: fetch the object as stored → (first look: mark the
+//! generation `Reconciling`) → the controller's pass (dereference → validate → build → apply,
+//! filling its status) → the outcome settled into kstatus conditions → the status written when
+//! it changed → an event when the news is bad → the next wake-up from the retry policy.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::runtime::Controller;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info_span, warn};
+
+use super::outcome::{Cure, Outcome, State, with_causes};
+use super::status::{self, Object};
+use super::watch::{self, Reporter};
+use crate::conditions::READY;
+use crate::controllers::{Context, Error};
+
+/// How long a progressing object waits before it is looked at again, unless it says.
+pub const PROGRESS_POLL: Duration = Duration::from_secs(10);
+
+/// One controller: its kind, its name, how often it looks again, and its pass.
+pub trait Reconciler: Send + Sync + 'static {
+    /// The kind it reconciles.
+    type Object: Object;
+    /// The controller's name in logs and metrics (`nodeclass`).
+    const NAME: &'static str;
+    /// How often a settled object is looked at again without a change.
+    const RESYNC: Duration = Duration::from_secs(300);
+    /// A finalizer that makes [`Reconciler::cleanup`] run before the object goes away.
+    const FINALIZER: Option<&'static str> = None;
+    /// How long the final status write of a pass keeps trying through API errors before the
+    /// pass fails. Zero for controllers whose passes can simply run again; a one-shot run (a
+    /// Backup) whose result exists only in this pass waits for the API server to come back.
+    const STATUS_PATIENCE: Duration = Duration::ZERO;
+
+    /// One pass over `obj` (as stored): reads what it needs, applies what it decides, fills
+    /// `status` (the object's status, or a default one) and says where the object stands.
+    /// Errors are transient failures (retried), but for [`Error::Spec`].
+    fn reconcile(
+        &self,
+        obj: &Self::Object,
+        status: &mut <Self::Object as Object>::Status,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<Outcome, Error>> + Send;
+
+    /// Whether `obj` is a one-shot object whose run is over (a finished Backup or AgentRun): it
+    /// is never reconciled again, and its status stays as the last pass wrote it.
+    fn settled(&self, _obj: &Self::Object) -> bool {
+        false
+    }
+
+    /// Runs when an object with the finalizer is deleted; must work even if no pass ran.
+    fn cleanup(
+        &self,
+        _obj: &Self::Object,
+        _ctx: &Context,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Runs `controller` with `reconciler` until `shutdown`: every pass goes through the frame, and
+/// what the stream yields besides results (watch failures, objects that cannot be read) is
+/// reported.
+pub async fn run<R: Reconciler>(
+    reconciler: R,
+    controller: Controller<R::Object>,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    let reconciler = Arc::new(reconciler);
+    let reporter = Arc::new(Reporter::new(R::NAME, ctx.clone(), controller.store()));
+    controller
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(
+            move |obj, ctx| reconcile(reconciler.clone(), obj, ctx),
+            error_policy::<R>,
+            ctx,
+        )
+        .for_each(move |result| {
+            let reporter = reporter.clone();
+            async move { reporter.report(result).await }
+        })
+        .await;
+}
+
+/// The key of an object for the retry policy: `kind/namespace/name`.
+pub fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// One reconciliation: the object re-read as stored (the cache may predate the last status
+/// write), its finalizer, the pass.
+pub async fn reconcile<R: Reconciler>(
+    reconciler: Arc<R>,
+    cached: Arc<R::Object>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let span = info_span!("reconcile", controller = R::NAME, object = %key(cached.as_ref()));
+    let api = R::Object::api(ctx.client.clone(), cached.namespace().as_deref());
+    let fresh = match api
+        .get_opt(&cached.name_any())
+        .instrument(span.clone())
+        .await
+    {
+        Ok(Some(obj)) => obj,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(kube::Error::SerdeError(error)) => {
+            watch::unreadable(&ctx, cached.as_ref(), &error.to_string()).await;
+            return Ok(Action::await_change());
+        }
+        Err(source) => return Err(Error::kube("read the object")(source)),
+    };
+    if reconciler.settled(&fresh) {
+        return Ok(Action::await_change());
+    }
+    let action = match R::FINALIZER {
+        None => {
+            pass(reconciler.as_ref(), &fresh, &ctx)
+                .instrument(span)
+                .await?
+        }
+        Some(name) => finalizer(&api, name, Arc::new(fresh), |event| async {
+            match event {
+                FinalizerEvent::Apply(obj) => pass(reconciler.as_ref(), &obj, &ctx).await,
+                FinalizerEvent::Cleanup(obj) => reconciler
+                    .cleanup(&obj, &ctx)
+                    .await
+                    .map(|()| Action::await_change()),
+            }
+        })
+        .instrument(span)
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))?,
+    };
+    ctx.metrics.reconciled(R::NAME, started.elapsed());
+    Ok(action)
+}
+
+/// The pass over one stored object: first look, the controller's work, status, event, action.
+async fn pass<R: Reconciler>(
+    reconciler: &R,
+    obj: &R::Object,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let generation = obj.meta().generation;
+    let api = R::Object::api(ctx.client.clone(), obj.namespace().as_deref());
+    let old = obj.status().cloned();
+    let mut status = old.clone().unwrap_or_default();
+    if status::is_new(obj) {
+        let (observed, list) = R::Object::kstatus(&mut status);
+        status::begin(observed, list, generation, crate::controllers::now());
+        status::write(&api, obj, &status).await?;
+    }
+    let before = status.clone();
+    let outcome = match reconciler.reconcile(obj, &mut status, ctx).await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            warn!(controller = R::NAME, error = %with_causes(&error), "pass failed");
+            Outcome::from_error(&error)
+        }
+    };
+    let key = key(obj);
+    let retry = match outcome.state {
+        State::Retry => Some(ctx.retries.failed(&key)),
+        _ => {
+            ctx.retries.succeeded(&key);
+            None
+        }
+    };
+    let (observed, list) = R::Object::kstatus(&mut status);
+    let news = is_news(list, &outcome);
+    let since = retry.map(|r| r.since);
+    status::settle(
+        observed,
+        list,
+        &outcome,
+        generation,
+        since,
+        crate::controllers::now(),
+    );
+    if status != before || old.is_none() {
+        status::write_patiently(&api, obj, &status, R::STATUS_PATIENCE).await?;
+    }
+    if outcome.is_failure() {
+        ctx.metrics.failed(R::NAME, outcome.reason);
+        if news {
+            ctx.event(
+                obj,
+                EventType::Warning,
+                outcome.reason,
+                outcome.message.clone(),
+            )
+            .await;
+        }
+    }
+    Ok(next(&outcome, retry.map(|r| r.delay), R::RESYNC))
+}
+
+/// When to look again after `outcome`: a retry after the backoff's `delay`; otherwise when the
+/// outcome says, or the resync (soon for work in flight); a bad spec waits for its change.
+fn next(outcome: &Outcome, delay: Option<Duration>, resync: Duration) -> Action {
+    let after = |default: Duration| Action::requeue(outcome.requeue.unwrap_or(default));
+    match outcome.state {
+        State::Retry => Action::requeue(delay.unwrap_or(resync)),
+        State::Ready | State::Stalled(Cure::World) => after(resync),
+        State::Progressing => after(PROGRESS_POLL),
+        State::Stalled(Cure::Spec) => outcome
+            .requeue
+            .map_or_else(Action::await_change, Action::requeue),
+    }
+}
+
+/// Whether a failure is news: the `Ready` condition did not already report it.
+fn is_news(list: &[Condition], outcome: &Outcome) -> bool {
+    outcome.is_failure()
+        && !list
+            .iter()
+            .any(|c| c.type_ == READY && c.status == "False" && c.reason == outcome.reason)
+}
+
+/// What happens when the frame itself fails (the object or its status could not be read or
+/// written): counted, logged, a Warning event when it can be sent, and retried with the same
+/// policy as any transient failure.
+pub fn error_policy<R: Reconciler>(
+    obj: Arc<R::Object>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics.failed(R::NAME, error.category());
+    let retry = ctx.retries.failed(&key(obj.as_ref()));
+    let text = with_causes(error);
+    warn!(controller = R::NAME, object = %key(obj.as_ref()), error = %text, delay = ?retry.delay, "reconcile failed");
+    let note = format!("{text}; retrying in {}", super::retry::human(retry.delay));
+    let reason = error.reason();
+    tokio::spawn(async move {
+        ctx.event(obj.as_ref(), EventType::Warning, reason, note)
+            .await;
+    });
+    Action::requeue(retry.delay)
+}
