@@ -10,6 +10,7 @@
 //! objects it cannot read ([`watch`]).
 
 pub mod driver;
+pub mod list;
 pub mod outcome;
 pub mod retry;
 pub mod status;

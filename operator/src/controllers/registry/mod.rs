@@ -226,15 +226,15 @@ async fn homeplane_objects(
     registry: &StateRegistry,
     ns: &str,
 ) -> Result<Vec<(&'static str, Vec<Value>)>, Error> {
-    async fn list<K>(api: Api<K>) -> Result<Vec<Value>, Error>
+    async fn list<K>(api: Api<K>, at: impl Fn(Option<&str>) -> Api<K>) -> Result<Vec<Value>, Error>
     where
         K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
     {
-        let items = api
-            .list(&ListParams::default())
-            .await
-            .map_err(Error::kube("list homeplane objects"))?
-            .items;
+        // Capped, and one object too deep to read (reported by its own controller) does not
+        // fail the list.
+        let action = "list homeplane objects";
+        let items =
+            crate::reconcile::list::readable(&api, ListParams::default(), action, at).await?;
         items
             .into_iter()
             .map(|o| {
@@ -259,7 +259,11 @@ async fn homeplane_objects(
                 Some(ns) => Api::<K>::namespaced(client.clone(), ns),
                 None => Api::<K>::all(client.clone()),
             };
-            all.extend(list(api).await?);
+            let at = |ns: Option<&str>| match ns {
+                Some(ns) => Api::<K>::namespaced(client.clone(), ns),
+                None => Api::<K>::all(client.clone()),
+            };
+            all.extend(list(api, at).await?);
         }
         Ok(all)
     }
@@ -279,7 +283,10 @@ async fn homeplane_objects(
         ("VoicePipeline", kind::<VoicePipeline>(c, &scope).await?),
         ("MemoryServer", kind::<MemoryServer>(c, &scope).await?),
         ("Agent", kind::<Agent>(c, &scope).await?),
-        ("NodeClass", list(Api::<NodeClass>::all(c.clone())).await?),
+        (
+            "NodeClass",
+            list(Api::<NodeClass>::all(c.clone()), |_| Api::all(c.clone())).await?,
+        ),
     ])
 }
 
