@@ -8,6 +8,8 @@
 #   scripts/cluster.sh up DIR     start (or find running) a cluster whose state lives in DIR
 #   scripts/cluster.sh down DIR   stop it (DIR is kept, so logs can be read)
 #   scripts/cluster.sh status DIR exit 0 when it is up
+#   scripts/cluster.sh restart DIR NAME   stop one component (etcd, kube-apiserver, ...) and start
+#                                 it again with the same arguments and data (fault tests)
 #
 # DIR/kubeconfig is an admin kubeconfig; DIR/env has `export KUBECONFIG=...` lines.
 set -euo pipefail
@@ -226,6 +228,21 @@ up() {
   log "control plane up in ${secs}s: kubeconfig $dir/kubeconfig (API https://127.0.0.1:$api_port)"
 }
 
+restart() { # restart NAME: the same command line again, after the process is gone
+  local name=$1 pid args=()
+  pid=$(awk -v n="$name" '$1 == n {print $2}' "$dir/pids")
+  [ -n "$pid" ] || die "no $name in $dir/pids"
+  mapfile -d '' args < "/proc/$pid/cmdline"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  sed -i "/^$name /d" "$dir/pids"
+  setsid "${args[@]}" >> "$dir/logs/$name.log" 2>&1 < /dev/null &
+  echo "$name $!" >> "$dir/pids"
+  wait_for 90 "$name after a restart" "$bin/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz
+  log "$name restarted ($dir)"
+}
+
 bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 case "$cmd" in
   up)
@@ -238,5 +255,6 @@ case "$cmd" in
     ;;
   down) stop; log "control plane in $dir stopped" ;;
   status) is_up ;;
-  *) die "usage: $0 up|down|status DIR" ;;
+  restart) restart "${3:?usage: $0 restart DIR NAME}" ;;
+  *) die "usage: $0 up|down|status|restart DIR" ;;
 esac

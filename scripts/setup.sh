@@ -29,4 +29,5 @@ command -v go >/dev/null || die "Go is missing (the machine should ship Go 1.26)
 command -v cargo >/dev/null || die "Rust is missing (the machine should ship cargo)"
 "$HOMEPLANE_ROOT/scripts/build-cluster.sh" >/dev/null
 "$HOMEPLANE_ROOT/scripts/s3.sh" bin >/dev/null
+"$HOMEPLANE_ROOT/scripts/toxiproxy.sh" bin >/dev/null
 "$HOMEPLANE_ROOT/scripts/n8n.sh" install >/dev/null
