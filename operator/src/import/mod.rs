@@ -454,7 +454,8 @@ pub async fn run(args: ImportArgs) -> Result<()> {
         let _ = std::fs::remove_file(&classes_path);
     }
     let (plan, fits) = planned?;
-    output::finish(&args.out, &plan, fits, &report)?;
+    let names: Vec<String> = namespaces.keys().cloned().collect();
+    output::finish(&args.out, &names, &plan, fits, &report)?;
     println!("{plan}");
     println!(
         "wrote {} ({} imported, {} left out, {} to check, {} Secret(s) to create: see README.md)",

@@ -98,8 +98,14 @@ pub fn write(
 }
 
 /// Writes the README and the plan.
-pub fn finish(out: &Path, plan: &str, fits: bool, report: &Report) -> Result<()> {
-    let readme = readme(out, plan, fits, report);
+pub fn finish(
+    out: &Path,
+    namespaces: &[String],
+    plan: &str,
+    fits: bool,
+    report: &Report,
+) -> Result<()> {
+    let readme = readme(out, namespaces, plan, fits, report);
     for text in [&readme, &plan.to_string()] {
         if report.leak_in(text).is_some() {
             bail!(
@@ -121,7 +127,7 @@ fn list(text: &mut String, items: &[String], empty: &str) {
     }
 }
 
-fn readme(out: &Path, plan: &str, fits: bool, report: &Report) -> String {
+fn readme(out: &Path, namespaces: &[String], plan: &str, fits: bool, report: &Report) -> String {
     let dir = out.display();
     let mut t = String::new();
     let _ = writeln!(
@@ -132,15 +138,20 @@ fn readme(out: &Path, plan: &str, fits: bool, report: &Report) -> String {
          at. Nothing here holds a secret value.\n"
     );
     let _ = writeln!(t, "## Apply it\n");
+    let namespace_files: Vec<String> = namespaces
+        .iter()
+        .map(|ns| format!("-f {dir}/{ns}/namespace.yaml"))
+        .collect();
     let _ = writeln!(
         t,
         "The Secrets must exist before the objects that read them — above all before a `Database`, \
-         which otherwise gives its roles new passwords. So:\n\n```sh\n\
-         kubectl apply -f {dir}/<namespace>/namespace.yaml   # for each namespace below, or: for f in {dir}/*/namespace.yaml; do kubectl apply -f $f; done\n\
+         which otherwise gives its roles new passwords. So: the namespaces first, then the \
+         Secrets, then the rest.\n\n```sh\n\
+         kubectl apply {}\n\
          # create the Secrets listed below\n\
          kubectl apply -k {dir}\n\
-         homeplane plan -f {dir} -f <your nodeclasses.yaml>\n\
-         kubectl get drift -A\n```\n"
+         kubectl get drift -A\n```\n",
+        namespace_files.join(" ")
     );
     let _ = writeln!(t, "## Secrets to create\n");
     if report.secrets.is_empty() {
