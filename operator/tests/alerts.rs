@@ -230,12 +230,15 @@ fn kinds(rendered: &str) -> Vec<&str> {
 /// asked for, then a server-side dry run of what it rendered.
 fn render_and_dry_run(cluster: &Cluster, kubeconfig: &Path, namespace: &str) -> String {
     let chart = repo_root().join("charts/homeplane");
+    // A release name of its own: Helm refuses to take over cluster-scoped objects (the
+    // ClusterRole is named after the release) that another test created.
+    let release = format!("hp-{}", suffix());
     let (ok, rendered, err) = helm(
         cluster,
         kubeconfig,
         &[
             "template",
-            "homeplane",
+            &release,
             &chart.to_string_lossy(),
             "--validate",
             "--namespace",
@@ -344,7 +347,7 @@ fn the_chart_renders_monitoring_only_when_asked_and_only_when_its_crds_exist() {
         &cluster.kubeconfig,
         &[
             "install",
-            "homeplane",
+            &format!("hp-{}", suffix()),
             &chart,
             "--dry-run=server",
             "--namespace",
@@ -835,6 +838,18 @@ spec:
         "{drift}"
     );
 
+    // Someone is told before anything is fixed (an alert that fires and resolves within
+    // Alertmanager's group wait is never notified at all).
+    wait("the firing notifications", 30, &|| {
+        receiver.got("firing", "HomeplaneObjectStalled", "name", "stuck")
+            && receiver.got(
+                "firing",
+                "HomeplaneCriticalDrift",
+                "property",
+                "edge.caddy.tls",
+            )
+    });
+
     // Fixed: the right port (a spec change starts the Database over) and TLS back on.
     apply(cluster, nsn, &stuck(port));
     cluster
@@ -873,7 +888,8 @@ spec:
             .is_some()
     });
     assert!(
-        backed_up.elapsed() >= Duration::from_secs(90),
+        // The age counts from the backup's completion, a moment before the test saw it.
+        backed_up.elapsed() >= Duration::from_secs(85),
         "fired {:?} after the backup",
         backed_up.elapsed()
     );
@@ -888,6 +904,9 @@ spec:
             .contains(&format!("kubectl describe backuppolicy postgres -n {nsn}")),
         "{old}"
     );
+    wait("the firing notification", 30, &|| {
+        receiver.got("firing", "HomeplaneBackupTooOld", "policy", "postgres")
+    });
     // Fixed: a new backup.
     create_backup(cluster, nsn, "second");
     wait("HomeplaneBackupTooOld resolved", 60, &|| {
