@@ -12,6 +12,7 @@ pub mod crdgen;
 pub mod drift_cli;
 pub mod duration;
 pub mod history;
+pub mod import;
 pub mod leader;
 pub mod metrics;
 pub mod migrate_cli;

@@ -2,7 +2,9 @@
 
 use clap::Parser;
 use homeplane_operator::cli::{BackupCommand, Cli, Command, DriftCommand};
-use homeplane_operator::{backup_cli, crdgen, drift_cli, migrate_cli, plan_cli, run, telemetry};
+use homeplane_operator::{
+    backup_cli, crdgen, drift_cli, import, migrate_cli, plan_cli, run, telemetry,
+};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -17,6 +19,7 @@ async fn main() -> std::process::ExitCode {
             command: DriftCommand::History(args),
         } => drift_cli::history(args).await,
         Command::Plan(args) => plan_cli::run(args),
+        Command::Import(args) => import::run(args).await,
         Command::Restore(args) => backup_cli::restore(args).await,
         Command::Backup(BackupCommand::Decrypt(args)) => backup_cli::decrypt(args).await,
         Command::Backup(BackupCommand::Upload(args)) => backup_cli::upload(args).await,

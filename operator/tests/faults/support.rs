@@ -26,14 +26,13 @@ pub fn result(fault: &str, outcome: &str, recovery: Option<Duration>) {
         .unwrap_or_else(|| "-".into());
     let line = format!("FAULT | {fault} | {outcome} | {recovery}");
     println!("{line}");
-    if let Some(path) = std::env::var_os("HOMEPLANE_FAULTS_OUT") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(path) = std::env::var_os("HOMEPLANE_FAULTS_OUT")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
+    {
+        let _ = writeln!(f, "{line}");
     }
 }
 

@@ -35,6 +35,9 @@ const FINALIZER: &str = "homeplane.dev/workflow-cleanup";
 /// How often a Workflow is compared with n8n when nothing changes (edits in the n8n UI are
 /// seen this often).
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
+/// Annotation naming an existing n8n workflow for a new Workflow to take over (written by
+/// `homeplane import`) instead of creating a second one; read only while status has no id.
+pub const ADOPT_ANNOTATION: &str = "homeplane.dev/n8n-id";
 
 /// The HTTP client every Workflow shares, made on first use.
 #[derive(Default)]

@@ -4,13 +4,14 @@
 //! decided here; `Ready` comes back as the outcome.
 
 use homeplane_crds::workflow::{DriftAction, Workflow, WorkflowStatus};
+use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use serde_json::Value;
 use tracing::info;
 
 use super::definition::{self, Payload};
 use super::n8n::N8n;
-use super::{DRIFTED, last_execution, n8n_failed};
+use super::{ADOPT_ANNOTATION, DRIFTED, last_execution, n8n_failed};
 use crate::conditions::{self, Desired};
 use crate::controllers::{Context, now};
 use crate::reconcile::Outcome;
@@ -56,13 +57,28 @@ impl<'a> Sync<'a> {
 
     /// Observe n8n's copy, then create it or bring it back; record the result.
     pub async fn run(mut self) -> Outcome {
-        let observed = match &self.status.n8n_id {
+        // A Workflow without an id yet takes over the n8n workflow its annotation names.
+        let adopting = self
+            .status
+            .n8n_id
+            .is_none()
+            .then(|| self.wf.annotations().get(ADOPT_ANNOTATION).cloned())
+            .flatten();
+        let observed = match self.status.n8n_id.as_ref().or(adopting.as_ref()) {
             Some(id) => match self.client.get_workflow(id).await {
                 Ok(found) => found,
                 Err(e) => return n8n_failed(self.wf, "read the workflow", &e),
             },
             None => None,
         };
+        if let (Some(id), Some(_)) = (&adopting, &observed) {
+            info!(n8n_id = %id, "adopted the workflow in n8n");
+            self.status.n8n_id = Some(id.clone());
+            let note = format!("took over n8n workflow {id} (annotation {ADOPT_ANNOTATION})");
+            self.ctx
+                .event(self.wf, EventType::Normal, "Adopted", note)
+                .await;
+        }
         let applied = match observed {
             None => self.create().await,
             Some(observed) => self.update(&observed).await,
