@@ -757,7 +757,7 @@ fn a_hand_edit_is_put_back_by_flux_and_reported_as_drift_while_it_lasts() {
     assert!(
         message.contains("spec.budget.cpu by kubectl-patch")
             && message.contains(&format!(
-                "Flux's Kustomization {}/homelab puts Git's version back",
+                "Flux's Kustomization {}/homelab puts back what Git declares",
                 ns.name
             )),
         "{message}"

@@ -350,8 +350,10 @@ fn homeplane_reasons(flux_message: &str, homeplane: &[(&str, Vec<Value>)]) -> Ve
     reasons
 }
 
-/// For a homeplane object that Flux applied: whether any field manager other than Flux and
-/// homeplane owns part of its spec, i.e. someone changed it by hand since Flux applied it.
+/// For a homeplane object that Flux applied: whether a field manager other than Flux and
+/// homeplane owns part of its spec that Flux no longer owns — someone changed its value since
+/// Flux applied it (a change leaves the field to whoever made it; setting the value Flux
+/// applied shares the field with Flux, and is no drift).
 fn matches_git(kind: &str, object: &Value, home: &str) -> Option<Derived> {
     let labels = &object["metadata"]["labels"];
     let kustomization = labels[FLUX_NAME_LABEL].as_str()?;
@@ -367,24 +369,40 @@ fn matches_git(kind: &str, object: &Value, home: &str) -> Option<Derived> {
         format!("{kind} {name} is as Flux applied it from Git (no hand edit)"),
         Value::Bool(true),
     );
-    let mut edits = Vec::new();
-    for entry in object["metadata"]["managedFields"]
+    let entries: Vec<&Value> = object["metadata"]["managedFields"]
         .as_array()
         .into_iter()
         .flatten()
-    {
+        .filter(|e| e["subresource"].as_str().is_none_or(str::is_empty))
+        .collect();
+    let spec_fields = |entry: &Value| {
+        let mut fields = Vec::new();
+        if let Some(spec) = entry["fieldsV1"].get("f:spec") {
+            leaf_fields(spec, "spec", &mut fields);
+        }
+        fields
+    };
+    let flux: Vec<String> = entries
+        .iter()
+        .filter(|e| e["manager"] == FLUX_MANAGER)
+        .flat_map(|e| spec_fields(e))
+        .collect();
+    let owned_by_flux = |field: &str| {
+        flux.iter().any(|f| {
+            field == f
+                || field
+                    .strip_prefix(f.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
+    };
+    let mut edits = Vec::new();
+    for entry in entries {
         let manager = entry["manager"].as_str().unwrap_or("unknown");
-        if manager == FLUX_MANAGER
-            || manager == FIELD_MANAGER
-            || entry["subresource"].as_str().is_some_and(|s| !s.is_empty())
-        {
+        if manager == FLUX_MANAGER || manager == FIELD_MANAGER {
             continue;
         }
-        let Some(spec) = entry["fieldsV1"].get("f:spec") else {
-            continue;
-        };
-        let mut fields = Vec::new();
-        leaf_fields(spec, "spec", &mut fields);
+        let mut fields = spec_fields(entry);
+        fields.retain(|f| !owned_by_flux(f));
         if fields.is_empty() {
             continue;
         }
@@ -403,7 +421,7 @@ fn matches_git(kind: &str, object: &Value, home: &str) -> Option<Derived> {
         value: Ok(Value::Bool(edits.is_empty())),
         message: (!edits.is_empty()).then(|| {
             format!(
-                "changed by hand since Flux applied it: {}; Flux's Kustomization {at} puts Git's version back at its next reconcile (change it in Git to keep it)",
+                "changed by hand since Flux applied it: {}; Flux's Kustomization {at} puts back what Git declares at its next reconcile (change it in Git to keep it)",
                 edits.join("; ")
             )
         }),
@@ -603,9 +621,12 @@ mod tests {
             Ok(json!(true))
         );
 
+        // Flux owns what it applied; a hand edit takes the fields it changes away from Flux.
+        let flux_after_edit = json!({"manager": "kustomize-controller", "operation": "Apply",
+            "fieldsV1": {"f:metadata": {"f:labels": {}}, "f:spec": {"f:roles": {"k:{\"name\":\"readonly\"}": {".": {}, "f:login": {}}}}}});
         let patch = json!({"manager": "kubectl-patch", "operation": "Update", "time": "2026-11-30T11:43:38Z",
             "fieldsV1": {"f:spec": {"f:databaseName": {}, "f:roles": {"k:{\"name\":\"app\"}": {".": {}, "f:login": {}}}}}});
-        let edited = database(json!([flux_apply, status, patch]));
+        let edited = database(json!([flux_after_edit, status, patch]));
         let homeplane = vec![("Database", vec![edited])];
         let o = by_id(
             &properties(&Flux::default(), &homeplane, "monitoring"),
@@ -615,8 +636,24 @@ mod tests {
         assert_eq!(
             o.message.as_deref(),
             Some(
-                "changed by hand since Flux applied it: spec.databaseName, spec.roles[{\"name\":\"app\"}].login by kubectl-patch at 2026-11-30T11:43:38Z; Flux's Kustomization flux-system/homelab puts Git's version back at its next reconcile (change it in Git to keep it)"
+                "changed by hand since Flux applied it: spec.databaseName, spec.roles[{\"name\":\"app\"}].login by kubectl-patch at 2026-11-30T11:43:38Z; Flux's Kustomization flux-system/homelab puts back what Git declares at its next reconcile (change it in Git to keep it)"
             )
+        );
+    }
+
+    #[test]
+    fn an_edit_that_sets_what_flux_applied_shares_the_field_and_is_no_drift() {
+        // e.g. `kubectl patch` of a value Flux later applied unchanged, or `kubectl apply` of
+        // the same manifest: both managers own the field, and its value is Git's.
+        let flux_apply = json!({"manager": "kustomize-controller", "operation": "Apply",
+            "fieldsV1": {"f:spec": {"f:server": {"f:external": {"f:host": {}, "f:port": {}}}, "f:recipients": {}}}});
+        let patch = json!({"manager": "kubectl-patch", "operation": "Update",
+            "fieldsV1": {"f:spec": {"f:server": {"f:external": {"f:host": {}}}, "f:recipients": {}}}});
+        let homeplane = vec![("Database", vec![database(json!([flux_apply, patch]))])];
+        let d = properties(&Flux::default(), &homeplane, "data");
+        assert_eq!(
+            by_id(&d, "database.homelab.matches-git").value,
+            Ok(json!(true))
         );
     }
 
