@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what homeplane's demo and tests need and a fresh machine of this kind lacks:
-# Debian packages (openssl, curl, PostgreSQL, age, zstd, podman, npm), the Go-built control
-# plane, the local S3 server (versitygw), n8n on Node 22 (from npm), and Prometheus and
-# Alertmanager (Debian's). Idempotent and quiet
-# when everything is there.
+# Debian packages (openssl, curl, git, PostgreSQL, age, zstd, podman, npm), the Go-built control
+# plane, Flux's controllers and Git server, the local S3 server (versitygw), n8n on Node 22 (from
+# npm), and Prometheus and Alertmanager (Debian's). Idempotent and quiet when everything is there.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+command -v git >/dev/null || need+=(git)
 command -v python3 >/dev/null || need+=(python3)
 command -v npm >/dev/null || need+=(npm)
 [ -x "$(pg_bindir 2>/dev/null)/initdb" ] || need+=(postgresql postgresql-contrib)
@@ -29,6 +29,7 @@ fi
 command -v go >/dev/null || die "Go is missing (the machine should ship Go 1.26)"
 command -v cargo >/dev/null || die "Rust is missing (the machine should ship cargo)"
 "$HOMEPLANE_ROOT/scripts/build-cluster.sh" >/dev/null
+"$HOMEPLANE_ROOT/scripts/build-flux.sh" >/dev/null
 "$HOMEPLANE_ROOT/scripts/s3.sh" bin >/dev/null
 "$HOMEPLANE_ROOT/scripts/n8n.sh" install >/dev/null
 # Prometheus and Alertmanager (Debian's; promtool and amtool with them) for the alert rules'

@@ -32,7 +32,7 @@ failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$results")
 trap - EXIT
 stop_servers
 if [ "$status" = 0 ]; then
-  log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s)"
+  log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s, Flux: $(cat "$servers/flux/startup-seconds")s)"
 else
   log "make test failed"
 fi

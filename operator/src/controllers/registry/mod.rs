@@ -4,6 +4,7 @@
 //! totals, Events on transitions, metrics per severity, history in PostgreSQL, and in `Correct`
 //! mode the correctors of drifted properties.
 
+mod flux;
 mod observe;
 
 use std::collections::{BTreeMap, HashMap};
@@ -249,14 +250,7 @@ async fn homeplane_objects(
         }
         Ok(all)
     }
-    let wanted = &registry.spec.derived_namespaces;
-    let scope: Vec<Option<String>> = if wanted.iter().any(|n| n == "*") {
-        vec![None]
-    } else if wanted.is_empty() {
-        vec![Some(ns.to_string())]
-    } else {
-        wanted.iter().map(|n| Some(n.clone())).collect()
-    };
+    let scope = derived_scope(registry, ns);
     let c = &ctx.client;
     Ok(vec![
         ("Database", kind::<Database>(c, &scope).await?),
@@ -267,6 +261,18 @@ async fn homeplane_objects(
         ("Agent", kind::<Agent>(c, &scope).await?),
         ("NodeClass", list(Api::<NodeClass>::all(c.clone())).await?),
     ])
+}
+
+/// The namespaces whose objects contribute derived properties (`None`: every namespace).
+fn derived_scope(registry: &StateRegistry, ns: &str) -> Vec<Option<String>> {
+    let wanted = &registry.spec.derived_namespaces;
+    if wanted.iter().any(|n| n == "*") {
+        vec![None]
+    } else if wanted.is_empty() {
+        vec![Some(ns.to_string())]
+    } else {
+        wanted.iter().map(|n| Some(n.clone())).collect()
+    }
 }
 
 /// The template context: the namespace, the registry, and per kind how many objects there are
@@ -377,6 +383,12 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
                 derived_observations.insert(property.id.clone(), observation);
                 catalogue.properties.push(property);
             }
+        }
+        // Flux's Kustomizations and GitRepositories, and whether Flux's objects match Git.
+        let flux = flux::list(ctx, &derived_scope(registry, &ns)).await?;
+        for (property, observation) in flux::properties(&flux, &objects, &ns) {
+            derived_observations.insert(property.id.clone(), observation);
+            catalogue.properties.push(property);
         }
     }
     catalogue.refuse_duplicates();

@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, instrument};
 
 use super::{Context, Error, apply_status, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, PROGRESSING, READY};
+use crate::conditions::{self, DEGRADED, Desired, PROGRESSING, READY, STALLED};
 use crate::duration;
-use crate::workload::apply::{Converged, apply_one, converge, pruned_note, unschedulable};
+use crate::workload::apply::{Converged, apply_one, converge, pruned_note, room, unschedulable};
 use crate::workload::rollout::Rollout;
-use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Owner};
+use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Owner, Workload};
 
 use self::plan::Samples;
 
@@ -128,6 +128,44 @@ fn stage_statuses(vp: &VoicePipeline, rollouts: &BTreeMap<String, Rollout>) -> V
         .collect()
 }
 
+/// Whether a refusal is one that only a person can cure (`Stalled`, so that Flux fails the
+/// Kustomization at once instead of waiting out its timeout): a placement the builder refuses,
+/// or more GPUs on a class than all of its nodes have together, which no workload finishing
+/// elsewhere can free. A shortfall of free room, or a class that does not exist yet, may pass.
+async fn refusal_needs_a_person(
+    ctx: &Context,
+    workloads: &[Workload],
+    reason: &str,
+) -> Result<bool, Error> {
+    match reason {
+        "InvalidPlacement" => Ok(true),
+        "Unschedulable" => {
+            for (class, asked) in gpus_by_class(workloads) {
+                if let Some((_, room)) = room(&ctx.client, class, None).await? {
+                    let total = room.gpu.map_or(0, |(_, gpus)| gpus.allocatable.0 / 1000);
+                    if i128::from(asked) > total {
+                        return Ok(true);
+                    }
+                }
+            }
+            Ok(false)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The GPUs the workloads ask for, per class (pods × GPUs per pod).
+fn gpus_by_class(workloads: &[Workload]) -> BTreeMap<&str, i64> {
+    let mut by_class = BTreeMap::new();
+    for w in workloads {
+        let gpus = i64::from(w.placement.gpu.unwrap_or(0).max(0)) * i64::from(w.replicas.max(0));
+        if gpus > 0 {
+            *by_class.entry(w.placement.class.as_str()).or_insert(0) += gpus;
+        }
+    }
+    by_class
+}
+
 /// Calls the probe once: `Some(latency)` for a 2xx answer within the timeout.
 async fn call_probe(
     client: &reqwest::Client,
@@ -173,6 +211,11 @@ async fn reconcile(
             for d in Converged::refused_conditions(reason, &message) {
                 set(&mut status, d);
             }
+            if refusal_needs_a_person(&ctx, &workloads, reason).await? {
+                set(&mut status, Desired::yes(STALLED, reason, message.as_str()));
+            } else {
+                conditions::remove(&mut status.conditions, STALLED);
+            }
             conditions::remove(&mut status.conditions, PROGRESSING);
             status.stages = stage_statuses(&vp, &BTreeMap::new());
             requeue = Duration::from_secs(60);
@@ -191,6 +234,7 @@ async fn reconcile(
                 .map(|s| format!("{}: {}", s.name, s.message.clone().unwrap_or_default()))
                 .collect();
             conditions::remove(&mut status.conditions, DEGRADED);
+            conditions::remove(&mut status.conditions, STALLED);
             if let Some(refused) = unschedulable(&rollouts) {
                 for d in refused {
                     set(&mut status, d);
@@ -325,4 +369,32 @@ async fn reconcile(
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     ctx.succeeded(&key);
     Ok(Action::requeue(requeue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_are_counted_per_class() {
+        let vp: VoicePipeline = serde_yaml::from_str(
+            r#"
+apiVersion: homeplane.dev/v1alpha1
+kind: VoicePipeline
+metadata: {name: greedy, namespace: ai}
+spec:
+  stages:
+  - {name: stt, role: speechToText, workload: {image: "whisper:1", port: 9000, placement: {class: gpu, gpu: 1}}}
+  - {name: llm, role: llm, workload: {image: "ollama:1", port: 11434, placement: {class: gpu, gpu: 2}}}
+  - {name: tts, role: textToSpeech, workload: {image: "piper:1", port: 5000, placement: {class: pi}}}
+"#,
+        )
+        .unwrap();
+        let workloads = plan::workloads(&vp);
+        assert_eq!(
+            gpus_by_class(&workloads),
+            BTreeMap::from([("gpu", 3)]),
+            "one GPU for speech-to-text and two for the LLM on the GPU class; none on the Pi"
+        );
+    }
 }
