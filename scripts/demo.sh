@@ -71,6 +71,14 @@ up() {
   "$kubectl" apply --server-side --force-conflicts -f crds/generated >/dev/null
   "$kubectl" wait --for=condition=Established --timeout=60s -f crds/generated >/dev/null
   "$kubectl" create namespace homeplane-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  # The chart's RBAC and admission policies (docs/security.md); the homelab's director
+  # dispatches runs, so the demo's admin makes agentruns and agents grantable.
+  "$bin/helm" template homeplane charts/homeplane --namespace homeplane-system --kube-version v1.37.2 \
+    --show-only templates/rbac.yaml --show-only templates/agent-roles.yaml \
+    --show-only templates/agent-admission.yaml \
+    --set-json 'agents.extraGrantable=[{"apiGroup":"homeplane.dev","resource":"agentruns"},{"apiGroup":"homeplane.dev","resource":"agents"}]' \
+    --set 'stateRegistry.trustedNamespaces={monitoring}' |
+    "$kubectl" apply --server-side --force-conflicts -f - >/dev/null
 
   if operator_running; then
     log "operator already running (pid $(cat "$state/operator.pid"))"
@@ -85,6 +93,7 @@ up() {
     HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info \
       HOMEPLANE_HISTORY_DATABASE_URL="${admin_url%/*}/homeplane" setsid \
       "$CARGO_TARGET_DIR/release/homeplane" run --http-addr "127.0.0.1:$port" --identity demo \
+      --trusted-registry-namespace monitoring \
       > "$state/operator.log" 2>&1 < /dev/null &
     echo $! > "$state/operator.pid"
   fi
