@@ -62,11 +62,11 @@ fn a_namespace_scoped_install_manages_its_namespace_only() {
     // What the API server lets this ServiceAccount do.
     for (args, allowed) in [
         (vec!["create", "secrets", "-n", n], true),
-        (vec!["patch", "deployments.apps", "-n", n], true),
+        (vec!["create", "deployments.apps", "-n", n], true),
         (vec!["create", "rolebindings", "-n", n], true),
         (vec!["get", "secrets", "-n", o], false),
         (vec!["list", "secrets", "-A"], false),
-        (vec!["patch", "deployments.apps", "-n", o], false),
+        (vec!["create", "deployments.apps", "-n", o], false),
         (vec!["create", "rolebindings", "-n", o], false),
         (vec!["create", "clusterrolebindings"], false),
         (vec!["list", "nodes"], true),
