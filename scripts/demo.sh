@@ -135,6 +135,7 @@ up() {
     HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info \
       HOMEPLANE_HISTORY_DATABASE_URL="${pg_url%/*}/homeplane" setsid \
       "$CARGO_TARGET_DIR/release/homeplane" run --http-addr "127.0.0.1:$port" --identity demo \
+      --trusted-registry-namespace monitoring \
       > "$state/operator.log" 2>&1 < /dev/null &
     echo $! > "$state/operator.pid"
   fi
@@ -288,7 +289,15 @@ demo_repo() {
 
   rm -rf "$work/operator" && mkdir -p "$work/operator/crds"
   cp manifests/base/crds/*.yaml "$work/operator/crds/"
-  cp manifests/base/namespace.yaml manifests/base/rbac.yaml "$work/operator/"
+  cp manifests/base/namespace.yaml "$work/operator/"
+  # The chart's RBAC and admission policies (docs/security.md); the homelab's director
+  # dispatches runs, so the demo's admin makes agentruns and agents grantable, and the
+  # monitoring namespace's registry is trusted to see the whole homelab.
+  "$bin/helm" template homeplane charts/homeplane --namespace homeplane-system --kube-version v1.37.2 \
+    --show-only templates/rbac.yaml --show-only templates/agent-roles.yaml \
+    --show-only templates/agent-admission.yaml \
+    --set-json 'agents.extraGrantable=[{"apiGroup":"homeplane.dev","resource":"agentruns"},{"apiGroup":"homeplane.dev","resource":"agents"}]' \
+    --set 'stateRegistry.trustedNamespaces={monitoring}' > "$work/operator/rbac.yaml"
   {
     echo "# homeplane's CRDs, namespace and RBAC (manifests/base without the Deployment: the demo runs"
     echo "# the operator as a local process). Written by make demo from the checkout on every run."

@@ -20,6 +20,8 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+# libFuzzer (compiled by libfuzzer-sys for scripts/fuzz.sh) is C++.
+command -v c++ >/dev/null || need+=(g++)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -11,6 +11,9 @@ t0=$(date +%s)
 log "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -q -- -D warnings
+# A short run of every fuzz target from its committed corpus (the long one is `make fuzz`).
+log "fuzzing every parser briefly"
+"$HOMEPLANE_ROOT/scripts/fuzz.sh" short
 
 servers="$HOMEPLANE_ROOT/.homeplane/test"
 dir="$servers/cluster"

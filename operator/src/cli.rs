@@ -6,6 +6,31 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// A secret given on the command line or in the environment (a database URL with its
+/// password, an access key): `Debug` prints `<redacted>`, so no argument struct can leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::ops::Deref for Redacted {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// homeplane: a Kubernetes operator for a personal infrastructure.
 #[derive(Debug, Parser)]
 #[command(name = "homeplane", version, about)]
@@ -93,7 +118,7 @@ pub struct RunArgs {
     /// homeplane's own PostgreSQL database (drift history, backup catalogue):
     /// postgres://user:password@host:port/database. Without it, no history is recorded.
     #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
-    pub history_database_url: Option<String>,
+    pub history_database_url: Option<Redacted>,
     /// Days of drift history kept.
     #[arg(long, env = "HOMEPLANE_DRIFT_HISTORY_DAYS", default_value_t = 90)]
     pub drift_history_days: u64,
@@ -101,6 +126,36 @@ pub struct RunArgs {
     /// `homeplane backup pvc`): the operator's own image.
     #[arg(long, env = "HOMEPLANE_IMAGE", default_value = crate::controllers::DEFAULT_IMAGE)]
     pub image: String,
+    /// Namespaces whose StateRegistries may observe (and correct) other namespaces and
+    /// cluster-scoped kinds; a registry anywhere else sees only its own namespace.
+    #[arg(
+        long = "trusted-registry-namespace",
+        env = "HOMEPLANE_TRUSTED_REGISTRY_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub trusted_registry_namespaces: Vec<String>,
+    /// The ServiceAccount, in each StateRegistry's namespace, that its correctors act as.
+    #[arg(
+        long,
+        env = "HOMEPLANE_CORRECTOR_SERVICE_ACCOUNT",
+        default_value = "homeplane-corrector"
+    )]
+    pub corrector_service_account: String,
+    /// Prefix of the fixed ClusterRoles Agents are bound to (the chart renders them).
+    #[arg(
+        long,
+        env = "HOMEPLANE_AGENT_ROLE_PREFIX",
+        default_value = "homeplane-agent"
+    )]
+    pub agent_role_prefix: String,
+    /// The ValidatingAdmissionPolicyBinding that records who asked for each Agent (the chart
+    /// installs it); Agents get no rights while it is missing.
+    #[arg(
+        long,
+        env = "HOMEPLANE_AGENT_POLICY",
+        default_value = "homeplane-agents"
+    )]
+    pub agent_policy: String,
 }
 
 /// `homeplane drift ...`.
@@ -117,13 +172,41 @@ pub struct DriftHistoryArgs {
     pub property: String,
     /// homeplane's own database: postgres://user:password@host:port/database.
     #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
-    pub history_database_url: String,
+    pub history_database_url: Redacted,
     /// Only the registries of this namespace.
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
     /// Most transitions printed (the newest).
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_argument_struct_prints_a_secret() {
+        let cli = Cli::try_parse_from([
+            "homeplane",
+            "migrate",
+            "--database-url",
+            "postgres://app:hunter2@db/app",
+            "--dir",
+            "/tmp",
+        ])
+        .unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let cli = Cli::try_parse_from([
+            "homeplane",
+            "run",
+            "--history-database-url",
+            "postgres://hp:hunter2@db/hp",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2"));
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -138,7 +221,7 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 pub struct MigrateArgs {
     /// postgres://user:password@host:port/database
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Redacted,
     /// Folder of migration files.
     #[arg(long)]
     pub dir: PathBuf,
@@ -199,7 +282,7 @@ pub struct UploadArgs {
     pub location: BackupLocation,
     /// Dump this database with pg_dump (custom format).
     #[arg(long, conflicts_with = "file")]
-    pub database_url: Option<String>,
+    pub database_url: Option<Redacted>,
     /// Upload this file instead (`-` for stdin).
     #[arg(long)]
     pub file: Option<PathBuf>,
@@ -279,10 +362,10 @@ pub struct BackupLocation {
     pub virtual_hosted: bool,
     /// Access key for --object.
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-    pub access_key_id: Option<String>,
+    pub access_key_id: Option<Redacted>,
     /// Secret key for --object.
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Redacted>,
 }
 
 /// Options of `homeplane restore`.
@@ -299,7 +382,7 @@ pub struct RestoreArgs {
         required_unless_present = "into_dir",
         conflicts_with = "into_dir"
     )]
-    pub into: Option<String>,
+    pub into: Option<Redacted>,
     /// Drop the dump's objects that already exist in the target first (with --into).
     #[arg(long, requires = "into")]
     pub clean: bool,

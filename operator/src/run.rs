@@ -116,6 +116,12 @@ async fn lead_and_reconcile(
     .with_history(pool);
     ctx.workflow_resync = args.workflow_resync;
     ctx.image = args.image.clone();
+    ctx.trust = controllers::Trust {
+        registry_namespaces: args.trusted_registry_namespaces.clone(),
+        corrector_service_account: args.corrector_service_account.clone(),
+        agent_role_prefix: args.agent_role_prefix.clone(),
+        agent_policy: args.agent_policy.clone(),
+    };
     let ctx = Arc::new(ctx);
     let mut controllers = JoinSet::new();
     let stop = shutdown.child_token();

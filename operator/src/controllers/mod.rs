@@ -27,6 +27,31 @@ use crate::metrics::Metrics;
 /// The field manager of everything homeplane applies.
 pub const FIELD_MANAGER: &str = "homeplane";
 
+/// What homeplane trusts beyond each object's own namespace, and the names of the RBAC and
+/// admission objects of its install it relies on (docs/security.md).
+#[derive(Clone, Debug)]
+pub struct Trust {
+    /// Namespaces whose StateRegistries may observe other namespaces and cluster-scoped kinds.
+    pub registry_namespaces: Vec<String>,
+    /// The ServiceAccount, in a StateRegistry's own namespace, its correctors act as.
+    pub corrector_service_account: String,
+    /// Prefix of the fixed ClusterRoles an Agent's ServiceAccount may be bound to.
+    pub agent_role_prefix: String,
+    /// The ValidatingAdmissionPolicyBinding that guarantees who asked for each Agent.
+    pub agent_policy: String,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Self {
+            registry_namespaces: Vec::new(),
+            corrector_service_account: "homeplane-corrector".to_string(),
+            agent_role_prefix: "homeplane-agent".to_string(),
+            agent_policy: "homeplane-agents".to_string(),
+        }
+    }
+}
+
 /// What every reconciliation shares.
 pub struct Context {
     /// The Kubernetes client.
@@ -49,6 +74,8 @@ pub struct Context {
     pub history: Option<sqlx::PgPool>,
     /// The operator's image, run by the Jobs that back up PersistentVolumeClaims.
     pub image: String,
+    /// Trust boundaries (registries, correctors, Agents).
+    pub trust: Trust,
     /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -79,6 +106,7 @@ impl Context {
             run_starts: tokio::sync::Mutex::new(()),
             history: None,
             image: DEFAULT_IMAGE.to_string(),
+            trust: Trust::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
