@@ -63,6 +63,10 @@ host_ip() { sed -n 's/^host //p' "$node/ns"; }
 node_ip() { sed -n 's/^node //p' "$node/ns"; }
 pod_cidr() { sed -n 's/^pods //p' "$node/ns"; }
 
+# running PID: the process exists and is not a zombie (a killed program whose parent has not
+# reaped it yet is dead all the same).
+running() { [ -n "$1" ] && [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
 cgroup_hierarchies() { awk '$3 == "cgroup" || $3 == "cgroup2" {print $2}' /proc/self/mounts; }
 
 # node_pids prints every process of the node: in its namespaces, in its cgroups, or started
@@ -149,7 +153,7 @@ down() {
     tac "$node/pids" | while read -r name pid; do kill "$pid" 2>/dev/null || true; done
     for _ in $(seq 1 30); do
       alive=0
-      while read -r name pid; do kill -0 "$pid" 2>/dev/null && alive=1; done < "$node/pids"
+      while read -r name pid; do running "$pid" && alive=1; done < "$node/pids"
       [ "$alive" = 0 ] && break; sleep 0.2
     done
   fi
@@ -220,8 +224,8 @@ wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
 
 is_up() {
   [ -f "$node/pids" ] && [ -f "$node/ns" ] && [ -f "$dir/kubeconfig" ] || return 1
-  while read -r _ pid; do kill -0 "$pid" 2>/dev/null || return 1; done < "$node/pids"
-  kill -0 "$(holder)" 2>/dev/null || return 1
+  while read -r _ pid; do running "$pid" || return 1; done < "$node/pids"
+  running "$(holder)" || return 1
   [ "$(kubectl get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' \
     2>/dev/null)" = True ]
 }
@@ -555,7 +559,7 @@ COREFILE
 
 forward() { # forward PORT: host's 127.0.0.1:PORT at HOST_IP:PORT for the pods
   local port=$1
-  [ -f "$node/ns" ] && kill -0 "$(holder)" 2>/dev/null || die "the real node of $dir is not up"
+  [ -f "$node/ns" ] && running "$(holder)" || die "the real node of $dir is not up"
   if ! grep -qx "$port" "$node/forwards" 2>/dev/null; then
     bin="$("$HOMEPLANE_ROOT/scripts/build-realnode.sh")"
     start_forward "$port"
