@@ -7,7 +7,7 @@ use std::fmt::Debug;
 
 use futures::StreamExt;
 use homeplane_crds::{
-    Agent, AgentRun, Backup, BackupPolicy, Database, MemoryServer, NodeClass, StateRegistry,
+    Agent, AgentRun, Backup, BackupPolicy, Database, Drift, MemoryServer, NodeClass, StateRegistry,
     VoicePipeline, Workflow,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -42,6 +42,8 @@ pub struct Caches {
     pub memory_servers: Store<MemoryServer>,
     /// StateRegistries.
     pub registries: Store<StateRegistry>,
+    /// Drift objects (spec only; read by the per-property drift metrics).
+    pub drifts: Store<Drift>,
 }
 
 /// What every homeplane object reports about its health, whatever its kind.
@@ -98,6 +100,7 @@ impl Caches {
             voice_pipelines: reflect(&mut tasks, s.api(), shutdown),
             memory_servers: reflect(&mut tasks, s.api(), shutdown),
             registries: reflect(&mut tasks, s.api(), shutdown),
+            drifts: reflect(&mut tasks, s.api(), shutdown),
         };
         (caches, tasks)
     }
@@ -160,6 +163,7 @@ fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "VoicePipeline" => "VoicePipeline",
         "MemoryServer" => "MemoryServer",
         "StateRegistry" => "StateRegistry",
+        "Drift" => "Drift",
         _ => "Unknown",
     }
 }
