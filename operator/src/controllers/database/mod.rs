@@ -3,11 +3,11 @@
 //! migration ConfigMaps, role Secrets) -> connect -> observe -> plan (pure) -> apply (one
 //! transaction) -> migrations -> Secrets -> status.
 
-mod catalog;
+pub(crate) mod catalog;
 pub mod managed;
 pub mod migrate;
-mod plan;
-mod sql;
+pub(crate) mod plan;
+pub(crate) mod sql;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
