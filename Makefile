@@ -30,6 +30,7 @@ bench:
 	@bash bench/placement.sh
 	@bash bench/state.sh
 	@bash bench/backup.sh
+	@bash bench/realnode.sh
 
 ## Fuzz every parser of untrusted input: 1,000,000 executions per target (or 15 minutes).
 fuzz:

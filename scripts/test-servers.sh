@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts and stops the real servers the integration tests run against — the control plane
-# (with the simulated nodes), Flux and its Git server, PostgreSQL, the S3 server, Podman's Docker
-# API and n8n — the way `make test` does, so that one test binary can be run against them by
-# hand:
+# (with the simulated nodes and the real node), Flux and its Git server, PostgreSQL, the S3
+# server, Podman's Docker API and n8n — the way `make test` does, so that one test binary can be
+# run against them by hand:
 #
 #   scripts/test-servers.sh up DIR     start them with their state in DIR; DIR/env exports
 #                                      every HOMEPLANE_TEST_* variable the tests read
@@ -28,7 +28,8 @@ down() {
 value() { sed -n "s/^export $2=//p" "$1"; }
 
 up() {
-  "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$dir/cluster"
+  # With the real node (scripts/realnode.sh) unless HOMEPLANE_REAL_NODE=0.
+  HOMEPLANE_REAL_NODE="${HOMEPLANE_REAL_NODE:-1}" "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$dir/cluster"
   trap 'down' ERR
   "$HOMEPLANE_ROOT/scripts/flux.sh" up "$dir/flux" "$dir/cluster/kubeconfig"
   "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$dir/postgres"

@@ -17,6 +17,10 @@ log "fuzzing every parser briefly"
 
 servers="$HOMEPLANE_ROOT/.homeplane/test"
 dir="$servers/cluster"
+# The machine as the real node finds it (after cleaning what a killed run may have left), to
+# compare with what it is after the run.
+"$HOMEPLANE_ROOT/scripts/realnode.sh" down "$dir"
+"$HOMEPLANE_ROOT/scripts/realnode.sh" state "$dir" > "$servers/machine-before.txt"
 stop_servers() { "$HOMEPLANE_ROOT/scripts/test-servers.sh" down "$servers"; }
 trap stop_servers EXIT
 "$HOMEPLANE_ROOT/scripts/test-servers.sh" up "$servers"
@@ -34,6 +38,11 @@ failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' "$results")
 # Stop the servers now, so that the summary is the last line printed.
 trap - EXIT
 stop_servers
+"$HOMEPLANE_ROOT/scripts/realnode.sh" state "$dir" > "$servers/machine-after.txt"
+if ! diff -u "$servers/machine-before.txt" "$servers/machine-after.txt" >&2; then
+  log "the real node left the machine changed (above: before, after)"
+  status=1; failed=$((failed + 1))
+fi
 if [ "$status" = 0 ]; then
   log "make test passed in $(( $(date +%s) - t0 ))s (control plane start-up: $(cat "$dir/startup-seconds")s, Flux: $(cat "$servers/flux/startup-seconds")s)"
 else

@@ -16,7 +16,7 @@ use homeplane_crds::database::{Database, ExternalServer, ManagedServer, SslMode}
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -127,17 +127,31 @@ fn admin_secret(db: &Database, password: &str) -> Secret {
     }
 }
 
-/// Makes the admin Secret if it is missing; an existing one is left as it is.
+/// Makes the admin Secret if it is missing; an existing one keeps its password (the server was
+/// initialised with it). One kept from a Database deleted with `Retain` is adopted.
 async fn ensure_admin_secret(db: &Database, ctx: &Context) -> Result<(), Error> {
     let ns = db.namespace().unwrap_or_default();
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let name = admin_secret_name(db);
-    if secrets
+    if let Some(existing) = secrets
         .get_opt(&name)
         .await
         .map_err(Error::kube("read the admin Secret"))?
-        .is_some()
     {
+        if existing
+            .metadata
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            let adopt = serde_json::json!({"metadata": {"ownerReferences": [db.controller_owner_ref(&())]}});
+            secrets
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&adopt))
+                .await
+                .map_err(Error::kube("adopt the admin Secret"))?;
+            info!(secret = %name, "kept admin credentials of the managed server adopted");
+        }
         return Ok(());
     }
     let secret = admin_secret(db, &generate_password()?);
@@ -227,6 +241,26 @@ pub(super) async fn converge(
                 None => Ok(Err(waiting("its pod has no address yet".into()))),
             }
         }
+    }
+}
+
+/// Keeps the admin Secret with the server's volume (deletionPolicy Retain): the server was
+/// initialised with its password, so it must outlive the Database the garbage collector would
+/// otherwise take it with. A Database declared again adopts it and reaches the same data.
+pub(super) async fn keep_admin_secret(db: &Database, ctx: &Context) -> Result<(), Error> {
+    let ns = db.namespace().unwrap_or_default();
+    let orphan = serde_json::json!({"metadata": {"ownerReferences": null}});
+    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &admin_secret_name(db),
+            &PatchParams::default(),
+            &Patch::Merge(&orphan),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("keep the admin Secret")(e)),
     }
 }
 

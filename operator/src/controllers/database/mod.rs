@@ -141,6 +141,9 @@ async fn reconcile(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error
 /// roles homeplane manages for it and the database itself if homeplane created it.
 async fn cleanup(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
     if db.spec.deletion_policy == DeletionPolicy::Retain {
+        if db.spec.server.managed.is_some() {
+            managed::keep_admin_secret(&db, &ctx).await?;
+        }
         info!("deletionPolicy Retain: the database, its roles and data stay on the server");
         return Ok(Action::await_change());
     }
