@@ -3,10 +3,10 @@
 //! migration ConfigMaps, role Secrets) -> connect -> observe -> plan (pure) -> apply (one
 //! transaction) -> migrations -> Secrets -> status.
 
-mod catalog;
+pub(crate) mod catalog;
 pub mod managed;
 pub mod migrate;
-mod plan;
+pub(crate) mod plan;
 mod sql;
 
 use std::collections::{BTreeMap, HashMap};
@@ -292,7 +292,7 @@ fn created_mark(db: &Database) -> String {
 }
 
 /// The comment of the roles homeplane manages for this object.
-fn role_mark(db: &Database) -> String {
+pub(crate) fn role_mark(db: &Database) -> String {
     format!(
         "{}{}/{}",
         plan::ROLE_COMMENT_PREFIX,
@@ -907,7 +907,7 @@ async fn apply_role_secret(
 
 /// The declared migrations, inline and from ConfigMaps, in order; the inner error says what
 /// is wrong with them.
-async fn collect_migrations(
+pub(crate) async fn collect_migrations(
     db: &Database,
     ctx: &Context,
 ) -> Result<Result<Vec<migrate::Migration>, String>, Error> {
