@@ -30,3 +30,4 @@ bench:
 	@bash bench/placement.sh
 	@bash bench/state.sh
 	@bash bench/backup.sh
+	@bash bench/dashboard.sh

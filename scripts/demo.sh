@@ -4,7 +4,7 @@
 # installs homeplane's CRDs, runs the operator, applies the example homelab from
 # manifests/homelab, takes one encrypted backup of its database and one of n8n's data volume
 # (to an age identity generated for the demo in .homeplane/demo/age.key), and prints what
-# homeplane sees.
+# homeplane sees and the URL of its status dashboard.
 # Everything stays running;
 # `make demo-down` stops it. State lives in .homeplane/demo/.
 #
@@ -77,6 +77,9 @@ up() {
   else
     local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     echo "$port" > "$state/operator.port"
+    # The status dashboard, on this machine only, with its actions on (it is the demo).
+    local dport; dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    echo "$dport" > "$state/dashboard.port"
     # homeplane's own database (drift and backup history) lives on the demo PostgreSQL.
     local admin_url; admin_url="$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env")"
     psql "$admin_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \
@@ -85,6 +88,7 @@ up() {
     HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info \
       HOMEPLANE_HISTORY_DATABASE_URL="${admin_url%/*}/homeplane" setsid \
       "$CARGO_TARGET_DIR/release/homeplane" run --http-addr "127.0.0.1:$port" --identity demo \
+      --dashboard-addr "127.0.0.1:$dport" --dashboard-actions \
       > "$state/operator.log" 2>&1 < /dev/null &
     echo $! > "$state/operator.pid"
   fi
@@ -188,11 +192,18 @@ up() {
     done
   done
 
+  # The binary is also the kubectl plugin (`kubectl homeplane status`), by its name.
+  mkdir -p "$state/bin"
+  ln -sf "$CARGO_TARGET_DIR/release/homeplane" "$state/bin/kubectl-homeplane"
+  ln -sf "$CARGO_TARGET_DIR/release/homeplane" "$state/bin/kubectl_complete-homeplane"
+  local dashboard="(restart the operator with make demo-down && make demo to serve it)"
+  [ -f "$state/dashboard.port" ] && dashboard="http://127.0.0.1:$(cat "$state/dashboard.port")/"
   cp "$state/cluster/kubeconfig" "$state/kubeconfig"
   chmod 600 "$state/kubeconfig"
   {
     echo "export KUBECONFIG=$state/kubeconfig"
-    echo "export PATH=$bin:$CARGO_TARGET_DIR/release:\$PATH"
+    echo "export PATH=$state/bin:$bin:$CARGO_TARGET_DIR/release:\$PATH"
+    echo "export HOMEPLANE_DASHBOARD_URL=$dashboard"
     cat "$state/postgres/env"
     cat "$state/s3/env"
     echo "export HOMEPLANE_BACKUP_BUCKET=homelab-backups"
@@ -222,7 +233,11 @@ up() {
   echo; echo "== kubectl get agents,agentruns -n ai"; "$kubectl" get agents,agentruns -n ai
   echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
   echo
-  echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Try:"
+  echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s)."
+  echo
+  echo "  The dashboard: $dashboard   (actions on; kubectl homeplane status in a terminal)"
+  echo
+  echo "Try:"
   echo "  source .homeplane/demo/env"
   echo "  kubectl get nodeclass pi -o yaml      # the Pi's capacity plan"
   echo "  homeplane plan -f manifests/overlays/homelab   # the same plan offline, from the manifests"
@@ -236,6 +251,8 @@ up() {
   echo "  homeplane drift history db.server.version   # its transitions (binary: \$HOMEPLANE_BIN)"
   echo "  curl -s -H \"X-N8N-API-KEY: \$N8N_API_KEY\" \$N8N_URL/api/v1/workflows   # n8n itself"
   echo "  kubectl get agentrun audit-automation-limits -n ai -o yaml   # a run and its contract"
+  echo "  kubectl homeplane status              # what needs you, as the dashboard's first page"
+  echo "  kubectl homeplane trace memoryserver/memory -n data   # its dependencies, to the first broken link"
   echo "  make demo-down                        # stop everything"
 }
 
