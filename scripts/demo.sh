@@ -5,7 +5,8 @@
 # manifests/homelab, takes one encrypted backup of its database and one of n8n's data volume
 # (to an age identity generated for the demo in .homeplane/demo/age.key), and prints what
 # homeplane sees and the URL of its status dashboard.
-# Everything stays running;
+# It also runs a real Prometheus and Alertmanager with homeplane's alert rules, whose
+# notifications (the demo's true drift) arrive in n8n. Everything stays running;
 # `make demo-down` stops it. State lives in .homeplane/demo/.
 #
 #   scripts/demo.sh up | down
@@ -192,6 +193,8 @@ up() {
     done
   done
 
+  alerting_up "$kubectl" "$port" "$n8n_url" "$n8n_key"
+
   # The binary is also the kubectl plugin (`kubectl homeplane status`), by its name.
   mkdir -p "$state/bin"
   ln -sf "$CARGO_TARGET_DIR/release/homeplane" "$state/bin/kubectl-homeplane"
@@ -211,6 +214,7 @@ up() {
     echo "export HOMEPLANE_BIN=$CARGO_TARGET_DIR/release/homeplane"
     echo "export HOMEPLANE_HISTORY_DATABASE_URL=$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env" | sed 's#/[^/]*$#/homeplane#')"
     cat "$state/n8n/env"
+    cat "$state/prometheus/env" 2>/dev/null || true
   } > "$state/env"
   chmod 600 "$state/env"
 
@@ -232,6 +236,7 @@ up() {
   "$kubectl" get workflows -n automation
   echo; echo "== kubectl get agents,agentruns -n ai"; "$kubectl" get agents,agentruns -n ai
   echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
+  alerting_show "$kubectl" "$n8n_url" "$n8n_key"
   echo
   echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s)."
   echo
@@ -253,6 +258,7 @@ up() {
   echo "  kubectl get agentrun audit-automation-limits -n ai -o yaml   # a run and its contract"
   echo "  kubectl homeplane status              # what needs you, as the dashboard's first page"
   echo "  kubectl homeplane trace memoryserver/memory -n data   # its dependencies, to the first broken link"
+  echo "  amtool alert query --alertmanager.url=\$ALERTMANAGER_URL   # the alerts firing now"
   echo "  make demo-down                        # stop everything"
 }
 
@@ -263,11 +269,61 @@ down() {
     log "operator stopped"
   fi
   rm -f "$state/operator.pid"
+  "$HOMEPLANE_ROOT/scripts/prometheus.sh" down "$state/prometheus" 2>/dev/null || true
   "$HOMEPLANE_ROOT/scripts/podman.sh" down "$state/podman" 2>/dev/null || true
   "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$state/postgres"
   "$HOMEPLANE_ROOT/scripts/s3.sh" down "$state/s3"
   "$HOMEPLANE_ROOT/scripts/n8n.sh" down "$state/n8n"
   "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$state/cluster"
+}
+
+# alerting_up KUBECTL OPERATOR-PORT N8N-URL N8N-KEY: a real Prometheus and Alertmanager
+# (Debian's) scraping the operator with alerts/homeplane.rules.yaml — every `for:` cut to 15 s
+# so that the demo does not wait minutes — and posting to n8n's alert-notifications workflow
+# (manifests/homelab/alerting.yaml). Started once the homelab has settled, so that what fires is
+# what is true of it: the drift. Waits (at most 2 minutes) for the first message in n8n.
+alerting_up() {
+  local kubectl=$1 port=$2 n8n_url=$3 n8n_key=$4 id="" am
+  log "starting Prometheus and Alertmanager with homeplane's alert rules"
+  PROMETHEUS_TARGETS="127.0.0.1:$port" PROMETHEUS_INTERVAL=5s PROMETHEUS_RULES_FOR=15s \
+    ALERTMANAGER_WEBHOOKS="$n8n_url/webhook/homeplane-alerts" ALERTMANAGER_GROUP_WAIT=5s \
+    ALERTMANAGER_GROUP_INTERVAL=30s "$HOMEPLANE_ROOT/scripts/prometheus.sh" up "$state/prometheus"
+  am=$(sed -n 's/^export ALERTMANAGER_URL=//p' "$state/prometheus/env")
+  "$kubectl" wait --for=condition=Ready --timeout=60s workflow/alert-notifications -n automation >/dev/null \
+    || { log "the alert-notifications Workflow is not Ready: kubectl describe workflow alert-notifications -n automation"; return 0; }
+  id=$("$kubectl" get workflow alert-notifications -n automation -o jsonpath='{.status.n8nId}')
+  log "waiting for the demo's drift to fire and reach n8n"
+  for _ in $(seq 1 120); do
+    if curl -sf "$am/api/v2/alerts?active=true" | grep -q HomeplaneCriticalDrift \
+      && curl -sf -H "X-N8N-API-KEY: $n8n_key" "$n8n_url/api/v1/executions?workflowId=$id&limit=1" \
+        | grep -q '"id"'; then
+      return 0
+    fi
+    sleep 1
+  done
+  log "no alert reached n8n yet: amtool alert query --alertmanager.url=$am"
+}
+
+# alerting_show KUBECTL N8N-URL N8N-KEY: the alerts firing and the messages n8n formatted.
+alerting_show() {
+  local kubectl=$1 n8n_url=$2 n8n_key=$3 prom am id
+  prom=$(sed -n 's/^export PROMETHEUS_URL=//p' "$state/prometheus/env" 2>/dev/null)
+  am=$(sed -n 's/^export ALERTMANAGER_URL=//p' "$state/prometheus/env" 2>/dev/null)
+  [ -n "$am" ] || return 0
+  echo; echo "== alerts firing (Alertmanager $am, Prometheus $prom/alerts)"
+  amtool alert query --alertmanager.url="$am" 2>&1 | cut -c1-160
+  id=$("$kubectl" get workflow alert-notifications -n automation -o jsonpath='{.status.n8nId}' 2>/dev/null)
+  [ -n "$id" ] || return 0
+  echo; echo "== their messages in n8n ($n8n_url/workflow/$id/executions)"
+  curl -sf -H "X-N8N-API-KEY: $n8n_key" "$n8n_url/api/v1/executions?workflowId=$id&includeData=true&limit=3" \
+    | python3 -c '
+import json, sys
+for e in json.load(sys.stdin).get("data", []):
+    run = e.get("data", {}).get("resultData", {}).get("runData", {}).get("Format message", [])
+    for r in run:
+        for item in r.get("data", {}).get("main", [[]])[0]:
+            print(item["json"]["text"][:1200]); print()
+' 2>/dev/null || true
 }
 
 # finish_demo_run KUBECTL: plays the example agent of the demo's AgentRun. Simulated nodes run

@@ -15,7 +15,7 @@ mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 command -v podman >/dev/null || die "podman is not installed; run scripts/setup.sh"
 
 write_config() {
-  mkdir -p "$dir/storage" "$dir/run" "$dir/xdg"
+  mkdir -p "$dir/storage" "$dir/run" "$dir/xdg" "$dir/networks"
   chmod 700 "$dir/xdg"
   cat > "$dir/containers.conf" <<CONF
 [containers]
@@ -27,6 +27,9 @@ log_driver = "k8s-file"
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+
+[network]
+network_config_dir = "$dir/networks"
 CONF
   cat > "$dir/storage.conf" <<CONF
 [storage]

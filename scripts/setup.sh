@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what homeplane's demo and tests need and a fresh machine of this kind lacks:
 # Debian packages (openssl, curl, PostgreSQL, age, zstd, podman, npm, Chromium), the Go-built control
-# plane, the local S3 server (versitygw) and n8n on Node 22 (from npm). Idempotent and quiet
+# plane, the local S3 server (versitygw), n8n on Node 22 (from npm), and Prometheus and
+# Alertmanager (Debian's). Idempotent and quiet
 # when everything is there.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -42,3 +43,7 @@ command -v cargo >/dev/null || die "Rust is missing (the machine should ship car
 "$HOMEPLANE_ROOT/scripts/build-cluster.sh" >/dev/null
 "$HOMEPLANE_ROOT/scripts/s3.sh" bin >/dev/null
 "$HOMEPLANE_ROOT/scripts/n8n.sh" install >/dev/null
+# Prometheus and Alertmanager (Debian's; promtool and amtool with them) for the alert rules'
+# tests and the demo, and the Prometheus Operator's CRDs for the chart test.
+"$HOMEPLANE_ROOT/scripts/prometheus.sh" install
+"$HOMEPLANE_ROOT/scripts/prometheus.sh" crds >/dev/null

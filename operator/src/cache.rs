@@ -55,6 +55,10 @@ pub struct Caches {
     pub memory_servers: Store<MemoryServer>,
     /// StateRegistries.
     pub registries: Store<StateRegistry>,
+    /// Drift objects (spec only; read by the per-property drift metrics).
+    pub drifts: Store<Drift>,
+    /// Drift the watch saw resolved (deleted), newest last, at most [`CLEARED_KEPT`].
+    cleared: Arc<Mutex<VecDeque<ClearedDrift>>>,
     /// Counts the changes applied to any cache (this one and the [`Related`] ones started from
     /// it), so a reader can wait for the next one.
     changes: Arc<watch::Sender<u64>>,
@@ -109,6 +113,8 @@ impl Caches {
             shutdown,
             changes: &changes,
         };
+        let cleared = Arc::new(Mutex::new(VecDeque::new()));
+        let record = cleared.clone();
         let caches = Self {
             nodeclasses: r.whole(Api::all(client.clone()), watcher::Config::default()),
             databases: r.whole(s.api(), watcher::Config::default()),
@@ -120,6 +126,26 @@ impl Caches {
             voice_pipelines: r.whole(s.api(), watcher::Config::default()),
             memory_servers: r.whole(s.api(), watcher::Config::default()),
             registries: r.whole(s.api(), watcher::Config::default()),
+            drifts: r.trimmed(
+                s.api(),
+                watcher::Config::default(),
+                |_: &mut Drift| {},
+                move |drift: &Drift| {
+                    if let Ok(mut list) = record.lock() {
+                        if list.len() >= CLEARED_KEPT {
+                            list.pop_front();
+                        }
+                        list.push_back(ClearedDrift {
+                            at: Timestamp::now(),
+                            namespace: drift.namespace().unwrap_or_default(),
+                            name: drift.name_any(),
+                            property: drift.spec.property.clone(),
+                            registry: drift.spec.registry.clone(),
+                        });
+                    }
+                },
+            ),
+            cleared,
             changes,
         };
         (caches, tasks)
@@ -206,6 +232,7 @@ fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
         "VoicePipeline" => "VoicePipeline",
         "MemoryServer" => "MemoryServer",
         "StateRegistry" => "StateRegistry",
+        "Drift" => "Drift",
         _ => "Unknown",
     }
 }
@@ -393,27 +420,6 @@ impl Related {
             changes: &caches.changes,
         };
         let managed = || watcher::Config::default().labels(MANAGED);
-        let cleared = Arc::new(Mutex::new(VecDeque::new()));
-        let record = cleared.clone();
-        let drifts = r.trimmed(
-            s.api(),
-            watcher::Config::default(),
-            |_: &mut Drift| {},
-            move |drift: &Drift| {
-                if let Ok(mut list) = record.lock() {
-                    if list.len() >= CLEARED_KEPT {
-                        list.pop_front();
-                    }
-                    list.push_back(ClearedDrift {
-                        at: Timestamp::now(),
-                        namespace: drift.namespace().unwrap_or_default(),
-                        name: drift.name_any(),
-                        property: drift.spec.property.clone(),
-                        registry: drift.spec.registry.clone(),
-                    });
-                }
-            },
-        );
         let events = r.trimmed(
             s.api(),
             watcher::Config::default().fields(&format!(
@@ -425,7 +431,7 @@ impl Related {
             |_| {},
         );
         let related = Self {
-            drifts,
+            drifts: caches.drifts.clone(),
             events,
             secrets: r.metadata(s.api(), watcher::Config::default()),
             config_maps: r.metadata(s.api(), watcher::Config::default()),
@@ -441,7 +447,7 @@ impl Related {
                     |_| {},
                 )
             }),
-            cleared,
+            cleared: caches.cleared.clone(),
         };
         (related, tasks)
     }

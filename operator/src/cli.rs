@@ -57,6 +57,11 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Write the homelab that runs today as a kustomize tree: containers of a Docker Engine API
+    /// (or Podman's), compose services, a PostgreSQL database and n8n workflows become
+    /// workloads, a Database, Workflows, a state registry and backup proposals; secrets stay
+    /// out (the README lists the Secrets to create); then the plan says whether it fits.
+    Import(crate::import::ImportArgs),
     /// Print every CustomResourceDefinition as YAML (or write one file per CRD with --out).
     Crd {
         /// Write `<plural>.homeplane.dev.yaml` files into this folder instead of printing.

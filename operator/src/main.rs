@@ -10,6 +10,7 @@ mod dashboard;
 mod drift_cli;
 mod duration;
 mod history;
+mod import;
 mod leader;
 mod metrics;
 mod migrate_cli;
@@ -45,6 +46,7 @@ async fn main() -> std::process::ExitCode {
             command: cli::DriftCommand::History(args),
         } => drift_cli::history(args).await,
         cli::Command::Plan(args) => plan_cli::run(args),
+        cli::Command::Import(args) => import::run(args).await,
         cli::Command::Restore(args) => backup_cli::restore(args).await,
         cli::Command::Backup(cli::BackupCommand::Decrypt(args)) => backup_cli::decrypt(args).await,
         cli::Command::Backup(cli::BackupCommand::Upload(args)) => backup_cli::upload(args).await,

@@ -2,6 +2,8 @@
 //! controller name, the error category, the names of objects a person declared — never error
 //! text.
 
+pub mod cached;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -128,6 +130,53 @@ impl Collector for ObjectHealth {
     }
 }
 
+/// The process itself: resident memory, read from `/proc/self/status` at each scrape, and the
+/// start time (a restart shows as a new value).
+#[derive(Debug)]
+struct Process {
+    started: f64,
+}
+
+impl Process {
+    /// Resident set size in bytes, from the `VmRSS` line of `/proc/self/status`.
+    fn resident_bytes() -> Option<i64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kib: i64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+}
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(bytes) = Self::resident_bytes() {
+            let rss = Gauge::<i64>::default();
+            rss.set(bytes);
+            rss.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory of the operator process",
+                None,
+                rss.metric_type(),
+            )?)?;
+        }
+        let started = FloatGauge::default();
+        started.set(self.started);
+        started.encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Unix time the operator process started",
+            None,
+            started.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 /// The operator's metrics and the registry that serves them.
 pub struct Metrics {
     registry: Registry,
@@ -135,6 +184,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
     leader: Gauge,
+    leader_acquisitions: Counter,
     drifted: Family<SeverityLabels, Gauge>,
     unknown: Gauge,
     corrections: Family<OutcomeLabels, Counter>,
@@ -146,6 +196,7 @@ pub struct Metrics {
     objects: Arc<ObjectHealth>,
     /// When each controller last finished a reconciliation (for the dashboard).
     last_reconciled: std::sync::Mutex<std::collections::BTreeMap<&'static str, jiff::Timestamp>>,
+    cached: Arc<cached::CachedState>,
 }
 
 impl Default for Metrics {
@@ -229,9 +280,24 @@ impl Default for Metrics {
         );
         let objects = Arc::new(ObjectHealth::default());
         registry.register_collector(Box::new(objects.clone()));
+        let cached = Arc::new(cached::CachedState::default());
+        registry.register_collector(Box::new(cached.clone()));
+        let leader_acquisitions = Counter::default();
+        registry.register(
+            "leader_acquisitions",
+            "Times this replica became the leader (a standby taking over counts one)",
+            leader_acquisitions.clone(),
+        );
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        registry.register_collector(Box::new(Process { started }));
         Self {
             registry,
             objects,
+            cached,
+            leader_acquisitions,
             reconciles,
             errors,
             durations,
@@ -312,13 +378,18 @@ impl Metrics {
 
     /// Exports the health of every object in `caches` (`homeplane_object_ready`,
     /// `homeplane_object_stalled`) from now on; the first caches attached stay.
+    /// The series the alert rules read from the caches (`metrics::cached`) are exported too.
     pub fn watch_objects(&self, caches: Caches) {
+        let _ = self.cached.0.set(caches.clone());
         let _ = self.objects.0.set(caches);
     }
 
-    /// Records whether this replica leads.
+    /// Records whether this replica leads; becoming the leader counts one acquisition.
     pub fn set_leader(&self, leading: bool) {
-        self.leader.set(i64::from(leading));
+        let was = self.leader.set(i64::from(leading));
+        if leading && was == 0 {
+            self.leader_acquisitions.inc();
+        }
     }
 
     /// Sets the drifted properties per severity and the unknown ones, over all registries.
@@ -374,5 +445,36 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("homeplane_leader 1"), "{text}");
+        assert!(
+            text.contains("homeplane_leader_acquisitions_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("homeplane_process_resident_memory_bytes "),
+            "{text}"
+        );
+        assert!(
+            text.contains("homeplane_process_start_time_seconds "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn only_becoming_leader_counts_an_acquisition() {
+        let metrics = Metrics::default();
+        let text = metrics.render();
+        assert!(
+            text.contains("homeplane_leader_acquisitions_total 0"),
+            "{text}"
+        );
+        metrics.set_leader(true);
+        metrics.set_leader(true);
+        metrics.set_leader(false);
+        metrics.set_leader(true);
+        let text = metrics.render();
+        assert!(
+            text.contains("homeplane_leader_acquisitions_total 2"),
+            "{text}"
+        );
     }
 }

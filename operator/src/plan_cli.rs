@@ -153,6 +153,69 @@ struct ClassPlan {
     homeplane: Vec<(String, Demand)>,
 }
 
+/// Which declared workloads do not fit beside the others in a class whose declared workloads
+/// exceed it: the largest are taken out, one at a time, until the rest fit (a scheduler places
+/// them in no particular order; these are the ones to shrink, move or give a node).
+fn overflow(
+    room: &capacity::ClassRoom,
+    existing: &[(String, String, i32, class_plan::Asks)],
+) -> String {
+    let available = |r: &capacity::Room| r.allocatable - r.reserved;
+    let gpu_room = room.gpu.as_ref().map(|(_, r)| available(r));
+    let mut kept: Vec<&(String, String, i32, class_plan::Asks)> = existing.iter().collect();
+    let total = |kept: &[&(String, String, i32, class_plan::Asks)]| {
+        kept.iter().fold(
+            (Milli::ZERO, Milli::ZERO, Milli::ZERO),
+            |(c, m, g), (_, _, n, a)| {
+                let n = i128::from((*n).max(0));
+                (
+                    c + Milli(a.cpu_request.0 * n),
+                    m + Milli(a.memory_request.0 * n),
+                    g + Milli(a.gpu.0 * n),
+                )
+            },
+        )
+    };
+    let over = |(c, m, g): (Milli, Milli, Milli)| {
+        c > available(&room.cpu) || m > available(&room.memory) || gpu_room.is_some_and(|r| g > r)
+    };
+    let (cpu, memory, _) = total(&kept);
+    let mut out_of_room = Vec::new();
+    // Largest first: by the share of the class each asks for.
+    let share = |a: &class_plan::Asks| {
+        let part = |x: Milli, of: Milli| x.0 as f64 / (of.0.max(1)) as f64;
+        part(a.cpu_request, available(&room.cpu))
+            .max(part(a.memory_request, available(&room.memory)))
+    };
+    kept.sort_by(|(_, _, _, a), (_, _, _, b)| share(b).total_cmp(&share(a)));
+    while over(total(&kept)) && !kept.is_empty() {
+        let (name, _, replicas, a) = kept.remove(0);
+        out_of_room.push(format!(
+            "{name} ({}cpu {}, memory {}{})",
+            if *replicas > 1 {
+                format!("{replicas} pods, each ")
+            } else {
+                String::new()
+            },
+            a.cpu_request.cpu(),
+            a.memory_request.memory(),
+            if a.gpu.0 > 0 {
+                format!(", {} GPU", a.gpu.count())
+            } else {
+                String::new()
+            }
+        ));
+    }
+    format!(
+        "the workloads declared for it ask for cpu {} and memory {}, of cpu {} and memory {} available; these do not fit beside the others: {}",
+        cpu.cpu(),
+        memory.memory(),
+        available(&room.cpu).cpu(),
+        available(&room.memory).memory(),
+        out_of_room.join("; ")
+    )
+}
+
 /// Prints the plan of the manifests under `args.paths`; fails when something does not fit.
 pub fn run(args: PlanArgs) -> Result<()> {
     let (text, fits) = plan(&args.paths)?;
@@ -453,16 +516,23 @@ pub fn plan(paths: &[PathBuf]) -> Result<(String, bool)> {
                 .map(|(_, r)| r.allocatable.count())
                 .unwrap_or_else(|| "-".into()),
         )?;
-        let already_over = room.cpu.free() < Milli::ZERO || room.memory.free() < Milli::ZERO;
-        match capacity::fit(&room, &demands) {
-            Ok(()) if !already_over => writeln!(out, "  fits\n")?,
-            Ok(()) => {
-                fits = false;
-                writeln!(out, "  DOES NOT FIT: what already runs exceeds the class\n")?;
-            }
-            Err(e) => {
-                fits = false;
-                writeln!(out, "  DOES NOT FIT: {}\n", e.0)?;
+        let already_over = room.cpu.free() < Milli::ZERO
+            || room.memory.free() < Milli::ZERO
+            || room
+                .gpu
+                .as_ref()
+                .is_some_and(|(_, r)| r.free() < Milli::ZERO);
+        if already_over {
+            // The declared workloads alone exceed the class: name the ones that do not fit.
+            fits = false;
+            writeln!(out, "  DOES NOT FIT: {}\n", overflow(&room, &plan.existing))?;
+        } else {
+            match capacity::fit(&room, &demands) {
+                Ok(()) => writeln!(out, "  fits\n")?,
+                Err(e) => {
+                    fits = false;
+                    writeln!(out, "  DOES NOT FIT: {}\n", e.0)?;
+                }
             }
         }
     }

@@ -137,3 +137,44 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn declared_workloads_that_exceed_a_class_are_named() {
+    let dir = tempdir();
+    std::fs::write(dir.join("classes.yaml"), CLASSES).unwrap();
+    let deployment = |name: &str, cpu: &str, memory: &str| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: ai}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      nodeSelector: {{homeplane.dev/class: gpu}}
+      containers:
+      - name: {name}
+        image: x
+        resources: {{limits: {{cpu: "{cpu}", memory: {memory}}}}}
+"#
+        )
+    };
+    std::fs::write(
+        dir.join("running.yaml"),
+        [
+            deployment("ollama", "8", "24Gi"),
+            deployment("whisper", "4", "8Gi"),
+            deployment("embeddings", "4", "8Gi"),
+            deployment("piper", "2", "2Gi"),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let (code, out, _) = plan(&dir);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("DOES NOT FIT: the workloads declared for it ask for cpu 18 and memory 42Gi, of cpu 16 and memory 64Gi available; these do not fit beside the others: ai/ollama (cpu 8, memory 24Gi)"),
+        "{out}"
+    );
+}

@@ -63,7 +63,8 @@ pub async fn observe(properties: &[(&str, &DockerObserver)]) -> HashMap<String, 
     observed
 }
 
-fn connect(endpoint: &str) -> Result<Docker, String> {
+/// A client of the Docker Engine API at `unix:///path` or `tcp://host:port`.
+pub fn connect(endpoint: &str) -> Result<Docker, String> {
     let connected = if let Some(path) = endpoint.strip_prefix("unix://") {
         Docker::connect_with_unix(path, TIMEOUT_SECONDS, bollard::API_DEFAULT_VERSION)
     } else {

@@ -7,7 +7,7 @@ pub(crate) mod catalog;
 pub mod managed;
 pub mod migrate;
 pub(crate) mod plan;
-mod sql;
+pub(crate) mod sql;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

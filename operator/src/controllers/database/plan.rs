@@ -145,7 +145,8 @@ const TABLE_WRITE: &[&str] = &["SELECT", "INSERT", "UPDATE", "DELETE"];
 const SEQUENCE_READ: &[&str] = &["SELECT", "USAGE"];
 const SEQUENCE_WRITE: &[&str] = &["SELECT", "USAGE", "UPDATE"];
 
-fn privileges(kind: ObjectKind, access: Access) -> &'static [&'static str] {
+/// The privileges `access` means on an object of `kind`.
+pub(crate) fn privileges(kind: ObjectKind, access: Access) -> &'static [&'static str] {
     match (kind, access) {
         (_, Access::None) => &[],
         (ObjectKind::Schema, _) => &["USAGE"],

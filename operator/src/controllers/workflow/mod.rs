@@ -35,6 +35,9 @@ const CONTROLLER: &str = "workflow";
 pub const DRIFTED: &str = "Drifted";
 /// Finalizer that lets `deletionPolicy` run before a Workflow object goes away.
 const FINALIZER: &str = "homeplane.dev/workflow-cleanup";
+/// Annotation naming an existing n8n workflow for a new Workflow to take over (written by
+/// `homeplane import`) instead of creating a second one; read only while status has no id.
+pub const ADOPT_ANNOTATION: &str = "homeplane.dev/n8n-id";
 
 /// The HTTP client every Workflow shares, made on first use.
 #[derive(Default)]
@@ -302,13 +305,30 @@ async fn converge(
     let declaration_changed = status.definition_hash.as_deref() != Some(desired_hash.as_str())
         || status.observed_generation != wf.metadata.generation;
 
-    let observed = match &status.n8n_id {
+    // A Workflow without an id yet takes over the n8n workflow its annotation names.
+    let adopting = status
+        .n8n_id
+        .is_none()
+        .then(|| wf.annotations().get(ADOPT_ANNOTATION).cloned())
+        .flatten();
+    let observed = match status.n8n_id.as_ref().or(adopting.as_ref()) {
         Some(id) => match client.get_workflow(id).await {
             Ok(found) => found,
             Err(e) => return Ok(n8n_failed(wf, "read the workflow", &e)),
         },
         None => None,
     };
+    if let (Some(id), Some(_)) = (&adopting, &observed) {
+        info!(n8n_id = %id, "adopted the workflow in n8n");
+        status.n8n_id = Some(id.clone());
+        ctx.event(
+            wf,
+            EventType::Normal,
+            "Adopted",
+            format!("took over n8n workflow {id} (annotation {ADOPT_ANNOTATION})"),
+        )
+        .await;
+    }
 
     let mut drift = Vec::new();
     let mut corrected = false;

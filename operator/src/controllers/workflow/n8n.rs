@@ -87,6 +87,31 @@ impl<'a> N8n<'a> {
         }
     }
 
+    /// One page of the workflows n8n holds (`limit` at most 250) and the cursor of the next
+    /// page, if there is one.
+    pub async fn list_workflows(
+        &self,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<Value>, Option<String>), N8nError> {
+        let mut path = format!("/api/v1/workflows?limit={}", limit.clamp(1, 250));
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={}", encode_component(c)));
+        }
+        let page = self.call(Method::GET, &path, None).await?;
+        let Some(data) = page.get("data").and_then(Value::as_array) else {
+            return Err(N8nError::Protocol(
+                "the workflows list has no `data` array".into(),
+            ));
+        };
+        let next = page
+            .get("nextCursor")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string);
+        Ok((data.clone(), next))
+    }
+
     /// Creates a workflow; returns n8n's copy (with its `id`).
     pub async fn create_workflow(&self, body: &Value) -> Result<Value, N8nError> {
         self.call(Method::POST, "/api/v1/workflows", Some(body))
