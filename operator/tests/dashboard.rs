@@ -173,7 +173,11 @@ fn every_page_shows_the_demo_objects_in_their_real_states() {
         "{}",
         capacity.body
     );
-    assert!(capacity.body.contains("amd.com/gpu"), "{}", capacity.body);
+    assert!(
+        capacity.body.contains("amd.com&#x2F;gpu"),
+        "{}",
+        capacity.body
+    );
 
     // Backups: the run, and the words for what is missing.
     let backups = dash.get("/backups");

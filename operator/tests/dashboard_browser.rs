@@ -66,6 +66,17 @@ impl Browser {
 
     /// One WebDriver command; returns its `value`.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let value = self.try_call(method, path, body);
+        if (method != "POST" || !path.ends_with("/element"))
+            && let Some(error) = value.get("error")
+        {
+            panic!("{method} {path}: {error}: {}", value["message"]);
+        }
+        value
+    }
+
+    /// One WebDriver command; returns its `value`, which may be an error.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let url = format!("{}{path}", self.base);
         let mut cmd = Command::new("curl");
         cmd.args([
@@ -84,13 +95,7 @@ impl Browser {
         let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
             panic!("{method} {path}: {}", String::from_utf8_lossy(&out.stdout))
         });
-        let value = json.get("value").cloned().unwrap_or(json);
-        if (method != "POST" || !path.ends_with("/element"))
-            && let Some(error) = value.get("error")
-        {
-            panic!("{method} {path}: {error}: {}", value["message"]);
-        }
-        value
+        json.get("value").cloned().unwrap_or(json)
     }
 
     fn session(&self, path: &str) -> String {
@@ -125,15 +130,24 @@ impl Browser {
         v.as_object()?.values().next()?.as_str().map(str::to_string)
     }
 
+    /// Clicks what `css` matches; found again when a live update replaced it meanwhile.
     fn click(&self, css: &str) {
-        let element = self
-            .find(css)
-            .unwrap_or_else(|| panic!("nothing matches {css}:\n{}", self.source()));
-        self.call(
-            "POST",
-            &self.session(&format!("/element/{element}/click")),
-            Some(json!({})),
-        );
+        for _ in 0..10 {
+            let element = self
+                .find(css)
+                .unwrap_or_else(|| panic!("nothing matches {css}:\n{}", self.source()));
+            let done = self.try_call(
+                "POST",
+                &self.session(&format!("/element/{element}/click")),
+                Some(json!({})),
+            );
+            match done.get("error").and_then(Value::as_str) {
+                None => return,
+                Some("stale element reference") => continue,
+                Some(error) => panic!("click {css}: {error}: {}", done["message"]),
+            }
+        }
+        panic!("{css} was replaced by every live update before it could be clicked");
     }
 
     fn text(&self, css: &str) -> String {
