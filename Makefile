@@ -31,6 +31,7 @@ bench:
 	@bash bench/state.sh
 	@bash bench/backup.sh
 	@bash bench/realnode.sh
+	@bash bench/dashboard.sh
 
 ## Fuzz every parser of untrusted input: 1,000,000 executions per target (or 15 minutes).
 fuzz:

@@ -6,7 +6,7 @@
 # homelab.git) that Flux applies: homeplane's CRDs and RBAC first, then the homelab (dependsOn),
 # with this run's endpoints as a kustomize overlay in the repository itself (demo/). Then it takes
 # one encrypted backup of the database and one of n8n's data volume (to an age identity generated
-# for the demo in .homeplane/demo/age.key), and prints what Flux and homeplane see.
+# for the demo in .homeplane/demo/age.key), and prints what Flux and homeplane see and the URL of its status dashboard.
 # It also runs a real Prometheus and Alertmanager with homeplane's alert rules, whose
 # notifications (the demo's true drift) arrive in n8n. Everything stays running;
 # `make demo-down` stops it. State lives in .homeplane/demo/.
@@ -128,6 +128,9 @@ up() {
   else
     local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     echo "$port" > "$state/operator.port"
+    # The status dashboard, on this machine only, with its actions on (it is the demo).
+    local dport; dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    echo "$dport" > "$state/dashboard.port"
     # homeplane's own database (drift and backup history) lives on the demo PostgreSQL.
     psql "$pg_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \
       || psql "$pg_url" -qc "CREATE DATABASE homeplane" >/dev/null
@@ -136,6 +139,7 @@ up() {
       HOMEPLANE_HISTORY_DATABASE_URL="${pg_url%/*}/homeplane" setsid \
       "$CARGO_TARGET_DIR/release/homeplane" run --http-addr "127.0.0.1:$port" --identity demo \
       --trusted-registry-namespace monitoring \
+      --dashboard-addr "127.0.0.1:$dport" --dashboard-actions \
       > "$state/operator.log" 2>&1 < /dev/null &
     echo $! > "$state/operator.pid"
   fi
@@ -199,11 +203,18 @@ up() {
 
   alerting_up "$kubectl" "$port" "$n8n_url" "$n8n_key"
 
+  # The binary is also the kubectl plugin (`kubectl homeplane status`), by its name.
+  mkdir -p "$state/bin"
+  ln -sf "$CARGO_TARGET_DIR/release/homeplane" "$state/bin/kubectl-homeplane"
+  ln -sf "$CARGO_TARGET_DIR/release/homeplane" "$state/bin/kubectl_complete-homeplane"
+  local dashboard="(restart the operator with make demo-down && make demo to serve it)"
+  [ -f "$state/dashboard.port" ] && dashboard="http://127.0.0.1:$(cat "$state/dashboard.port")/"
   cp "$state/cluster/kubeconfig" "$state/kubeconfig"
   chmod 600 "$state/kubeconfig"
   {
     echo "export KUBECONFIG=$state/kubeconfig"
-    echo "export PATH=$bin:$CARGO_TARGET_DIR/release:\$PATH"
+    echo "export PATH=$state/bin:$bin:$CARGO_TARGET_DIR/release:\$PATH"
+    echo "export HOMEPLANE_DASHBOARD_URL=$dashboard"
     cat "$state/postgres/env"
     cat "$state/s3/env"
     echo "export HOMEPLANE_BACKUP_BUCKET=homelab-backups"
@@ -245,6 +256,9 @@ up() {
   echo "  kubectl get kustomizations -n flux-system -w   # Flux fetches every 20s; homelab turns Ready at the new revision"
   echo "  kubectl get secret homelab-reporting -n data   # the role's Secret (and the role in PostgreSQL)"
   echo "  kubectl annotate gitrepository homeplane -n flux-system reconcile.fluxcd.io/requestedAt=\$(date +%s) --overwrite   # fetch now"
+  echo
+  echo "  The dashboard: $dashboard   (actions on; kubectl homeplane status in a terminal)"
+  echo
   echo "Try also:"
   echo "  kubectl get nodeclass pi -o yaml      # the Pi's capacity plan"
   echo "  homeplane plan -f manifests/overlays/homelab   # the same plan offline, from the manifests"
@@ -258,6 +272,8 @@ up() {
   echo "  homeplane drift history db.server.version   # its transitions (binary: \$HOMEPLANE_BIN)"
   echo "  curl -s -H \"X-N8N-API-KEY: \$N8N_API_KEY\" \$N8N_URL/api/v1/workflows   # n8n itself"
   echo "  kubectl get agentrun audit-automation-limits -n ai -o yaml   # a run and its contract"
+  echo "  kubectl homeplane status              # what needs you, as the dashboard's first page"
+  echo "  kubectl homeplane trace memoryserver/memory -n data   # its dependencies, to the first broken link"
   echo "  amtool alert query --alertmanager.url=\$ALERTMANAGER_URL   # the alerts firing now"
   echo "  make demo-down                        # stop everything"
 }

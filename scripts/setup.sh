@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what homeplane's demo and tests need and a fresh machine of this kind lacks:
-# Debian packages (openssl, curl, git, PostgreSQL, age, zstd, podman, npm, g++, containerd,
+# Debian packages (openssl, curl, git, PostgreSQL, age, zstd, podman, npm, g++, Chromium, containerd,
 # mmdebstrap), the Go-built control plane, Flux's controllers and Git server, the real node's
 # programs and images, the local S3 server (versitygw), n8n on Node 22 (from npm), and Prometheus
 # and Alertmanager (Debian's). Idempotent and quiet when everything is there.
@@ -33,6 +33,18 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian's Chromium and its WebDriver (one source package, so their versions match) and a font,
+# for the dashboard's browser tests; without recommends (about 230 MB).
+browser=()
+command -v chromium >/dev/null || browser+=(chromium)
+command -v chromedriver >/dev/null || browser+=(chromium-driver)
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || browser+=(fonts-dejavu-core)
+if [ ${#browser[@]} -gt 0 ]; then
+  log "installing Debian packages: ${browser[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${browser[@]}" >/dev/null
 fi
 command -v go >/dev/null || die "Go is missing (the machine should ship Go 1.26)"
 command -v cargo >/dev/null || die "Rust is missing (the machine should ship cargo)"

@@ -1,4 +1,5 @@
-//! The command line: `homeplane run`, `homeplane crd`.
+//! The command line: `homeplane run`, `homeplane crd`, and the rest. The same binary answers
+//! as a kubectl plugin when it is called `kubectl-homeplane` (`kubectl homeplane status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,6 +67,21 @@ pub enum Command {
     /// Backup tools for the owner.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Serve the status dashboard from this computer, with its own watches through your
+    /// kubeconfig: nothing needs to be installed in the cluster. Prints its URL.
+    Dashboard(DashboardArgs),
+    /// Print what needs you (the dashboard's first page) as text; exits with status 1 when
+    /// something does, so it serves cron jobs and scripts.
+    Status(StatusArgs),
+    /// Print an object's dependency chain (e.g. MemoryServer -> Database -> role Secret) down
+    /// to its first broken link; exits with status 1 when a link is broken.
+    Trace(TraceArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) for `homeplane`,
+    /// or for `kubectl-homeplane` when called as the kubectl plugin.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Write the homelab that runs today as a kustomize tree: containers of a Docker Engine API
     /// (or Podman's), compose services, a PostgreSQL database and n8n workflows become
     /// workloads, a Database, Workflows, a state registry and backup proposals; secrets stay
@@ -156,6 +172,99 @@ pub struct RunArgs {
         default_value = "homeplane-agents"
     )]
     pub agent_policy: String,
+    #[command(flatten)]
+    pub dashboard: DashboardServeArgs,
+}
+
+/// How the status dashboard is served by `homeplane run`.
+#[derive(Debug, Args)]
+pub struct DashboardServeArgs {
+    /// Serve the status dashboard on this address, e.g. 127.0.0.1:8081 (reachable with
+    /// `kubectl port-forward`) or 0.0.0.0:8081 behind a Service. Off when unset.
+    #[arg(long, env = "HOMEPLANE_DASHBOARD_ADDR")]
+    pub dashboard_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub access: DashboardAccessArgs,
+}
+
+/// Who may look at the dashboard and what they may do.
+#[derive(Debug, Args, Clone)]
+pub struct DashboardAccessArgs {
+    /// Let the dashboard change things: reconcile now, evaluate drift now, back up now, run the
+    /// restore drill now (each an ordinary change through the Kubernetes API, recorded as an
+    /// Event naming who asked). Read-only without it.
+    #[arg(long, env = "HOMEPLANE_DASHBOARD_ACTIONS")]
+    pub dashboard_actions: bool,
+    /// Address ranges of the reverse proxies whose forward-auth user header is believed (e.g.
+    /// Caddy in front of Authelia): CIDRs, repeatable or comma-separated.
+    #[arg(long = "dashboard-trusted-proxy", env = "HOMEPLANE_DASHBOARD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::dashboard::access::parse_cidr)]
+    pub dashboard_trusted_proxies: Vec<crate::dashboard::access::Cidr>,
+    /// The header a trusted proxy names the signed-in user in.
+    #[arg(
+        long,
+        env = "HOMEPLANE_DASHBOARD_USER_HEADER",
+        default_value = "Remote-User"
+    )]
+    pub dashboard_user_header: String,
+    /// A Secret in the operator's namespace whose key `token` holds a bearer token that lets a
+    /// browser or script in from any address (`Authorization: Bearer ...`, or the sign-in form).
+    /// Without it, and without a trusted proxy, only 127.0.0.1 may look.
+    #[arg(long, env = "HOMEPLANE_DASHBOARD_TOKEN_SECRET")]
+    pub dashboard_token_secret: Option<String>,
+}
+
+/// Which cluster a command on a laptop talks to, as kubectl chooses it.
+#[derive(Debug, Args, Clone)]
+pub struct KubeArgs {
+    /// Path of the kubeconfig (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+}
+
+/// Options of `homeplane dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Where to serve it.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub addr: SocketAddr,
+    /// Only this namespace's objects (NodeClasses are cluster-wide and always shown).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// The namespace of the operator's leader Lease (to show which replica leads).
+    #[arg(long, default_value = "homeplane-system")]
+    pub operator_namespace: String,
+    /// homeplane's own database, for the drift history.
+    #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
+    pub history_database_url: Option<String>,
+    #[command(flatten)]
+    pub access: DashboardAccessArgs,
+}
+
+/// Options of `homeplane status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Only this namespace's objects (all namespaces when left out; NodeClasses always).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+}
+
+/// Options of `homeplane trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// The object: KIND/NAME, e.g. memoryserver/memory or db/homelab.
+    pub object: String,
+    /// Its namespace (default: the kubeconfig context's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
 }
 
 /// `homeplane drift ...`.

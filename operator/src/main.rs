@@ -6,6 +6,7 @@ mod cli;
 mod conditions;
 mod controllers;
 mod crdgen;
+mod dashboard;
 mod drift_cli;
 mod duration;
 mod history;
@@ -25,7 +26,16 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    // Called as `kubectl-homeplane` (kubectl's plugin mechanism) or `kubectl_complete-homeplane`
+    // (kubectl's completion of plugins), the binary answers as the plugin.
+    let invoked = dashboard::plugin::invoked_as();
+    if invoked == dashboard::plugin::Invoked::Completer {
+        return dashboard::plugin::complete_for_kubectl().await;
+    }
+    let cli = match invoked {
+        dashboard::plugin::Invoked::Plugin => dashboard::plugin::parse(),
+        _ => cli::Cli::parse(),
+    };
     telemetry::init();
     // reqwest's TLS uses the process-wide rustls provider: the same ring that kube uses.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -44,6 +54,19 @@ async fn main() -> std::process::ExitCode {
         cli::Command::Backup(cli::BackupCommand::Encrypt(args)) => backup_cli::encrypt(args).await,
         cli::Command::Backup(cli::BackupCommand::EnsureBucket(args)) => {
             backup_cli::ensure_bucket(args).await
+        }
+        cli::Command::Dashboard(args) => dashboard::serve_locally(args).await,
+        cli::Command::Status(args) => match dashboard::plugin::status(args).await {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        cli::Command::Trace(args) => match dashboard::plugin::trace(args).await {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        cli::Command::Completion { shell } => {
+            dashboard::plugin::completion(shell, invoked);
+            Ok(())
         }
         cli::Command::Crd { out: Some(dir) } => crdgen::write_all(&dir),
         cli::Command::Crd { out: None } => crdgen::render_all()

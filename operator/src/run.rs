@@ -66,7 +66,16 @@ async fn lead_and_reconcile(
     // metrics); the tasks end with `shutdown` or when this function returns.
     let (caches, _cache_tasks) =
         crate::cache::Caches::start(&client, args.watch_namespace.as_deref(), &shutdown);
-    metrics.watch_objects(caches);
+    metrics.watch_objects(caches.clone());
+    let _dashboard = crate::dashboard::serve_in_operator(
+        args,
+        &client,
+        caches,
+        metrics.clone(),
+        identity,
+        &shutdown,
+    )
+    .await?;
 
     let elector = args.leader_elect.then(|| {
         let timing = leader::Timing {

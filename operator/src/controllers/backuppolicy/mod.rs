@@ -41,6 +41,9 @@ const CONTROLLER: &str = "backuppolicy";
 const VERIFIED: &str = "Verified";
 /// Label on the Backups a schedule creates.
 pub const POLICY_LABEL: &str = "homeplane.dev/backup-policy";
+/// Annotation that asks for a restore drill now: an RFC 3339 time; a drill runs once for a
+/// time later than the last drill's (the dashboard's "run the restore drill now").
+pub const VERIFY_ANNOTATION: &str = "homeplane.dev/verify-requested";
 /// How often retention is looked at even when nothing else happens.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -235,7 +238,14 @@ async fn reconcile(p: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Er
             .as_ref()
             .map(|t| t.0)
             .unwrap_or(created);
-        if let Some(due) = verify.due(since, now_ts) {
+        // A drill asked for by hand counts as one due at the time it was asked (at most now).
+        let asked = p
+            .annotations()
+            .get(VERIFY_ANNOTATION)
+            .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+            .filter(|asked| *asked > since)
+            .map(|asked| asked.min(now_ts));
+        if let Some(due) = verify.due(since, now_ts).max(asked) {
             status.last_verify_schedule_time = Some(Time(due));
             let newest = backups
                 .iter()

@@ -350,7 +350,7 @@ async fn owned_objects(
 }
 
 /// The comment of the roles homeplane manages for this object.
-fn role_mark(db: &Database) -> String {
+pub(crate) fn role_mark(db: &Database) -> String {
     format!(
         "{}{}/{}",
         plan::ROLE_COMMENT_PREFIX,
@@ -1022,7 +1022,7 @@ async fn apply_role_secret(
 
 /// The declared migrations, inline and from ConfigMaps, in order; the inner error says what
 /// is wrong with them.
-async fn collect_migrations(
+pub(crate) async fn collect_migrations(
     db: &Database,
     ctx: &Context,
 ) -> Result<Result<Vec<migrate::Migration>, String>, Error> {
