@@ -240,7 +240,7 @@ pub struct DashboardArgs {
     pub operator_namespace: String,
     /// homeplane's own database, for the drift history.
     #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
-    pub history_database_url: Option<String>,
+    pub history_database_url: Option<Redacted>,
     #[command(flatten)]
     pub access: DashboardAccessArgs,
 }

@@ -213,7 +213,7 @@ pub struct Settings {
     /// The name of the leader Lease.
     pub lease_name: String,
     /// homeplane's own database, for the drift history.
-    pub history_database_url: Option<String>,
+    pub history_database_url: Option<crate::cli::Redacted>,
     /// Only this namespace's objects.
     pub namespace: Option<String>,
 }
@@ -256,8 +256,10 @@ pub async fn start(
             sqlx::postgres::PgPoolOptions::new()
                 .max_connections(2)
                 .acquire_timeout(Duration::from_secs(5))
-                .connect_lazy(url)
-                .context("--history-database-url is not a PostgreSQL URL")?,
+                .connect_lazy_with(
+                    crate::controllers::database::quiet_options(url)
+                        .context("--history-database-url is not a PostgreSQL URL")?,
+                ),
         ),
         None => None,
     };

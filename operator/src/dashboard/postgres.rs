@@ -174,7 +174,8 @@ async fn observe(
         .iter()
         .flat_map(|t| t.schemas.clone())
         .collect();
-    let observed = catalog::observe(&mut *conn, &roles, &database::role_mark(db), &schemas).await?;
+    let marks = [database::role_mark(db), database::adopted_mark(db)];
+    let observed = catalog::observe(&mut *conn, &roles, &marks, &schemas).await?;
     matrix(db, &observed, reading);
 
     let extensions: Vec<(String, String)> =

@@ -1316,14 +1316,14 @@ pub fn ai(d: &Dashboard, snapshot: &Snapshot, req: &Request<'_>) -> Result<Page,
             let ns = a.namespace().unwrap_or_default();
             let o = snapshot.object(Kind::Agent, &ns, &a.name_any())?;
             let verbs = rbac::verbs(a.spec.tier).join("/");
-            let allows = match (rbac::rules(a), rbac::namespaces(a)) {
-                (Ok(rules), Ok(namespaces)) => {
+            let allows = match (rbac::grants(a), rbac::namespaces(a)) {
+                (Ok(grants), Ok(namespaces)) => {
                     let place = if rbac::is_cluster_wide(a) {
                         "in every namespace".to_string()
                     } else {
                         format!("in {}", namespaces.join(", "))
                     };
-                    format!("{verbs} {} {place}", rbac::describe(&rules))
+                    format!("{verbs} {} {place}", rbac::describe(&grants))
                 }
                 (Err(e), _) | (_, Err(e)) => format!("nothing: {e}"),
             };

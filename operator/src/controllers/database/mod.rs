@@ -299,7 +299,7 @@ fn created_mark(db: &Database) -> String {
 }
 
 /// The comment of the roles that existed before this object declared them (never dropped).
-fn adopted_mark(db: &Database) -> String {
+pub(crate) fn adopted_mark(db: &Database) -> String {
     format!(
         "{}{}/{}",
         plan::ADOPTED_COMMENT_PREFIX,

@@ -272,6 +272,7 @@ async fn homeplane_objects(
         }
         Ok(all)
     }
+    let trusted = observe::Scope::new(ctx, ns).trusted;
     let scope = derived_namespaces(ctx, registry, ns);
     let c = &ctx.client;
     Ok(vec![
