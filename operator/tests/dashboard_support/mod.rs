@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use homeplane_testkit::{
-    Cluster, N8n, Operator, Postgres, S3Server, TestNamespace, TestNode, eventually, free_port,
-    repo_root,
+    Cluster, Install, N8n, Operator, Postgres, S3Server, TestNamespace, TestNode, eventually,
+    free_port, repo_root,
 };
 use serde_yaml::Value;
 
@@ -102,7 +102,26 @@ impl Dash {
         let addr = format!("127.0.0.1:{port}");
         let mut args = vec!["--dashboard-addr", addr.as_str()];
         args.extend_from_slice(extra);
-        let operator = Operator::start(BINARY, cluster, ns, identity, &args).unwrap();
+        // The chart as the demo installs it: the homelab's director dispatches runs, so
+        // agentruns and agents are grantable (docs/security.md).
+        let mut release = format!("hpd-{ns}");
+        release.truncate(40);
+        let install = Install::new(
+            cluster,
+            &release,
+            ns,
+            &[
+                "agents.extraGrantable[0].apiGroup=homeplane.dev",
+                "agents.extraGrantable[0].resource=agentruns",
+                "agents.extraGrantable[1].apiGroup=homeplane.dev",
+                "agents.extraGrantable[1].resource=agents",
+            ],
+            false,
+        )
+        .unwrap();
+        let operator =
+            Operator::start_installed(BINARY, std::sync::Arc::new(install), identity, &args)
+                .unwrap();
         let dash = Dash {
             operator,
             url: format!("http://{addr}"),
