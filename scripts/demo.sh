@@ -126,7 +126,7 @@ up() {
   if operator_running; then
     log "operator already running (pid $(cat "$state/operator.pid"))"
   else
-    local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    local port; port=$(free_port)
     echo "$port" > "$state/operator.port"
     # homeplane's own database (drift and backup history) lives on the demo PostgreSQL.
     psql "$pg_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \
