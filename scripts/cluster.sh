@@ -19,8 +19,6 @@ cmd="${1:-}"; dir="${2:-}"
 [ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 up|down|status DIR"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 is_up() {
   [ -f "$dir/kubeconfig" ] && [ -f "$dir/pids" ] || return 1
   while read -r _ pid; do kill -0 "$pid" 2>/dev/null || return 1; done < "$dir/pids"

@@ -126,7 +126,7 @@ up() {
   if operator_running; then
     log "operator already running (pid $(cat "$state/operator.pid"))"
   else
-    local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    local port; port=$(free_port)
     echo "$port" > "$state/operator.port"
     # The status dashboard, on this machine only, with its actions on (it is the demo).
     local dport; dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -291,12 +291,12 @@ up() {
 demo_repo() {
   local url=$1 pg_port=$2 n8n_url=$3 s3_endpoint=$4 recipient=$5 docker_endpoint=$6
   local work="$state/homelab" bare="$state/flux/git/homelab.git" first=0
-  [ -d "$bare" ] || git init -q --bare -b main "$bare"
   if [ ! -d "$work/.git" ]; then
     first=1
     mkdir -p "$work" && git -C "$work" init -q -b main
     cp -r manifests/homelab "$work/homelab"
   fi
+  [ -d "$bare" ] || git init -q --bare -b main "$bare"
   git -C "$work" remote remove origin 2>/dev/null || true
   git -C "$work" remote add origin "$url"
   # A commit needs an author; a machine without a Git identity gets one for this repository.
@@ -374,7 +374,17 @@ YAML
     git -C "$work" diff --cached --quiet -- operator demo \
       || git -C "$work" commit -q -m "make demo: homeplane's CRDs and RBAC, and this run's endpoints" -- operator demo
   fi
-  git -C "$work" push -q -u origin main
+  # The served repository of an earlier demo whose working copy was removed has a history
+  # unrelated to this one and would refuse the push: it starts over from the working copy. A
+  # related history that has moved on (a push from elsewhere) is never overwritten.
+  git -C "$work" fetch -q origin 2>/dev/null || true
+  if git -C "$work" rev-parse -q --verify origin/main >/dev/null \
+    && ! git -C "$work" merge-base HEAD origin/main >/dev/null; then
+    log "the demo's Git repository held an earlier, unrelated homelab: starting it over"
+    rm -rf "$bare" && git init -q --bare -b main "$bare"
+  fi
+  git -C "$work" push -q -u origin main \
+    || die "cannot push .homeplane/demo/homelab to the demo's Git server: git -C .homeplane/demo/homelab pull --rebase, then make demo again"
 }
 
 # flux_sync URL prints the Flux objects of the demo: manifests/flux (GitRepository homeplane,
