@@ -617,12 +617,13 @@ pub fn infer(s: &Snapshot, name: &str, ns: &str, report: &mut Report) -> Importe
             &secret,
             "username",
             &format!(
-                "role {} with its current password (without it homeplane sets a new one)",
+                "role {} with its current password, marked as the Database's so that homeplane keeps it (without this Secret homeplane sets a new password)",
                 role.name
             ),
         );
         report.secret(ns, &secret, "password", "");
         report.known(ns, &secret, "username", &role.name);
+        report.role_secret(ns, &secret, name, &role.name);
     }
     if s.public_connect {
         report.check.push(format!(

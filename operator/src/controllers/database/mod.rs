@@ -586,7 +586,9 @@ async fn converge(
             return Ok(Outcome::blocked(
                 "SecretNameTaken",
                 format!(
-                    "Secret {ns}/{name} for role {} exists and was not made by homeplane for this Database and role; it is neither read nor written over: rename the role or the Database, or remove that Secret",
+                    "Secret {ns}/{name} for role {} exists and was not made by homeplane for this Database and role; it is neither read nor written over: rename the role or the Database, remove that Secret, or hand it to homeplane with its password by labelling it app.kubernetes.io/managed-by=homeplane and {OWNER_LABEL}=database.{} and annotating it {ROLE_ANNOTATION}={}",
+                    role.name,
+                    db.name_any(),
                     role.name
                 ),
                 Action::requeue(RESYNC),
