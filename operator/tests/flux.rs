@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use homeplane_testkit::{
-    Cluster, Operator, Postgres, TestNamespace, TestNode, eventually, repo_root, suffix,
+    Cluster, Install, Operator, Postgres, TestNamespace, TestNode, eventually, repo_root, suffix,
 };
 use serde_json::{Value, json};
 
@@ -441,6 +441,8 @@ fn no_early_pass_flux_waits_while_the_operator_is_stopped() {
     let pg = Postgres::shared();
     let ns = TestNamespace::new(cluster, "flux-early").unwrap();
     let s = suffix();
+    // homeplane installed (its chart: CRDs, RBAC, admission policies) but not running.
+    let install = std::sync::Arc::new(Install::for_lease_namespace(cluster, &ns.name).unwrap());
     admin_secret(cluster, &ns.name, pg);
     let repo = Repo::new(&ns.name);
     repo.write(
@@ -488,7 +490,7 @@ fn no_early_pass_flux_waits_while_the_operator_is_stopped() {
         "Flux is still running its health checks: {healthy:?}"
     );
 
-    let _operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
+    let _operator = Operator::start_installed(BINARY, install, &ns.name, &[]).unwrap();
     wait_applied(cluster, &ns.name, &format!("main@sha1:{commit}"));
     let database = get(cluster, "database", "homelab", &ns.name).unwrap();
     assert_eq!(condition(&database, "Ready").unwrap()["status"], "True");

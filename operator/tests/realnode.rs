@@ -1426,11 +1426,14 @@ fn the_chart_runs_on_the_real_node_and_what_homeplane_creates_runs_there() {
         }
         logs.join("\n")
     };
-    // Every controller ran under the chart's RBAC: nothing it did was refused.
+    // Every controller ran under the chart's RBAC: nothing it did was refused. (The install is
+    // cluster-wide, so it also sees what earlier test binaries left in namespaces still being
+    // deleted; the API server refuses writes there whoever asks, and that is not RBAC.)
     let during = logs();
     let refused: Vec<&str> = during
         .lines()
         .filter(|l| l.to_lowercase().contains("forbidden"))
+        .filter(|l| !l.contains("because it is being terminated"))
         .collect();
     if !refused.is_empty() {
         failures.push(format!(
