@@ -76,6 +76,27 @@ pub fn curl(args: &[&str]) -> Http {
     }
 }
 
+/// The chart as the demo installs it into `ns`: the homelab's director dispatches runs, so
+/// agentruns and agents are grantable (docs/security.md). Installing it again is harmless (the
+/// installs of one release are counted).
+pub fn demo_install(cluster: &Cluster, ns: &str) -> Install {
+    let mut release = format!("hpd-{ns}");
+    release.truncate(40);
+    Install::new(
+        cluster,
+        &release,
+        ns,
+        &[
+            "agents.extraGrantable[0].apiGroup=homeplane.dev",
+            "agents.extraGrantable[0].resource=agentruns",
+            "agents.extraGrantable[1].apiGroup=homeplane.dev",
+            "agents.extraGrantable[1].resource=agents",
+        ],
+        false,
+    )
+    .unwrap()
+}
+
 /// The operator with its dashboard.
 pub struct Dash {
     pub operator: Operator,
@@ -102,23 +123,7 @@ impl Dash {
         let addr = format!("127.0.0.1:{port}");
         let mut args = vec!["--dashboard-addr", addr.as_str()];
         args.extend_from_slice(extra);
-        // The chart as the demo installs it: the homelab's director dispatches runs, so
-        // agentruns and agents are grantable (docs/security.md).
-        let mut release = format!("hpd-{ns}");
-        release.truncate(40);
-        let install = Install::new(
-            cluster,
-            &release,
-            ns,
-            &[
-                "agents.extraGrantable[0].apiGroup=homeplane.dev",
-                "agents.extraGrantable[0].resource=agentruns",
-                "agents.extraGrantable[1].apiGroup=homeplane.dev",
-                "agents.extraGrantable[1].resource=agents",
-            ],
-            false,
-        )
-        .unwrap();
+        let install = demo_install(cluster, ns);
         let operator =
             Operator::start_installed(BINARY, std::sync::Arc::new(install), identity, &args)
                 .unwrap();
@@ -206,6 +211,9 @@ pub struct Demo {
     pub history_url: String,
     pub bucket: String,
     pub dir: PathBuf,
+    /// The chart, installed before any object is applied (its admission policy records who
+    /// asked for each Agent).
+    pub install: std::sync::Arc<Install>,
 }
 
 impl Drop for Demo {
@@ -329,6 +337,7 @@ impl Demo {
         let has = |p: Part| parts.contains(&p);
         let cluster = Cluster::shared();
         let ns = TestNamespace::new(cluster, prefix).unwrap();
+        let install = std::sync::Arc::new(demo_install(cluster, &ns.name));
         let s = ns.name.rsplit('-').next().unwrap().to_string();
         let pg = Postgres::shared();
         let s3 = S3Server::shared();
@@ -549,6 +558,7 @@ spec:
             history_url,
             bucket,
             dir,
+            install,
         }
     }
 
