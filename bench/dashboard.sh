@@ -17,7 +17,6 @@ homeplane="$CARGO_TARGET_DIR/release/homeplane"
 bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 work="$HOMEPLANE_ROOT/.homeplane/bench-dashboard"
 mkdir -p "$work"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 measure="$HOMEPLANE_ROOT/bench/dashboard.py"
 views=${DASHBOARD_BENCH_VIEWS:-200}
 

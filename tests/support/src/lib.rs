@@ -471,10 +471,12 @@ impl Install {
             )?;
             let text = String::from_utf8_lossy(&out.stdout);
             let errors = String::from_utf8_lossy(&out.stderr);
-            if text.contains("homeplane.dev/requested-by")
-                || errors.contains("no matches for kind")
-                || errors.contains("not found")
-            {
+            // Without homeplane's CRDs (or the namespace) there is nothing to wait for. A kind
+            // the admission plugins' discovery has not caught up with yet is refused with
+            // ServiceUnavailable ("Resource kind … not found. There can be a delay…"): wait.
+            let absent = errors.contains("no matches for kind")
+                || (errors.contains("namespaces \"") && errors.contains("not found"));
+            if text.contains("homeplane.dev/requested-by") || absent {
                 break;
             }
             if Instant::now() > deadline {
