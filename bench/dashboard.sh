@@ -74,7 +74,7 @@ rss_after=$(python3 "$measure" rss "$pid")
 kill "$sse" "$pid" 2>/dev/null || true
 
 value() { awk -v k="$1" '$1 == k {print $2}' <<< "$figures"; }
-mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
+mib() { python3 -c "print(f'{($1) / 1024:.1f}')"; }
 mkdir -p bench/results
 {
   echo "# homeplane dashboard — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, release build"

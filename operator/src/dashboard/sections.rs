@@ -67,6 +67,63 @@ fn common(d: &Dashboard, req: &Request<'_>) -> Common {
     }
 }
 
+/// At most this many rows on one page of a long list (200 Drifts would weigh over 130 KB).
+const PAGE_ROWS: usize = 100;
+
+/// One page of a list of `matching` rows, worst first: which page (`?page=N`, from 1), the
+/// range shown, and links to the pages before and after that keep the query's filters.
+#[derive(Serialize, Debug, PartialEq)]
+struct Pager {
+    page: usize,
+    pages: usize,
+    first: usize,
+    last: usize,
+    previous: Option<String>,
+    next: Option<String>,
+}
+
+impl Pager {
+    fn new(req: &Request<'_>, matching: usize) -> Pager {
+        let pages = matching.div_ceil(PAGE_ROWS).max(1);
+        let page = param(req, "page")
+            .parse::<usize>()
+            .unwrap_or(1)
+            .clamp(1, pages);
+        let link = |n: usize| {
+            let mut q: Vec<String> = req
+                .query
+                .iter()
+                .filter(|(k, _)| k.as_str() != "page")
+                .map(|(k, v)| format!("{}={}", url_part(k), url_part(v)))
+                .collect();
+            if n > 1 {
+                q.push(format!("page={n}"));
+            }
+            if q.is_empty() {
+                req.path.to_string()
+            } else {
+                format!("{}?{}", req.path, q.join("&"))
+            }
+        };
+        Pager {
+            page,
+            pages,
+            first: ((page - 1) * PAGE_ROWS + 1).min(matching),
+            last: (page * PAGE_ROWS).min(matching),
+            previous: (page > 1).then(|| link(page - 1)),
+            next: (page < pages).then(|| link(page + 1)),
+        }
+    }
+
+    /// The rows of this page.
+    fn rows<T>(&self, all: Vec<T>) -> Vec<T> {
+        all.into_iter()
+            .skip((self.page - 1) * PAGE_ROWS)
+            .take(PAGE_ROWS)
+            .collect()
+    }
+}
+
 fn param<'a>(req: &'a Request<'_>, name: &str) -> &'a str {
     req.query.get(name).map(String::as_str).unwrap_or_default()
 }
@@ -122,6 +179,8 @@ struct DriftPage {
     rows: Vec<DriftRow>,
     shown: usize,
     total: usize,
+    /// The rows of this page, and the other pages.
+    pager: Pager,
     counts: BTreeMap<&'static str, usize>,
     registries: Vec<RegistryView>,
     filtered: bool,
@@ -183,7 +242,10 @@ pub fn drift(d: &Dashboard, snapshot: &Snapshot, req: &Request<'_>) -> Result<Pa
                 &b.spec.property,
             ))
     });
-    let rows: Vec<DriftRow> = drifts
+    let matching = drifts.len();
+    let pager = Pager::new(req, matching);
+    let rows: Vec<DriftRow> = pager
+        .rows(drifts)
         .iter()
         .map(|x| {
             let ns = x.namespace().unwrap_or_default();
@@ -238,9 +300,10 @@ pub fn drift(d: &Dashboard, snapshot: &Snapshot, req: &Request<'_>) -> Result<Pa
         .collect();
     let ctx = DriftPage {
         common: common(d, req),
-        shown: rows.len(),
+        shown: matching,
         total: snapshot.drifts.len(),
         rows,
+        pager,
         counts,
         registries,
         filtered: !(severity.is_empty() && namespace.is_empty() && q.is_empty()),
@@ -1456,4 +1519,54 @@ pub fn ai(d: &Dashboard, snapshot: &Snapshot, req: &Request<'_>) -> Result<Page,
         memories,
     };
     Ok(page("AI", "ai", render(d, "ai.html", &ctx)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(path: &'a str, query: &[(&str, &str)]) -> Request<'a> {
+        Request {
+            path,
+            query: query
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            csrf: "",
+        }
+    }
+
+    #[test]
+    fn a_long_list_is_paged_and_the_links_keep_the_filters() {
+        let req = request("/drift", &[("severity", "warning"), ("q", "a b")]);
+        let first = Pager::new(&req, 250);
+        assert_eq!((first.page, first.pages, first.first, first.last), (1, 3, 1, 100));
+        assert_eq!(first.previous, None);
+        assert_eq!(
+            first.next.as_deref(),
+            Some("/drift?q=a%20b&severity=warning&page=2")
+        );
+        assert_eq!(first.rows((0..250).collect()), (0..100).collect::<Vec<_>>());
+
+        let req = request("/drift", &[("page", "3")]);
+        let last = Pager::new(&req, 250);
+        assert_eq!((last.page, last.first, last.last), (3, 201, 250));
+        assert_eq!(last.previous.as_deref(), Some("/drift?page=2"));
+        assert_eq!(last.next, None);
+        assert_eq!(last.rows((0..250).collect()), (200..250).collect::<Vec<_>>());
+
+        let back = Pager::new(&request("/drift", &[("page", "2")]), 250);
+        assert_eq!(back.previous.as_deref(), Some("/drift"), "page 1 has no page=");
+    }
+
+    #[test]
+    fn a_page_out_of_range_or_not_a_number_shows_the_nearest_page() {
+        for (asked, expected) in [("0", 1), ("99", 2), ("-1", 1), ("two", 1), ("", 1)] {
+            let pager = Pager::new(&request("/drift", &[("page", asked)]), 150);
+            assert_eq!(pager.page, expected, "page={asked}");
+        }
+        let empty = Pager::new(&request("/drift", &[]), 0);
+        assert_eq!((empty.page, empty.pages, empty.first, empty.last), (1, 1, 0, 0));
+        assert!(empty.rows(Vec::<u8>::new()).is_empty());
+    }
 }
