@@ -1540,7 +1540,10 @@ mod tests {
     fn a_long_list_is_paged_and_the_links_keep_the_filters() {
         let req = request("/drift", &[("severity", "warning"), ("q", "a b")]);
         let first = Pager::new(&req, 250);
-        assert_eq!((first.page, first.pages, first.first, first.last), (1, 3, 1, 100));
+        assert_eq!(
+            (first.page, first.pages, first.first, first.last),
+            (1, 3, 1, 100)
+        );
         assert_eq!(first.previous, None);
         assert_eq!(
             first.next.as_deref(),
@@ -1553,10 +1556,17 @@ mod tests {
         assert_eq!((last.page, last.first, last.last), (3, 201, 250));
         assert_eq!(last.previous.as_deref(), Some("/drift?page=2"));
         assert_eq!(last.next, None);
-        assert_eq!(last.rows((0..250).collect()), (200..250).collect::<Vec<_>>());
+        assert_eq!(
+            last.rows((0..250).collect()),
+            (200..250).collect::<Vec<_>>()
+        );
 
         let back = Pager::new(&request("/drift", &[("page", "2")]), 250);
-        assert_eq!(back.previous.as_deref(), Some("/drift"), "page 1 has no page=");
+        assert_eq!(
+            back.previous.as_deref(),
+            Some("/drift"),
+            "page 1 has no page="
+        );
     }
 
     #[test]
@@ -1566,7 +1576,10 @@ mod tests {
             assert_eq!(pager.page, expected, "page={asked}");
         }
         let empty = Pager::new(&request("/drift", &[]), 0);
-        assert_eq!((empty.page, empty.pages, empty.first, empty.last), (1, 1, 0, 0));
+        assert_eq!(
+            (empty.page, empty.pages, empty.first, empty.last),
+            (1, 1, 0, 0)
+        );
         assert!(empty.rows(Vec::<u8>::new()).is_empty());
     }
 }

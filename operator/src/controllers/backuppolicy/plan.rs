@@ -132,7 +132,10 @@ mod tests {
         let feb31 = Schedule::parse("0 0 31 2 *", "UTC").unwrap();
         let started = std::time::Instant::now();
         assert_eq!(feb31.next_after(t("2026-11-24T07:05:00Z")), None);
-        assert_eq!(feb31.due(Timestamp::UNIX_EPOCH, t("2026-11-24T07:05:00Z")), None);
+        assert_eq!(
+            feb31.due(Timestamp::UNIX_EPOCH, t("2026-11-24T07:05:00Z")),
+            None
+        );
         eprintln!("31 February looked for in {:?}", started.elapsed());
     }
 
