@@ -62,14 +62,28 @@ impl Request<'_> {
 
     /// The page's own address, to come back to after an action.
     fn back(&self) -> String {
-        if self.query.is_empty() {
+        self.address(None)
+    }
+
+    /// The page's own address with the query parameter `name` set to `value` (appended last),
+    /// or left out when `value` is `None`.
+    pub(super) fn with_param(&self, name: &str, value: Option<&str>) -> String {
+        self.address(Some((name, value)))
+    }
+
+    fn address(&self, change: Option<(&str, Option<&str>)>) -> String {
+        let mut query: Vec<String> = self
+            .query
+            .iter()
+            .filter(|(k, _)| change.is_none_or(|(name, _)| k.as_str() != name))
+            .map(|(k, v)| format!("{}={}", url_part(k), url_part(v)))
+            .collect();
+        if let Some((name, Some(value))) = change {
+            query.push(format!("{}={}", url_part(name), url_part(value)));
+        }
+        if query.is_empty() {
             self.path.to_string()
         } else {
-            let query: Vec<String> = self
-                .query
-                .iter()
-                .map(|(k, v)| format!("{}={}", url_part(k), url_part(v)))
-                .collect();
             format!("{}?{}", self.path, query.join("&"))
         }
     }
@@ -97,13 +111,13 @@ pub(super) fn moment_of(now: Timestamp, t: Option<Timestamp>) -> Option<Moment> 
 
 /// What every live region knows.
 #[derive(Serialize)]
-struct Common {
+pub(super) struct Common {
     actions: bool,
     csrf: String,
     back: String,
 }
 
-fn common(d: &Dashboard, req: &Request<'_>) -> Common {
+pub(super) fn common(d: &Dashboard, req: &Request<'_>) -> Common {
     Common {
         actions: d.actions,
         csrf: req.csrf.to_string(),
@@ -111,7 +125,7 @@ fn common(d: &Dashboard, req: &Request<'_>) -> Common {
     }
 }
 
-fn render<T: Serialize>(
+pub(super) fn render<T: Serialize>(
     d: &Dashboard,
     template: &'static str,
     ctx: &T,
@@ -123,7 +137,7 @@ fn render<T: Serialize>(
         .map_err(|source| PageError::Render { template, source })
 }
 
-fn page(title: impl Into<String>, section: &'static str, live: String) -> Page {
+pub(super) fn page(title: impl Into<String>, section: &'static str, live: String) -> Page {
     Page {
         title: title.into(),
         section,

@@ -10,61 +10,17 @@ use serde::Serialize;
 
 use super::Dashboard;
 use super::model::{self, href, url_part};
-use super::pages::{self, EventView, Moment, ObjView, Page, PageError, Request, obj_view};
+use super::pages::{
+    self, Common, EventView, Moment, ObjView, Page, PageError, Request, common, obj_view, page,
+    render,
+};
 use super::snapshot::{Kind, Snapshot, State};
 use super::svg;
 use crate::controllers::backuppolicy::plan::Schedule;
 use crate::quantity::Milli;
 
-fn render<T: Serialize>(
-    d: &Dashboard,
-    template: &'static str,
-    ctx: &T,
-) -> Result<String, PageError> {
-    let context = tera::Context::from_serialize(ctx)
-        .map_err(|source| PageError::Render { template, source })?;
-    d.templates
-        .render(template, &context)
-        .map_err(|source| PageError::Render { template, source })
-}
-
-fn page(title: impl Into<String>, section: &'static str, live: String) -> Page {
-    Page {
-        title: title.into(),
-        section,
-        controls: String::new(),
-        live,
-        status: axum::http::StatusCode::OK,
-    }
-}
-
 fn moment(now: Timestamp, t: Option<Timestamp>) -> Option<Moment> {
     pages::moment_of(now, t)
-}
-
-#[derive(Serialize)]
-struct Common {
-    actions: bool,
-    csrf: String,
-    back: String,
-}
-
-fn common(d: &Dashboard, req: &Request<'_>) -> Common {
-    let back = if req.query.is_empty() {
-        req.path.to_string()
-    } else {
-        let q: Vec<String> = req
-            .query
-            .iter()
-            .map(|(k, v)| format!("{}={}", url_part(k), url_part(v)))
-            .collect();
-        format!("{}?{}", req.path, q.join("&"))
-    };
-    Common {
-        actions: d.actions,
-        csrf: req.csrf.to_string(),
-        back,
-    }
 }
 
 /// At most this many rows on one page of a long list (200 Drifts would weigh over 130 KB).
@@ -89,22 +45,7 @@ impl Pager {
             .parse::<usize>()
             .unwrap_or(1)
             .clamp(1, pages);
-        let link = |n: usize| {
-            let mut q: Vec<String> = req
-                .query
-                .iter()
-                .filter(|(k, _)| k.as_str() != "page")
-                .map(|(k, v)| format!("{}={}", url_part(k), url_part(v)))
-                .collect();
-            if n > 1 {
-                q.push(format!("page={n}"));
-            }
-            if q.is_empty() {
-                req.path.to_string()
-            } else {
-                format!("{}?{}", req.path, q.join("&"))
-            }
-        };
+        let link = |n: usize| req.with_param("page", (n > 1).then(|| n.to_string()).as_deref());
         Pager {
             page,
             pages,

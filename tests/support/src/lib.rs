@@ -901,48 +901,12 @@ impl Postgres {
     }
 
     fn connect() -> Result<Postgres> {
-        let url = match std::env::var("HOMEPLANE_TEST_DATABASE_URL") {
-            Ok(url) => url,
-            Err(_) => {
-                let dir = std::env::temp_dir().join(format!("homeplane-pg-{}", std::process::id()));
-                let status = Command::new("bash")
-                    .arg(repo_root().join("scripts/postgres.sh"))
-                    .arg("up")
-                    .arg(&dir)
-                    .env(
-                        "HOMEPLANE_POSTGRES_OWNER_PID",
-                        std::process::id().to_string(),
-                    )
-                    .status()?;
-                if !status.success() {
-                    bail!("scripts/postgres.sh up {} failed", dir.display());
-                }
-                let env = std::fs::read_to_string(dir.join("env"))?;
-                env.trim()
-                    .trim_start_matches("export DATABASE_URL=")
-                    .to_string()
-            }
-        };
-        // postgres://user:password@host:port/db
-        let rest = url
-            .strip_prefix("postgres://")
-            .context("DATABASE_URL is not postgres://")?;
-        let (credentials, location) = rest
-            .split_once('@')
-            .context("DATABASE_URL has no credentials")?;
-        let (user, password) = credentials
-            .split_once(':')
-            .context("DATABASE_URL has no password")?;
-        let hostport = location.split('/').next().unwrap_or_default();
-        let (host, port) = hostport
-            .split_once(':')
-            .context("DATABASE_URL has no port")?;
-        Ok(Postgres {
-            host: host.into(),
-            port: port.parse()?,
-            user: user.into(),
-            password: password.into(),
-        })
+        match std::env::var("HOMEPLANE_TEST_DATABASE_URL") {
+            Ok(url) => Self::from_url(&url),
+            Err(_) => Self::start_own(
+                &std::env::temp_dir().join(format!("homeplane-pg-{}", std::process::id())),
+            ),
+        }
     }
 
     /// A server of its own in `dir` (stopped when this test process exits), whose log is
