@@ -11,7 +11,6 @@ homeplane="$CARGO_TARGET_DIR/release/homeplane"
 bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 work="$HOMEPLANE_ROOT/.homeplane/bench"
 mkdir -p "$work"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { python3 -c 'import time; print(time.time())'; }
 
 # Control-plane start-up, three cold starts.

@@ -32,7 +32,7 @@ source "$work/postgres/env" # DATABASE_URL, PGHOST, PGPORT, PGPASSWORD...
 "$kubectl" apply --server-side -f crds/generated >/dev/null
 "$kubectl" wait --for=condition=Established -f crds/generated >/dev/null
 "$kubectl" create namespace homeplane-system >/dev/null
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 RUST_LOG=warn "$homeplane" run --http-addr "127.0.0.1:$port" --leader-election-namespace homeplane-system \
   --identity bench > "$work/operator.log" 2>&1 &
 op=$!

@@ -12,14 +12,14 @@
 #                                 it again with the same arguments and data (fault tests)
 #
 # DIR/kubeconfig is an admin kubeconfig; DIR/env has `export KUBECONFIG=...` lines.
+# With HOMEPLANE_REAL_NODE=1, `up` also adds a real kubelet + containerd node, `real-1`
+# (scripts/realnode.sh); `down` always takes it down.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 cmd="${1:-}"; dir="${2:-}"
 [ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 up|down|status DIR"
 mkdir -p "$dir"; dir="$(cd "$dir" && pwd)"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 is_up() {
   [ -f "$dir/kubeconfig" ] && [ -f "$dir/pids" ] || return 1
@@ -66,6 +66,16 @@ EXT
     -days 3650 -extfile "$c/client.ext" -out "$c/admin.crt" 2>/dev/null
   openssl genrsa -out "$c/sa.key" 2048 2>/dev/null
   openssl rsa -in "$c/sa.key" -pubout -out "$c/sa.pub" 2>/dev/null
+}
+
+# The API server's client certificate for kubelets (kubectl logs/exec on the real node).
+kubelet_client_cert() {
+  local c="$dir/certs"
+  [ -f "$c/kubelet-client.crt" ] && return 0
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$c/kubelet-client.key" -out "$c/kubelet-client.csr" 2>/dev/null
+  openssl x509 -req -in "$c/kubelet-client.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
+    -days 3650 -extfile "$c/client.ext" -out "$c/kubelet-client.crt" 2>/dev/null
 }
 
 kubeconfig() { # kubeconfig PORT
@@ -179,7 +189,7 @@ up() {
   if is_up; then log "control plane already up ($dir)"; return 0; fi
   stop
   local t0; t0=$(date +%s.%N)
-  mkdir -p "$dir/logs"; certs
+  mkdir -p "$dir/logs"; certs; kubelet_client_cert
   local etcd_port etcd_peer api_port kcm_port sched_port kwok_port c="$dir/certs"
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
   kcm_port=$(free_port); sched_port=$(free_port); kwok_port=$(free_port)
@@ -196,7 +206,9 @@ up() {
     --advertise-address 127.0.0.1 --service-cluster-ip-range 10.0.0.0/24 --allow-privileged=true \
     --authorization-mode RBAC --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$c/sa.pub" --service-account-signing-key-file "$c/sa.key" \
-    --profiling=false --endpoint-reconciler-type none
+    --profiling=false --endpoint-reconciler-type none \
+    --kubelet-client-certificate "$c/kubelet-client.crt" --kubelet-client-key "$c/kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP,Hostname
   kubeconfig "$api_port"
   wait_for 90 kube-apiserver "$bin/kubectl" --kubeconfig "$dir/kubeconfig" get --raw /readyz
   start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" \
@@ -247,13 +259,16 @@ bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
 case "$cmd" in
   up)
     up
+    if [ "${HOMEPLANE_REAL_NODE:-0}" = 1 ]; then "$HOMEPLANE_ROOT/scripts/realnode.sh" up "$dir"; fi
     # A test process that started its own cluster gets it stopped when it exits.
     if [ -n "${HOMEPLANE_CLUSTER_OWNER_PID:-}" ]; then
       setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" down "$3"' _ \
         "$HOMEPLANE_CLUSTER_OWNER_PID" "$0" "$dir" > /dev/null 2>&1 < /dev/null &
     fi
     ;;
-  down) stop; log "control plane in $dir stopped" ;;
+  down)
+    "$HOMEPLANE_ROOT/scripts/realnode.sh" down "$dir"
+    stop; log "control plane in $dir stopped" ;;
   status) is_up ;;
   restart) restart "${3:?usage: $0 restart DIR NAME}" ;;
   *) die "usage: $0 up|down|status|restart DIR" ;;

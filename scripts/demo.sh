@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# `make demo`: a local homelab. Starts the real control plane with a simulated Pi (pi-1) and GPU
-# node (gpu-1), PostgreSQL, a local S3 server and n8n (with an owner and an API key),
-# installs homeplane's CRDs, runs the operator, applies the example homelab from
-# manifests/homelab, takes one encrypted backup of its database and one of n8n's data volume
-# (to an age identity generated for the demo in .homeplane/demo/age.key), and prints what
-# homeplane sees.
+# `make demo`: a local homelab, applied from Git by Flux. Starts the real control plane with a
+# simulated Pi (pi-1) and GPU node (gpu-1), PostgreSQL, a local S3 server and n8n (with an owner
+# and an API key), Flux's source- and kustomize-controller with a Git server on loopback, and the
+# operator. The example homelab becomes a Git repository (.homeplane/demo/homelab, served as
+# homelab.git) that Flux applies: homeplane's CRDs and RBAC first, then the homelab (dependsOn),
+# with this run's endpoints as a kustomize overlay in the repository itself (demo/). Then it takes
+# one encrypted backup of the database and one of n8n's data volume (to an age identity generated
+# for the demo in .homeplane/demo/age.key), and prints what Flux and homeplane see and the URL of its status dashboard.
 # It also runs a real Prometheus and Alertmanager with homeplane's alert rules, whose
 # notifications (the demo's true drift) arrive in n8n. Everything stays running;
 # `make demo-down` stops it. State lives in .homeplane/demo/.
@@ -67,25 +69,77 @@ up() {
   "$HOMEPLANE_ROOT/scripts/n8n.sh" up "$state/n8n"
   export KUBECONFIG="$state/cluster/kubeconfig"
   local kubectl="$bin/kubectl"
+  # Flux runs against this cluster: a fresh cluster gets it restarted (a running Flux would
+  # still talk to the cluster of an earlier demo).
+  [ "$fresh" = 1 ] && "$HOMEPLANE_ROOT/scripts/flux.sh" down "$state/flux" >/dev/null 2>&1
+  "$HOMEPLANE_ROOT/scripts/flux.sh" up "$state/flux" "$state/cluster/kubeconfig"
+  local git_url; git_url="$(sed -n 's/^export FLUX_GIT_URL=//p' "$state/flux/env")/homelab.git"
 
-  log "installing homeplane's CRDs"
-  "$kubectl" apply --server-side --force-conflicts -f crds/generated >/dev/null
-  "$kubectl" wait --for=condition=Established --timeout=60s -f crds/generated >/dev/null
-  "$kubectl" create namespace homeplane-system --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  # What Git must not hold: the Secrets the homelab names (created here, never committed).
+  local ns
+  for ns in data automation; do
+    "$kubectl" create namespace "$ns" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  done
+  local pg_url pg_password pg_port
+  pg_url="$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env")"
+  pg_password="${pg_url#postgres://postgres:}"; pg_password="${pg_password%%@*}"
+  pg_port="${pg_url##*:}"; pg_port="${pg_port%%/*}"
+  "$kubectl" create secret generic pg-admin -n data --from-literal=username=postgres \
+    --from-literal=password="$pg_password" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  local n8n_url n8n_key
+  n8n_url="$(sed -n 's/^export N8N_URL=//p' "$state/n8n/env")"
+  n8n_key="$(sed -n 's/^export N8N_API_KEY=//p' "$state/n8n/env")"
+  "$kubectl" create secret generic n8n-api -n automation --from-literal=apiKey="$n8n_key" \
+    --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  # Backups: the owner's age identity (demo only: a real owner keeps it off the cluster) and the
+  # local S3 server as the bucket.
+  [ -f "$state/age.key" ] || age-keygen -o "$state/age.key" 2>/dev/null
+  chmod 600 "$state/age.key"
+  local recipient s3_endpoint; recipient="$(age-keygen -y "$state/age.key")"
+  s3_endpoint="$(sed -n 's/^export AWS_ENDPOINT_URL=//p' "$state/s3/env")"
+  (
+    source "$state/s3/env"
+    HOMEPLANE_BACKUP_BUCKET=homelab-backups "$CARGO_TARGET_DIR/release/homeplane" backup ensure-bucket 2>/dev/null
+    for ns in data automation; do
+      "$kubectl" create secret generic r2 -n "$ns" --from-literal=accessKeyId="$AWS_ACCESS_KEY_ID" \
+        --from-literal=secretAccessKey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+    done
+  )
+  # The GPU host's containers run outside the cluster; here Podman's Docker-compatible API
+  # stands in for Docker on the GPU box, and the registry's docker properties read it.
+  local docker_endpoint=""
+  if gpu_host_up; then
+    docker_endpoint="unix://$state/podman/podman.sock"
+  else
+    log "Podman is not available: the GPU host's properties stay Unknown"
+  fi
+
+  log "committing the homelab to the demo's Git repository (.homeplane/demo/homelab)"
+  demo_repo "$git_url" "$pg_port" "$n8n_url" "$s3_endpoint" "$recipient" "$docker_endpoint"
+  log "applying it with Flux: GitRepository flux-system/homeplane, Kustomizations homeplane and homelab"
+  flux_sync "$git_url" | "$kubectl" apply -f - >/dev/null
+  "$kubectl" annotate gitrepository homeplane -n flux-system --overwrite \
+    "reconcile.fluxcd.io/requestedAt=$(date +%s%N)" >/dev/null
+  "$kubectl" wait --for=condition=Ready --timeout=120s kustomization/homeplane -n flux-system >/dev/null \
+    || die "Flux did not apply homeplane's CRDs and RBAC: kubectl describe kustomization homeplane -n flux-system"
 
   if operator_running; then
     log "operator already running (pid $(cat "$state/operator.pid"))"
   else
-    local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    local port; port=$(free_port)
     echo "$port" > "$state/operator.port"
+    # The status dashboard, on this machine only, with its actions on (it is the demo).
+    local dport; dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    echo "$dport" > "$state/dashboard.port"
     # homeplane's own database (drift and backup history) lives on the demo PostgreSQL.
-    local admin_url; admin_url="$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env")"
-    psql "$admin_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \
-      || psql "$admin_url" -qc "CREATE DATABASE homeplane" >/dev/null
+    psql "$pg_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \
+      || psql "$pg_url" -qc "CREATE DATABASE homeplane" >/dev/null
     log "starting the operator (log: .homeplane/demo/operator.log)"
     HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info \
-      HOMEPLANE_HISTORY_DATABASE_URL="${admin_url%/*}/homeplane" setsid \
+      HOMEPLANE_HISTORY_DATABASE_URL="${pg_url%/*}/homeplane" setsid \
       "$CARGO_TARGET_DIR/release/homeplane" run --http-addr "127.0.0.1:$port" --identity demo \
+      --trusted-registry-namespace monitoring \
+      --dashboard-addr "127.0.0.1:$dport" --dashboard-actions \
       > "$state/operator.log" 2>&1 < /dev/null &
     echo $! > "$state/operator.pid"
   fi
@@ -93,30 +147,13 @@ up() {
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
   curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { tail -20 "$state/operator.log"; die "the operator did not become ready"; }
 
-  log "applying the example homelab (manifests/homelab)"
-  "$kubectl" apply --server-side -k manifests/homelab | grep -v unchanged || true
-  # In the demo the homelab database lives on the demo PostgreSQL: give homeplane its admin
-  # credentials and point the Database there.
-  local pg_url pg_password pg_port
-  pg_url="$(sed -n 's/^export DATABASE_URL=//p' "$state/postgres/env")"
-  pg_password="${pg_url#postgres://postgres:}"; pg_password="${pg_password%%@*}"
-  pg_port="${pg_url##*:}"; pg_port="${pg_port%%/*}"
-  "$kubectl" create secret generic pg-admin -n data --from-literal=username=postgres \
-    --from-literal=password="$pg_password" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
-  "$kubectl" patch database homelab -n data --type merge \
-    -p "{\"spec\":{\"server\":{\"external\":{\"host\":\"127.0.0.1\",\"port\":$pg_port}}}}" >/dev/null
-  # The Workflows go to the demo n8n: its API key into the Secret they name, its URL into
-  # their spec.
-  local n8n_url n8n_key
-  n8n_url="$(sed -n 's/^export N8N_URL=//p' "$state/n8n/env")"
-  n8n_key="$(sed -n 's/^export N8N_API_KEY=//p' "$state/n8n/env")"
-  "$kubectl" create secret generic n8n-api -n automation --from-literal=apiKey="$n8n_key" \
-    --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
-  local wf
-  for wf in $("$kubectl" get workflows -n automation -o name); do
-    "$kubectl" patch "$wf" -n automation --type merge \
-      -p "{\"spec\":{\"n8n\":{\"url\":\"$n8n_url\"}}}" >/dev/null
+  log "waiting for Flux to apply the homelab (Kustomization homelab)"
+  for _ in $(seq 1 300); do
+    "$kubectl" get voicepipeline assistant -n ai >/dev/null 2>&1 && break
+    sleep 0.2
   done
+  "$kubectl" get voicepipeline assistant -n ai >/dev/null 2>&1 \
+    || die "Flux did not apply the homelab: kubectl describe kustomization homelab -n flux-system"
   "$kubectl" wait --for=condition=Available --timeout=90s deployment -l app.kubernetes.io/part-of=homelab -A >/dev/null
   "$kubectl" wait --for=condition=Ready --timeout=60s nodeclass --all >/dev/null
   "$kubectl" wait --for=condition=Ready --timeout=90s database/homelab -n data >/dev/null \
@@ -126,20 +163,7 @@ up() {
   "$kubectl" wait --for=condition=Ready --timeout=90s voicepipeline/assistant -n ai >/dev/null \
     || log "the VoicePipeline is not Ready yet: kubectl describe voicepipeline assistant -n ai"
 
-  # Backups: the owner's age identity (demo only: a real owner keeps it off the cluster), the
-  # local S3 server as the bucket, and one backup taken now.
   log "taking a backup of the homelab database to the local S3 server"
-  [ -f "$state/age.key" ] || age-keygen -o "$state/age.key" 2>/dev/null
-  chmod 600 "$state/age.key"
-  local recipient; recipient="$(age-keygen -y "$state/age.key")"
-  (
-    source "$state/s3/env"
-    export HOMEPLANE_BACKUP_BUCKET=homelab-backups
-    "$CARGO_TARGET_DIR/release/homeplane" backup ensure-bucket 2>/dev/null
-    "$kubectl" create secret generic r2 -n data --from-literal=accessKeyId="$AWS_ACCESS_KEY_ID" \
-      --from-literal=secretAccessKey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
-    "$kubectl" patch backuppolicy postgres -n data --type merge -p "{\"spec\":{\"recipients\":[\"$recipient\"],\"destination\":{\"endpoint\":\"$AWS_ENDPOINT_URL\",\"bucket\":\"$HOMEPLANE_BACKUP_BUCKET\"}}}" >/dev/null
-  )
   if ! "$kubectl" get backup demo -n data >/dev/null 2>&1; then
     printf 'apiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {name: demo, namespace: data}\nspec: {policy: postgres}\n' \
       | "$kubectl" create -f - >/dev/null
@@ -148,12 +172,6 @@ up() {
     || log "the demo backup did not succeed: kubectl describe backup demo -n data"
   # n8n's volume: the same bucket and key, and one backup now (its Job played below).
   log "backing up n8n's data volume (a Job of homeplane's image)"
-  (
-    source "$state/s3/env"
-    "$kubectl" create secret generic r2 -n automation --from-literal=accessKeyId="$AWS_ACCESS_KEY_ID" \
-      --from-literal=secretAccessKey="$AWS_SECRET_ACCESS_KEY" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
-    "$kubectl" patch backuppolicy n8n-data -n automation --type merge -p "{\"spec\":{\"recipients\":[\"$recipient\"],\"destination\":{\"endpoint\":\"$AWS_ENDPOINT_URL\",\"bucket\":\"homelab-backups\"}}}" >/dev/null
-  )
   if ! "$kubectl" get backup demo-n8n -n automation >/dev/null 2>&1; then
     printf 'apiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {name: demo-n8n, namespace: automation}\nspec: {policy: n8n-data}\n' \
       | "$kubectl" create -f - >/dev/null
@@ -164,17 +182,11 @@ up() {
   "$kubectl" wait --for=condition=Ready --timeout=60s agent --all -n ai >/dev/null \
     || log "an Agent is not Ready yet: kubectl get agents -n ai"
   finish_demo_run "$kubectl"
+  # Flux calls the homelab Ready once every object is (the AgentRun only once its run ended).
+  "$kubectl" wait --for=condition=Ready --timeout=180s kustomization/homelab -n flux-system >/dev/null \
+    || log "Flux does not call the homelab Ready yet: kubectl describe kustomization homelab -n flux-system"
   sleep 1 # let the capacity plans catch up with the last pods
 
-  # The GPU host's containers run outside the cluster; here Podman's Docker-compatible API
-  # stands in for Docker on the GPU box, and the registry's docker properties read it.
-  if gpu_host_up; then
-    "$kubectl" get configmap state-gpu-host -n monitoring -o yaml \
-      | sed "s#tcp://gpu-host:2375#unix://$state/podman/podman.sock#g" \
-      | "$kubectl" replace -f - >/dev/null
-  else
-    log "Podman is not available: the GPU host's properties stay Unknown"
-  fi
   # A fresh evaluation of the state registry with everything in place: ask twice, so that an
   # evaluation already under way when the world settled is not the one shown.
   local asked
@@ -191,11 +203,18 @@ up() {
 
   alerting_up "$kubectl" "$port" "$n8n_url" "$n8n_key"
 
+  # The binary is also the kubectl plugin (`kubectl homeplane status`), by its name.
+  mkdir -p "$state/bin"
+  ln -sf "$CARGO_TARGET_DIR/release/homeplane" "$state/bin/kubectl-homeplane"
+  ln -sf "$CARGO_TARGET_DIR/release/homeplane" "$state/bin/kubectl_complete-homeplane"
+  local dashboard="(restart the operator with make demo-down && make demo to serve it)"
+  [ -f "$state/dashboard.port" ] && dashboard="http://127.0.0.1:$(cat "$state/dashboard.port")/"
   cp "$state/cluster/kubeconfig" "$state/kubeconfig"
   chmod 600 "$state/kubeconfig"
   {
     echo "export KUBECONFIG=$state/kubeconfig"
-    echo "export PATH=$bin:$CARGO_TARGET_DIR/release:\$PATH"
+    echo "export PATH=$state/bin:$bin:$CARGO_TARGET_DIR/release:\$PATH"
+    echo "export HOMEPLANE_DASHBOARD_URL=$dashboard"
     cat "$state/postgres/env"
     cat "$state/s3/env"
     echo "export HOMEPLANE_BACKUP_BUCKET=homelab-backups"
@@ -226,9 +245,21 @@ up() {
   echo; echo "== kubectl get agents,agentruns -n ai"; "$kubectl" get agents,agentruns -n ai
   echo; echo "== kubectl get drift -A"; "$kubectl" get drift -A 2>&1
   alerting_show "$kubectl" "$n8n_url" "$n8n_key"
+  echo; echo "== kubectl get gitrepositories,kustomizations -A (Flux, applying .homeplane/demo/homelab)"
+  "$kubectl" get gitrepositories,kustomizations -A
   echo
-  echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Try:"
-  echo "  source .homeplane/demo/env"
+  echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Change the homelab the way you would at"
+  echo "home — edit it in Git, commit, push, and watch Flux and homeplane converge:"
+  echo "  source .homeplane/demo/env && cd .homeplane/demo/homelab"
+  echo "  \$EDITOR homelab/database.yaml         # e.g. under roles: add  - {name: reporting, access: [{tier: convenience, level: read}]}"
+  echo "  git commit -am 'a reporting role' && git push"
+  echo "  kubectl get kustomizations -n flux-system -w   # Flux fetches every 20s; homelab turns Ready at the new revision"
+  echo "  kubectl get secret homelab-reporting -n data   # the role's Secret (and the role in PostgreSQL)"
+  echo "  kubectl annotate gitrepository homeplane -n flux-system reconcile.fluxcd.io/requestedAt=\$(date +%s) --overwrite   # fetch now"
+  echo
+  echo "  The dashboard: $dashboard   (actions on; kubectl homeplane status in a terminal)"
+  echo
+  echo "Try also:"
   echo "  kubectl get nodeclass pi -o yaml      # the Pi's capacity plan"
   echo "  homeplane plan -f manifests/overlays/homelab   # the same plan offline, from the manifests"
   echo "  kubectl get configmap assistant-chain -n ai -o yaml   # the voice chain for the gateway"
@@ -241,8 +272,145 @@ up() {
   echo "  homeplane drift history db.server.version   # its transitions (binary: \$HOMEPLANE_BIN)"
   echo "  curl -s -H \"X-N8N-API-KEY: \$N8N_API_KEY\" \$N8N_URL/api/v1/workflows   # n8n itself"
   echo "  kubectl get agentrun audit-automation-limits -n ai -o yaml   # a run and its contract"
+  echo "  kubectl homeplane status              # what needs you, as the dashboard's first page"
+  echo "  kubectl homeplane trace memoryserver/memory -n data   # its dependencies, to the first broken link"
   echo "  amtool alert query --alertmanager.url=\$ALERTMANAGER_URL   # the alerts firing now"
   echo "  make demo-down                        # stop everything"
+}
+
+# demo_repo URL PG_PORT N8N_URL S3_ENDPOINT RECIPIENT DOCKER_ENDPOINT: the demo's Git repository
+# of the example homelab. .homeplane/demo/homelab is the working copy a person edits; it pushes
+# to URL (Flux's Git server). Its folders:
+#   operator/  homeplane's CRDs, namespace and RBAC from this checkout (refreshed on every run;
+#              no Deployment: the demo runs the operator as a local process)
+#   homelab/   the example homelab, copied from manifests/homelab once and then the person's
+#   demo/      a kustomize overlay of homelab/ with this run's endpoints (the demo PostgreSQL's
+#              port, n8n's URL, the S3 server, the demo's age key, Podman's socket), rewritten
+#              on every run, so that Flux applies them with the homelab and never reverts them
+# What make demo changes is committed and pushed; a person's uncommitted edits are left alone.
+demo_repo() {
+  local url=$1 pg_port=$2 n8n_url=$3 s3_endpoint=$4 recipient=$5 docker_endpoint=$6
+  local work="$state/homelab" bare="$state/flux/git/homelab.git" first=0
+  if [ ! -d "$work/.git" ]; then
+    first=1
+    mkdir -p "$work" && git -C "$work" init -q -b main
+    cp -r manifests/homelab "$work/homelab"
+  fi
+  [ -d "$bare" ] || git init -q --bare -b main "$bare"
+  git -C "$work" remote remove origin 2>/dev/null || true
+  git -C "$work" remote add origin "$url"
+  # A commit needs an author; a machine without a Git identity gets one for this repository.
+  git -C "$work" config user.email >/dev/null || git -C "$work" config user.email "demo@homeplane.local"
+  git -C "$work" config user.name >/dev/null || git -C "$work" config user.name "homeplane demo"
+
+  rm -rf "$work/operator" && mkdir -p "$work/operator/crds"
+  cp manifests/base/crds/*.yaml "$work/operator/crds/"
+  cp manifests/base/namespace.yaml "$work/operator/"
+  # The chart's RBAC and admission policies (docs/security.md); the homelab's director
+  # dispatches runs, so the demo's admin makes agentruns and agents grantable, and the
+  # monitoring namespace's registry is trusted to see the whole homelab.
+  "$bin/helm" template homeplane charts/homeplane --namespace homeplane-system --kube-version v1.37.2 \
+    --show-only templates/rbac.yaml --show-only templates/agent-roles.yaml \
+    --show-only templates/agent-admission.yaml \
+    --set-json 'agents.extraGrantable=[{"apiGroup":"homeplane.dev","resource":"agentruns"},{"apiGroup":"homeplane.dev","resource":"agents"}]' \
+    --set 'stateRegistry.trustedNamespaces={monitoring}' > "$work/operator/rbac.yaml"
+  {
+    echo "# homeplane's CRDs, namespace and RBAC (manifests/base without the Deployment: the demo runs"
+    echo "# the operator as a local process). Written by make demo from the checkout on every run."
+    echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+    echo "kind: Kustomization"
+    echo "resources:"
+    echo "- namespace.yaml"
+    (cd "$work/operator" && for f in crds/*.yaml; do echo "- $f"; done)
+    echo "- rbac.yaml"
+  } > "$work/operator/kustomization.yaml"
+
+  mkdir -p "$work/demo"
+  cat > "$work/demo/kustomization.yaml" <<YAML
+# This run's endpoints, written by make demo (scripts/demo.sh) on every run: the demo's
+# PostgreSQL, n8n and S3 server listen on ports chosen when they start, and backups go to the
+# demo's age key. Flux applies the homelab (../homelab) with these patches, so it never puts the
+# example's values back. Edit ../homelab; this folder is rewritten.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../homelab
+patches:
+- target: {kind: Database, name: homelab}
+  patch: |
+    - {op: replace, path: /spec/server/external/host, value: "127.0.0.1"}
+    - {op: replace, path: /spec/server/external/port, value: $pg_port}
+- target: {kind: Workflow}
+  patch: |
+    - {op: replace, path: /spec/n8n/url, value: "$n8n_url"}
+- target: {kind: BackupPolicy}
+  patch: |
+    - {op: replace, path: /spec/destination/endpoint, value: "$s3_endpoint"}
+    - {op: replace, path: /spec/recipients, value: ["$recipient"]}
+YAML
+  if [ -n "$docker_endpoint" ]; then
+    # The GPU host's catalogue with Podman's socket for its Docker API (kustomize cannot replace
+    # part of a string): the ConfigMap state-gpu-host of homelab/registry.yaml, rewritten.
+    awk -v endpoint="$docker_endpoint" '
+      /^---/ { if (keep) exit; doc = ""; next }
+      { doc = doc $0 "\n" }
+      /^  name: state-gpu-host$/ { keep = 1 }
+      END { if (keep) { gsub(/tcp:\/\/gpu-host:2375/, endpoint, doc); printf "%s", doc } }
+    ' "$work/homelab/registry.yaml" > "$work/demo/state-gpu-host.yaml"
+    if [ -s "$work/demo/state-gpu-host.yaml" ]; then
+      printf -- '- path: state-gpu-host.yaml\n' >> "$work/demo/kustomization.yaml"
+    else
+      rm -f "$work/demo/state-gpu-host.yaml"
+    fi
+  else
+    rm -f "$work/demo/state-gpu-host.yaml"
+  fi
+
+  if [ "$first" = 1 ]; then
+    git -C "$work" add -A
+    git -C "$work" commit -q -m "The example homelab, applied by Flux"
+  else
+    git -C "$work" add -A operator demo
+    git -C "$work" diff --cached --quiet -- operator demo \
+      || git -C "$work" commit -q -m "make demo: homeplane's CRDs and RBAC, and this run's endpoints" -- operator demo
+  fi
+  # The served repository of an earlier demo whose working copy was removed has a history
+  # unrelated to this one and would refuse the push: it starts over from the working copy. A
+  # related history that has moved on (a push from elsewhere) is never overwritten.
+  git -C "$work" fetch -q origin 2>/dev/null || true
+  if git -C "$work" rev-parse -q --verify origin/main >/dev/null \
+    && ! git -C "$work" merge-base HEAD origin/main >/dev/null; then
+    log "the demo's Git repository held an earlier, unrelated homelab: starting it over"
+    rm -rf "$bare" && git init -q --bare -b main "$bare"
+  fi
+  git -C "$work" push -q -u origin main \
+    || die "cannot push .homeplane/demo/homelab to the demo's Git server: git -C .homeplane/demo/homelab pull --rebase, then make demo again"
+}
+
+# flux_sync URL prints the Flux objects of the demo: manifests/flux (GitRepository homeplane,
+# Kustomizations homeplane and homelab, with homeplane's health rule) pointed at the demo
+# repository, its operator/ and demo/ folders, fetching every 20 s.
+flux_sync() {
+  local url=$1 dir="$state/flux-sync"
+  mkdir -p "$dir"
+  cat > "$dir/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../../../manifests/flux
+patches:
+- target: {kind: GitRepository, name: homeplane}
+  patch: |
+    - {op: replace, path: /spec/url, value: "$url"}
+    - {op: replace, path: /spec/interval, value: 20s}
+- target: {kind: Kustomization, name: homeplane}
+  patch: |
+    - {op: replace, path: /spec/path, value: ./operator}
+- target: {kind: Kustomization, name: homelab}
+  patch: |
+    - {op: replace, path: /spec/path, value: ./demo}
+YAML
+  "$kubectl" kustomize "$dir"
 }
 
 down() {
@@ -252,6 +420,7 @@ down() {
     log "operator stopped"
   fi
   rm -f "$state/operator.pid"
+  "$HOMEPLANE_ROOT/scripts/flux.sh" down "$state/flux"
   "$HOMEPLANE_ROOT/scripts/prometheus.sh" down "$state/prometheus" 2>/dev/null || true
   "$HOMEPLANE_ROOT/scripts/podman.sh" down "$state/podman" 2>/dev/null || true
   "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$state/postgres"

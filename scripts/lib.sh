@@ -33,6 +33,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# free_port prints a TCP port that is free on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 # cache_key FILE... prints a short hash of the files' contents.
 cache_key() { cat "$@" | sha256sum | cut -c1-16; }
 

@@ -19,8 +19,6 @@ root="$HOMEPLANE_CACHE/n8n"
 node_dir="$root/node-$NODE_VERSION"
 app_dir="$root/$(cache_key "$pkg/package.json" "$pkg/package-lock.json")"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 install_node() {
   [ -x "$node_dir/bin/node" ] && return 0
   command -v npm >/dev/null || die "npm is missing (the machine should ship Node and npm)"

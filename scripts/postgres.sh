@@ -26,7 +26,7 @@ up() {
     log "PostgreSQL already up ($dir)"; return 0
   fi
   local port password listen="${POSTGRES_LISTEN:-127.0.0.1}"
-  port=${POSTGRES_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+  port=${POSTGRES_PORT:-$(free_port)}
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     password=${POSTGRES_PASSWORD:-$(openssl rand -hex 16)}
     printf '%s\n' "$password" > "$dir/password"

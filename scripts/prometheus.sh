@@ -47,8 +47,6 @@ crds() {
   echo "$dir/example/prometheus-operator-crd"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 running() { [ -f "$dir/$1.pid" ] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
 
 # wait_ready URL NAME: until URL answers, or fail with NAME's log.

@@ -38,7 +38,7 @@ up() {
   if [ -f "$dir/env" ] && running; then log "S3 server already up ($dir)"; return 0; fi
   local exe port access secret
   exe="$(bin)"
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  port=$(free_port)
   if [ ! -f "$dir/credentials" ]; then
     printf '%s %s\n' "hp$(openssl rand -hex 8)" "$(openssl rand -hex 20)" > "$dir/credentials"
     chmod 600 "$dir/credentials"

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs what homeplane's demo and tests need and a fresh machine of this kind lacks:
-# Debian packages (openssl, curl, PostgreSQL, age, zstd, podman, npm), the Go-built control
-# plane, the local S3 server (versitygw), n8n on Node 22 (from npm), and Prometheus and
-# Alertmanager (Debian's). Idempotent and quiet
-# when everything is there.
+# Debian packages (openssl, curl, git, PostgreSQL, age, zstd, podman, npm, g++, Chromium, containerd,
+# mmdebstrap), the Go-built control plane, Flux's controllers and Git server, the real node's
+# programs and images, the local S3 server (versitygw), n8n on Node 22 (from npm), and Prometheus
+# and Alertmanager (Debian's). Idempotent and quiet when everything is there.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+command -v git >/dev/null || need+=(git)
 command -v python3 >/dev/null || need+=(python3)
 command -v npm >/dev/null || need+=(npm)
 [ -x "$(pg_bindir 2>/dev/null)/initdb" ] || need+=(postgresql postgresql-contrib)
@@ -20,15 +21,37 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v podman >/dev/null || need+=(podman)
 command -v runc >/dev/null || need+=(runc)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+# libFuzzer (compiled by libfuzzer-sys for scripts/fuzz.sh) is C++.
+command -v c++ >/dev/null || need+=(g++)
+# The real node (scripts/realnode.sh): Debian's containerd, and mmdebstrap for its images.
+command -v containerd >/dev/null || need+=(containerd)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v iptables >/dev/null || need+=(iptables)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# Debian's Chromium and its WebDriver (one source package, so their versions match) and a font,
+# for the dashboard's browser tests; without recommends (about 230 MB).
+browser=()
+command -v chromium >/dev/null || browser+=(chromium)
+command -v chromedriver >/dev/null || browser+=(chromium-driver)
+dpkg -s fonts-dejavu-core >/dev/null 2>&1 || browser+=(fonts-dejavu-core)
+if [ ${#browser[@]} -gt 0 ]; then
+  log "installing Debian packages: ${browser[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${browser[@]}" >/dev/null
+fi
 command -v go >/dev/null || die "Go is missing (the machine should ship Go 1.26)"
 command -v cargo >/dev/null || die "Rust is missing (the machine should ship cargo)"
 "$HOMEPLANE_ROOT/scripts/build-cluster.sh" >/dev/null
+"$HOMEPLANE_ROOT/scripts/build-flux.sh" >/dev/null
+"$HOMEPLANE_ROOT/scripts/build-realnode.sh" >/dev/null
+"$HOMEPLANE_ROOT/scripts/realnode-images.sh" build >/dev/null
 "$HOMEPLANE_ROOT/scripts/s3.sh" bin >/dev/null
 "$HOMEPLANE_ROOT/scripts/toxiproxy.sh" bin >/dev/null
 "$HOMEPLANE_ROOT/scripts/n8n.sh" install >/dev/null

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{POSITIVE_QUANTITY, Placement};
 
-/// An AI worker agent: its tier and scope become a ServiceAccount with the least RBAC that
-/// allows them; its budget bounds every run.
+/// An AI worker agent: its tier and scope become a ServiceAccount bound to the least RBAC that
+/// allows them; its budget bounds every run. An Agent never gets a right the person who asked
+/// for it does not hold (docs/security.md).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[kube(
     group = "homeplane.dev",
@@ -66,18 +67,25 @@ pub enum AgentTier {
     Director,
 }
 
-/// What an agent may touch.
+/// What an agent may touch. The person who asks for the Agent must hold every right it
+/// gets; a namespace other than the Agent's own needs an admin's consent there (the verb
+/// `grant` on `agents/delegate` of group `homeplane.dev` in that namespace), and restricted
+/// resources (Secrets, `pods/exec`, `pods/attach`, `pods/portforward`,
+/// `serviceaccounts/token`, RBAC, admission, certificates, nodes, Agents and AgentRuns) the
+/// verb `grant` on `agents/delegate-restricted`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentScope {
     /// Namespaces the agent works in; the agent's own namespace when empty.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 8))]
     pub namespaces: Vec<String>,
-    /// Kinds of resource the agent may touch.
-    #[schemars(length(min = 1, max = 64))]
+    /// Kinds of resource the agent may touch; each must be grantable (the chart value
+    /// `agents.grantable`).
+    #[schemars(length(min = 1, max = 32))]
     pub resources: Vec<ScopedResource>,
-    /// Apply the rights in every namespace (director only).
+    /// Apply the rights in every namespace (director only; needs `grant` on `agents/delegate`
+    /// cluster-wide).
     #[serde(default)]
     pub cluster_wide: bool,
 }
@@ -92,7 +100,8 @@ pub struct ScopedResource {
     #[x_kube(validation = Rule::new("!self.contains('*')").message("apiGroup must name one API group; wildcards are refused"))]
     #[schemars(length(max = 253))]
     pub api_group: String,
-    /// Plural resource name, e.g. `configmaps`. Wildcards are refused.
+    /// Plural resource name, e.g. `configmaps`, or with a subresource, e.g. `pods/log`.
+    /// Wildcards are refused.
     #[x_kube(validation = Rule::new("self != '*' && !self.contains('*')").message("resource must name one resource; wildcards are refused"))]
     #[schemars(length(min = 1, max = 63))]
     pub resource: String,

@@ -77,6 +77,12 @@ pub struct DatabaseSpec {
     /// What happens to a role that is removed from `roles`.
     #[serde(default)]
     pub role_removal_policy: RoleRemovalPolicy,
+    /// With `roleRemovalPolicy: Drop`: the role (declared, or the admin) that takes over what
+    /// a removed role owns (`REASSIGN OWNED`) before it is dropped. Without it, a removed role
+    /// that owns objects is not dropped, and the Database says which objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub reassign_owned_to: Option<String>,
     /// Change this value to rotate every role's password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_passwords: Option<String>,
@@ -240,7 +246,11 @@ pub enum RoleRemovalPolicy {
     /// Revoke login and privileges, keep the role and the objects it owns. The default.
     #[default]
     Retire,
-    /// Drop the role (refused by PostgreSQL while it owns objects).
+    /// Revoke its privileges and drop the role, only when it owns nothing: a role that owns
+    /// objects is kept (and named in the Database's condition) unless `reassignOwnedTo` says
+    /// who takes them over first. Nothing is ever dropped with it (no `DROP OWNED`);
+    /// PostgreSQL refuses the drop while the role still holds a privilege elsewhere. A role
+    /// that existed before homeplane declared it (adopted) is never dropped: only released.
     Drop,
 }
 

@@ -44,9 +44,9 @@ use crate::common::{ConfigMapKeyRef, DURATION_RULE, any_value, free_form_object}
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StateRegistrySpec {
-    /// How often the registry is evaluated, e.g. `60s`.
+    /// How often the registry is evaluated, between `1s` and `24h`, e.g. `60s`.
     #[serde(default = "default_interval")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message("interval must be a duration such as 60s or 5m"))]
+    #[x_kube(validation = Rule::new(INTERVAL_RULE).message("interval must be a duration between 1s and 24h, such as 60s or 5m"))]
     #[schemars(length(max = 32))]
     pub interval: String,
     /// `Report` (default) only reports drift; `Correct` runs each drifted property's corrector.
@@ -65,6 +65,8 @@ pub struct StateRegistrySpec {
     /// Namespaces whose homeplane objects contribute derived properties and count in the
     /// template context: the registry's own when left empty, every namespace with `*`.
     /// Properties of another namespace's objects are named `<kind>.<namespace>.<name>.…`.
+    /// Namespaces other than the registry's own count only for registries in namespaces the
+    /// operator trusts (`--trusted-registry-namespace`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub derived_namespaces: Vec<String>,
@@ -73,6 +75,10 @@ pub struct StateRegistrySpec {
     #[schemars(range(min = 1, max = 10000))]
     pub max_drift_objects: i32,
 }
+
+/// A duration of at most four parts with at most six digits each (so that CEL's `duration()`
+/// cannot overflow), between 1s and 24h.
+const INTERVAL_RULE: &str = "self.matches('^([0-9]{1,6}([.][0-9]{1,9})?(ms|s|m|h)){1,4}$') && duration(self) >= duration('1s') && duration(self) <= duration('24h')";
 
 fn default_interval() -> String {
     "60s".to_string()
@@ -110,8 +116,10 @@ pub struct Property {
     /// What the property means, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The desired value: a literal, or a template (`{{ ... }}`) evaluated against the registry
-    /// context.
+    /// The desired value: a literal, or a template (`{{ count.Workflow - 6 }}`) evaluated in a
+    /// sandbox against the registry context: expressions and a few filters (default, length,
+    /// int, float, round, abs, lower, upper, trim, join, min, max, sum, first, last); no
+    /// statements, no functions, bounded in size and steps.
     #[schemars(schema_with = "any_value")]
     pub desired: serde_json::Value,
     /// How the observed value is read.
@@ -164,7 +172,9 @@ pub struct KubernetesObserver {
     /// Kind of the objects, e.g. `Pod`.
     #[schemars(length(min = 1))]
     pub kind: String,
-    /// Namespace; all namespaces when left out.
+    /// Namespace: the registry's own when left out. Another namespace (or every namespace when
+    /// left out, and cluster-scoped kinds) only for registries in namespaces the operator
+    /// trusts. Secrets are never observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// One object by name; all matching objects when left out.
@@ -212,7 +222,8 @@ pub struct SqlObserver {
     /// Name of the Database object.
     #[schemars(length(min = 1))]
     pub database: String,
-    /// Namespace of the Database object; the registry's when left out.
+    /// Namespace of the Database object; the registry's when left out. Another namespace only
+    /// for registries in namespaces the operator trusts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// A query returning one row with one column, run read-only.
@@ -224,7 +235,8 @@ pub struct SqlObserver {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpObserver {
-    /// URL to GET.
+    /// URL to GET. Link-local, cloud metadata, unspecified, multicast and reserved addresses
+    /// are refused (also when a name resolves to them); redirects are not followed.
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("url must be an http:// or https:// URL"))]
     #[schemars(length(max = 512))]
     pub url: String,
@@ -292,7 +304,8 @@ pub enum Severity {
     Critical,
 }
 
-/// How a drifted property is put back.
+/// How a drifted property is put back. Correctors act as the ServiceAccount
+/// `homeplane-corrector` of the registry's namespace: grant it what the correctors change.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Corrector {

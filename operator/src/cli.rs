@@ -1,10 +1,36 @@
-//! The command line: `homeplane run`, `homeplane crd`.
+//! The command line: `homeplane run`, `homeplane crd`, and the rest. The same binary answers
+//! as a kubectl plugin when it is called `kubectl-homeplane` (`kubectl homeplane status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+/// A secret given on the command line or in the environment (a database URL with its
+/// password, an access key): `Debug` prints `<redacted>`, so no argument struct can leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::ops::Deref for Redacted {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
 
 /// homeplane: a Kubernetes operator for a personal infrastructure.
 #[derive(Debug, Parser)]
@@ -41,6 +67,21 @@ pub enum Command {
     /// Backup tools for the owner.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Serve the status dashboard from this computer, with its own watches through your
+    /// kubeconfig: nothing needs to be installed in the cluster. Prints its URL.
+    Dashboard(DashboardArgs),
+    /// Print what needs you (the dashboard's first page) as text; exits with status 1 when
+    /// something does, so it serves cron jobs and scripts.
+    Status(StatusArgs),
+    /// Print an object's dependency chain (e.g. MemoryServer -> Database -> role Secret) down
+    /// to its first broken link; exits with status 1 when a link is broken.
+    Trace(TraceArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell) for `homeplane`,
+    /// or for `kubectl-homeplane` when called as the kubectl plugin.
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Write the homelab that runs today as a kustomize tree: containers of a Docker Engine API
     /// (or Podman's), compose services, a PostgreSQL database and n8n workflows become
     /// workloads, a Database, Workflows, a state registry and backup proposals; secrets stay
@@ -93,7 +134,7 @@ pub struct RunArgs {
     /// homeplane's own PostgreSQL database (drift history, backup catalogue):
     /// postgres://user:password@host:port/database. Without it, no history is recorded.
     #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
-    pub history_database_url: Option<String>,
+    pub history_database_url: Option<Redacted>,
     /// Days of drift history kept.
     #[arg(long, env = "HOMEPLANE_DRIFT_HISTORY_DAYS", default_value_t = 90)]
     pub drift_history_days: u64,
@@ -106,6 +147,129 @@ pub struct RunArgs {
     /// memory limit at its idle size plus this (the chart's 128 MiB holds the default 64).
     #[arg(long, env = "HOMEPLANE_BACKUP_MEMORY_MIB", default_value_t = crate::controllers::backup::budget::DEFAULT_MIB)]
     pub backup_memory_mib: u32,
+    /// Namespaces whose StateRegistries may observe (and correct) other namespaces and
+    /// cluster-scoped kinds; a registry anywhere else sees only its own namespace.
+    #[arg(
+        long = "trusted-registry-namespace",
+        env = "HOMEPLANE_TRUSTED_REGISTRY_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub trusted_registry_namespaces: Vec<String>,
+    /// The ServiceAccount, in each StateRegistry's namespace, that its correctors act as.
+    #[arg(
+        long,
+        env = "HOMEPLANE_CORRECTOR_SERVICE_ACCOUNT",
+        default_value = "homeplane-corrector"
+    )]
+    pub corrector_service_account: String,
+    /// Prefix of the fixed ClusterRoles Agents are bound to (the chart renders them).
+    #[arg(
+        long,
+        env = "HOMEPLANE_AGENT_ROLE_PREFIX",
+        default_value = "homeplane-agent"
+    )]
+    pub agent_role_prefix: String,
+    /// The ValidatingAdmissionPolicyBinding that records who asked for each Agent (the chart
+    /// installs it); Agents get no rights while it is missing.
+    #[arg(
+        long,
+        env = "HOMEPLANE_AGENT_POLICY",
+        default_value = "homeplane-agents"
+    )]
+    pub agent_policy: String,
+    #[command(flatten)]
+    pub dashboard: DashboardServeArgs,
+}
+
+/// How the status dashboard is served by `homeplane run`.
+#[derive(Debug, Args)]
+pub struct DashboardServeArgs {
+    /// Serve the status dashboard on this address, e.g. 127.0.0.1:8081 (reachable with
+    /// `kubectl port-forward`) or 0.0.0.0:8081 behind a Service. Off when unset.
+    #[arg(long, env = "HOMEPLANE_DASHBOARD_ADDR")]
+    pub dashboard_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub access: DashboardAccessArgs,
+}
+
+/// Who may look at the dashboard and what they may do.
+#[derive(Debug, Args, Clone)]
+pub struct DashboardAccessArgs {
+    /// Let the dashboard change things: reconcile now, evaluate drift now, back up now, run the
+    /// restore drill now (each an ordinary change through the Kubernetes API, recorded as an
+    /// Event naming who asked). Read-only without it.
+    #[arg(long, env = "HOMEPLANE_DASHBOARD_ACTIONS")]
+    pub dashboard_actions: bool,
+    /// Address ranges of the reverse proxies whose forward-auth user header is believed (e.g.
+    /// Caddy in front of Authelia): CIDRs, repeatable or comma-separated.
+    #[arg(long = "dashboard-trusted-proxy", env = "HOMEPLANE_DASHBOARD_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::dashboard::access::parse_cidr)]
+    pub dashboard_trusted_proxies: Vec<crate::dashboard::access::Cidr>,
+    /// The header a trusted proxy names the signed-in user in.
+    #[arg(
+        long,
+        env = "HOMEPLANE_DASHBOARD_USER_HEADER",
+        default_value = "Remote-User"
+    )]
+    pub dashboard_user_header: String,
+    /// A Secret in the operator's namespace whose key `token` holds a bearer token that lets a
+    /// browser or script in from any address (`Authorization: Bearer ...`, or the sign-in form).
+    /// Without it, and without a trusted proxy, only 127.0.0.1 may look.
+    #[arg(long, env = "HOMEPLANE_DASHBOARD_TOKEN_SECRET")]
+    pub dashboard_token_secret: Option<String>,
+}
+
+/// Which cluster a command on a laptop talks to, as kubectl chooses it.
+#[derive(Debug, Args, Clone)]
+pub struct KubeArgs {
+    /// Path of the kubeconfig (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+}
+
+/// Options of `homeplane dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Where to serve it.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub addr: SocketAddr,
+    /// Only this namespace's objects (NodeClasses are cluster-wide and always shown).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// The namespace of the operator's leader Lease (to show which replica leads).
+    #[arg(long, default_value = "homeplane-system")]
+    pub operator_namespace: String,
+    /// homeplane's own database, for the drift history.
+    #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
+    pub history_database_url: Option<Redacted>,
+    #[command(flatten)]
+    pub access: DashboardAccessArgs,
+}
+
+/// Options of `homeplane status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Only this namespace's objects (all namespaces when left out; NodeClasses always).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+}
+
+/// Options of `homeplane trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// The object: KIND/NAME, e.g. memoryserver/memory or db/homelab.
+    pub object: String,
+    /// Its namespace (default: the kubeconfig context's).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
 }
 
 /// `homeplane drift ...`.
@@ -122,13 +286,41 @@ pub struct DriftHistoryArgs {
     pub property: String,
     /// homeplane's own database: postgres://user:password@host:port/database.
     #[arg(long, env = "HOMEPLANE_HISTORY_DATABASE_URL", hide_env_values = true)]
-    pub history_database_url: String,
+    pub history_database_url: Redacted,
     /// Only the registries of this namespace.
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
     /// Most transitions printed (the newest).
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_argument_struct_prints_a_secret() {
+        let cli = Cli::try_parse_from([
+            "homeplane",
+            "migrate",
+            "--database-url",
+            "postgres://app:hunter2@db/app",
+            "--dir",
+            "/tmp",
+        ])
+        .unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        let cli = Cli::try_parse_from([
+            "homeplane",
+            "run",
+            "--history-database-url",
+            "postgres://hp:hunter2@db/hp",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2"));
+    }
 }
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
@@ -143,7 +335,7 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 pub struct MigrateArgs {
     /// postgres://user:password@host:port/database
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    pub database_url: Redacted,
     /// Folder of migration files.
     #[arg(long)]
     pub dir: PathBuf,
@@ -204,7 +396,7 @@ pub struct UploadArgs {
     pub location: BackupLocation,
     /// Dump this database with pg_dump (custom format).
     #[arg(long, conflicts_with = "file")]
-    pub database_url: Option<String>,
+    pub database_url: Option<Redacted>,
     /// Upload this file instead (`-` for stdin).
     #[arg(long)]
     pub file: Option<PathBuf>,
@@ -284,10 +476,10 @@ pub struct BackupLocation {
     pub virtual_hosted: bool,
     /// Access key for --object.
     #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-    pub access_key_id: Option<String>,
+    pub access_key_id: Option<Redacted>,
     /// Secret key for --object.
     #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Redacted>,
 }
 
 /// Options of `homeplane restore`.
@@ -304,7 +496,7 @@ pub struct RestoreArgs {
         required_unless_present = "into_dir",
         conflicts_with = "into_dir"
     )]
-    pub into: Option<String>,
+    pub into: Option<Redacted>,
     /// Drop the dump's objects that already exist in the target first (with --into).
     #[arg(long, requires = "into")]
     pub clean: bool,

@@ -8,35 +8,10 @@ use std::time::Duration;
 #[error("{0:?} is not a duration (examples: 1500ms, 2s, 5m, 1h30m)")]
 pub struct InvalidDuration(pub String);
 
-/// Parses `1h30m`, `2s`, `1.5s`, `250ms`.
+/// Parses `1h30m`, `2s`, `1.5s`, `250ms`: total (an error, never a panic, for any text) and
+/// bounded by [`homeplane_state::duration::MAX`].
 pub fn parse(text: &str) -> Result<Duration, InvalidDuration> {
-    let invalid = || InvalidDuration(text.to_string());
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let (number, tail) = rest.split_at(split);
-        let value: f64 = number.parse().map_err(|_| invalid())?;
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let seconds = match unit {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(invalid()),
-        };
-        total += value * seconds;
-        rest = tail;
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| invalid())
+    homeplane_state::duration::parse(text.trim()).map_err(|_| InvalidDuration(text.to_string()))
 }
 
 /// Prints a latency for status: `850ms` under a second, `1.42s` above.
@@ -62,6 +37,8 @@ mod tests {
         assert!(parse("2 seconds").is_err());
         assert!(parse("").is_err());
         assert!(parse("5").is_err());
+        assert!(parse("99999999999999999999s").is_err());
+        assert!(parse("1e400s").is_err());
     }
 
     #[test]

@@ -22,10 +22,12 @@ pub enum Error {
 
 /// Connects to homeplane's database and applies its migrations.
 pub async fn connect(url: &str) -> Result<PgPool, Error> {
+    // Statement logging off, as on every pool homeplane opens.
+    let options = crate::controllers::database::quiet_options(url).map_err(Error::Connect)?;
     let pool = PgPoolOptions::new()
         .max_connections(3)
         .acquire_timeout(std::time::Duration::from_secs(10))
-        .connect(url)
+        .connect_with(options)
         .await
         .map_err(Error::Connect)?;
     MIGRATOR.run(&pool).await.map_err(Error::Migrate)?;

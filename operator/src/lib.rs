@@ -9,6 +9,7 @@ pub mod cli;
 pub mod conditions;
 pub mod controllers;
 pub mod crdgen;
+pub mod dashboard;
 pub mod drift_cli;
 pub mod duration;
 pub mod history;

@@ -206,6 +206,8 @@ pub struct Metrics {
     backup_duration: Family<PolicyLabels, FloatGauge>,
     backup_failures: Family<BackupFailureLabels, Counter>,
     objects: Arc<ObjectHealth>,
+    /// When each controller last finished a reconciliation (for the dashboard).
+    last_reconciled: std::sync::Mutex<std::collections::BTreeMap<&'static str, jiff::Timestamp>>,
     cached: Arc<cached::CachedState>,
 }
 
@@ -327,6 +329,7 @@ impl Default for Metrics {
             backup_bytes,
             backup_duration,
             backup_failures,
+            last_reconciled: Default::default(),
         }
     }
 }
@@ -339,6 +342,22 @@ impl Metrics {
         self.durations
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+        if let Ok(mut last) = self.last_reconciled.lock() {
+            last.insert(controller, jiff::Timestamp::now());
+        }
+    }
+
+    /// When each controller last finished a reconciliation, by controller name.
+    pub fn last_reconciles(&self) -> Vec<(&'static str, jiff::Timestamp)> {
+        self.last_reconciled
+            .lock()
+            .map(|last| last.iter().map(|(c, t)| (*c, *t)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether this replica holds the leader lease.
+    pub fn is_leader(&self) -> bool {
+        self.leader.get() == 1
     }
 
     /// Records one failed reconciliation.

@@ -25,7 +25,9 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         files.push(migrate::parse(&name, &sql)?);
     }
     let migrations = migrate::order(files)?;
-    let mut conn = PgConnection::connect(&args.database_url)
+    let options = crate::controllers::database::quiet_options(&args.database_url)
+        .context("--database-url is not a PostgreSQL URL")?;
+    let mut conn = PgConnection::connect_with(&options)
         .await
         .context("failed to connect to --database-url")?;
     let options = Options {

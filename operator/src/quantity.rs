@@ -8,6 +8,11 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Milli(pub i128);
 
+/// Longest text read as a quantity.
+const MAX_TEXT: usize = 64;
+/// Largest decimal exponent (`1e18`) a quantity may carry; Kubernetes allows up to `E` (10^18).
+const MAX_EXPONENT: i32 = 30;
+
 /// A quantity string that is not a Kubernetes quantity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a Kubernetes quantity (examples: 500m, 2, 1.5, 256Mi, 8Gi)")]
@@ -16,11 +21,16 @@ pub struct InvalidQuantity(pub String);
 impl Milli {
     /// Zero.
     pub const ZERO: Milli = Milli(0);
+    /// The largest magnitude parsed: what Kubernetes itself can hold (2^63 - 1 units).
+    pub const MAX: Milli = Milli(i64::MAX as i128 * 1000);
 
     /// Parses a quantity such as `250m`, `1.5`, `2e3`, `128Mi` or `1G`.
     pub fn parse(text: &str) -> Result<Milli, InvalidQuantity> {
         let invalid = || InvalidQuantity(text.to_string());
         let s = text.trim();
+        if s.len() > MAX_TEXT {
+            return Err(invalid());
+        }
         let (negative, s) = match s.strip_prefix('-') {
             Some(rest) => (true, rest),
             None => (false, s.strip_prefix('+').unwrap_or(s)),
@@ -40,7 +50,7 @@ impl Milli {
         } else {
             digits.parse().map_err(|_| invalid())?
         };
-        let mut scale = fraction.len() as i32;
+        let mut scale = i32::try_from(fraction.len()).map_err(|_| invalid())?;
         let (mul, exp10): (i128, i32) = match suffix {
             "" => (1, 0),
             "n" => (1, -9),
@@ -62,13 +72,17 @@ impl Milli {
                 let exp = other
                     .strip_prefix(['e', 'E'])
                     .and_then(|e| e.parse::<i32>().ok())
+                    .filter(|e| (-MAX_EXPONENT..=MAX_EXPONENT).contains(e))
                     .ok_or_else(invalid)?;
                 (1, exp)
             }
         };
         mantissa = mantissa.checked_mul(mul).ok_or_else(invalid)?;
         // Convert to thousandths: multiply by 10^(3 + exp10 - scale).
-        scale -= 3 + exp10;
+        scale = scale
+            .checked_sub(3 + exp10)
+            .filter(|s| s.unsigned_abs() <= 64)
+            .ok_or_else(invalid)?;
         let value = if scale <= 0 {
             10i128
                 .checked_pow(scale.unsigned_abs())
@@ -78,8 +92,11 @@ impl Milli {
             let divisor = 10i128
                 .checked_pow(scale.unsigned_abs())
                 .ok_or_else(invalid)?;
-            (mantissa + divisor - 1) / divisor
+            mantissa.checked_add(divisor - 1).ok_or_else(invalid)? / divisor
         };
+        if value > Milli::MAX.0 {
+            return Err(invalid());
+        }
         Ok(Milli(if negative { -value } else { value }))
     }
 
@@ -128,27 +145,27 @@ impl Milli {
 impl std::ops::Add for Milli {
     type Output = Milli;
     fn add(self, other: Milli) -> Milli {
-        Milli(self.0 + other.0)
+        Milli(self.0.saturating_add(other.0))
     }
 }
 
 impl std::ops::AddAssign for Milli {
     fn add_assign(&mut self, other: Milli) {
-        self.0 += other.0;
+        self.0 = self.0.saturating_add(other.0);
     }
 }
 
 impl std::ops::Sub for Milli {
     type Output = Milli;
     fn sub(self, other: Milli) -> Milli {
-        Milli(self.0 - other.0)
+        Milli(self.0.saturating_sub(other.0))
     }
 }
 
 impl std::ops::Mul<i128> for Milli {
     type Output = Milli;
     fn mul(self, n: i128) -> Milli {
-        Milli(self.0 * n)
+        Milli(self.0.saturating_mul(n))
     }
 }
 
@@ -189,7 +206,20 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for bad in ["", "m", "abc", "1.2.3", "5Q", "1ee3", "."] {
+        for bad in [
+            "",
+            "m",
+            "abc",
+            "1.2.3",
+            "5Q",
+            "1ee3",
+            ".",
+            // Used to overflow `scale` (a panic with overflow checks on).
+            "1e2147483647",
+            "1e-2147483648",
+            "99999999999999999999999999999999999Ei",
+            "1e25",
+        ] {
             assert!(Milli::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -76,7 +76,16 @@ async fn lead_and_reconcile(
     // metrics); the tasks end with `shutdown` or when this function returns.
     let (caches, _cache_tasks) =
         crate::cache::Caches::start(&client, args.watch_namespace.as_deref(), &shutdown);
-    metrics.watch_objects(caches);
+    metrics.watch_objects(caches.clone());
+    let _dashboard = crate::dashboard::serve_in_operator(
+        args,
+        &client,
+        caches,
+        metrics.clone(),
+        identity,
+        &shutdown,
+    )
+    .await?;
 
     let elector = args.leader_elect.then(|| {
         Elector::new(
@@ -171,6 +180,12 @@ async fn context(
     ctx.workflow_resync = args.workflow_resync;
     ctx.image = args.image.clone();
     ctx.backup_budget = controllers::backup::budget::Budget::new(args.backup_memory_mib);
+    ctx.trust = controllers::Trust {
+        registry_namespaces: args.trusted_registry_namespaces.clone(),
+        corrector_service_account: args.corrector_service_account.clone(),
+        agent_role_prefix: args.agent_role_prefix.clone(),
+        agent_policy: args.agent_policy.clone(),
+    };
     Ok(ctx)
 }
 

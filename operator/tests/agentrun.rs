@@ -68,9 +68,11 @@ spec:
 "#,
         key = node.key
     );
+    // The operator first: starting it installs the chart's admission policies, which record
+    // who asked for each Agent (an Agent created before them gets no rights).
+    let operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
     let (ok, text) = cluster.apply(&ns.name, &yaml).unwrap();
     assert!(ok, "{text}");
-    let operator = Operator::start(BINARY, cluster, &ns.name, &ns.name, &[]).unwrap();
     eventually(WAIT, "the Agent Ready", || {
         let s = cluster.kubectl_ok(&[
             "get",

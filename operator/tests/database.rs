@@ -791,3 +791,208 @@ fn keywords_tls_and_password_rotation() {
         "0"
     );
 }
+
+/// Whether `text` holds `password` in any form a log could show it: as is, or base64.
+fn leaks(text: &str, password: &str) -> bool {
+    let encoded = {
+        let out = std::process::Command::new("base64")
+            .args(["-w", "0"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        out.stdin
+            .as_ref()
+            .unwrap()
+            .write_all(password.as_bytes())
+            .unwrap();
+        String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
+    };
+    text.contains(password) || text.contains(encoded.trim_end_matches('='))
+}
+
+#[test]
+fn a_password_rotation_reaches_no_log() {
+    let cluster = Cluster::shared();
+    let ns = TestNamespace::new(cluster, "db-secret-logs").unwrap();
+    let s = suffix();
+    // A server of its own that logs every statement.
+    let dir = std::env::temp_dir().join(format!("homeplane-pg-logs-{s}"));
+    let pg = Postgres::start_own(&dir).unwrap();
+    pg.admin("postgres", "ALTER SYSTEM SET log_statement = 'all'")
+        .unwrap();
+    pg.admin("postgres", "SELECT pg_reload_conf()").unwrap();
+    admin_secret(cluster, &ns.name, "pg-admin", &pg.user, &pg.password);
+    let spec = |rotation: &str| {
+        format!(
+            r#"apiVersion: homeplane.dev/v1alpha1
+kind: Database
+metadata: {{name: vault}}
+spec:
+  databaseName: vault
+  rotatePasswords: "{rotation}"
+  server: {{external: {{host: "{}", port: {}, adminSecret: pg-admin, sslMode: disable}}}}
+  tiers: [{{name: sacred, schemas: [clinical]}}]
+  roles:
+  - {{name: app, access: [{{tier: sacred, level: write}}]}}
+"#,
+            pg.host, pg.port
+        )
+    };
+    let (ok, text) = cluster.apply(&ns.name, &spec("1")).unwrap();
+    assert!(ok, "{text}");
+    let operator = Operator::start_with_env(
+        BINARY,
+        cluster,
+        &ns.name,
+        &format!("db-logs-{s}"),
+        &[],
+        &[("RUST_LOG", "trace")],
+    )
+    .unwrap();
+    wait_reason(cluster, &ns.name, "vault", "Ready", "Reconciled");
+    let first = secret_field(cluster, &ns.name, "vault-app", "password");
+    assert_eq!(first.len(), 32);
+    let (ok, text) = pg.psql_as("app", &first, "vault", "SELECT 1").unwrap();
+    assert!(ok, "the role logs in with the first password: {text}");
+
+    // Rotate.
+    let (ok, text) = cluster.apply(&ns.name, &spec("2")).unwrap();
+    assert!(ok, "{text}");
+    let second = eventually(Duration::from_secs(90), "a new password", || {
+        let p = secret_field(cluster, &ns.name, "vault-app", "password");
+        Ok((p.len() == 32 && p != first).then_some(p))
+    })
+    .unwrap();
+    eventually(Duration::from_secs(90), "the new password accepted", || {
+        let (ok, _) = pg.psql_as("app", &second, "vault", "SELECT 1")?;
+        Ok(ok.then_some(()))
+    })
+    .unwrap();
+
+    // Neither PostgreSQL's log (every statement) nor the operator's (trace) holds a password;
+    // what PostgreSQL received was the verifier.
+    let pg_log = std::fs::read_to_string(dir.join("postgres.log")).unwrap();
+    let op_log = operator.log();
+    assert!(
+        pg_log.contains("ALTER ROLE") && pg_log.contains("SCRAM-SHA-256$4096:"),
+        "statements are logged, and the password went as a verifier: {pg_log}"
+    );
+    assert!(
+        op_log.contains("TRACE"),
+        "the operator logged at trace level"
+    );
+    for password in [&first, &second] {
+        assert!(!leaks(&pg_log, password), "a password in PostgreSQL's log");
+        assert!(
+            !leaks(&op_log, password),
+            "a password in the operator's log"
+        );
+    }
+    let events = cluster
+        .kubectl_ok(&["get", "events", "-n", &ns.name, "-o", "yaml"])
+        .unwrap();
+    let status = cluster
+        .kubectl_ok(&["get", "database", "vault", "-n", &ns.name, "-o", "yaml"])
+        .unwrap();
+    for password in [&first, &second] {
+        assert!(!leaks(&events, password) && !leaks(&status, password));
+    }
+    drop(operator);
+    Postgres::stop_own(&dir);
+}
+
+#[test]
+fn drop_never_drops_a_table_the_role_owns() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let ns = TestNamespace::new(cluster, "db-drop").unwrap();
+    let s = suffix();
+    let db = format!("hp_drop_{s}");
+    let (app, old) = (format!("app_{s}"), format!("old_{s}"));
+    admin_secret(cluster, &ns.name, "pg-admin", &pg.user, &pg.password);
+    let spec = |roles: &[&str], reassign: Option<&str>| {
+        format!(
+            r#"apiVersion: homeplane.dev/v1alpha1
+kind: Database
+metadata: {{name: keeper}}
+spec:
+  databaseName: {db}
+  roleRemovalPolicy: Drop
+{}  server: {{external: {{host: "{}", port: {}, adminSecret: pg-admin, sslMode: disable}}}}
+  roles: [{}]
+"#,
+            reassign
+                .map(|r| format!("  reassignOwnedTo: {r}\n"))
+                .unwrap_or_default(),
+            pg.host,
+            pg.port,
+            roles
+                .iter()
+                .map(|r| format!("{{name: {r}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let (ok, text) = cluster.apply(&ns.name, &spec(&[&app, &old], None)).unwrap();
+    assert!(ok, "{text}");
+    let _operator =
+        Operator::start(BINARY, cluster, &ns.name, &format!("db-drop-{s}"), &[]).unwrap();
+    wait_reason(cluster, &ns.name, "keeper", "Ready", "Reconciled");
+    pg.admin(
+        &db,
+        &format!(
+            "CREATE TABLE visits (id int); INSERT INTO visits VALUES (1), (2); ALTER TABLE visits OWNER TO {old}"
+        ),
+    )
+    .unwrap();
+
+    // The role leaves the spec: it owns a table, so it is not dropped, and the condition says
+    // which table and what to do.
+    let (ok, text) = cluster.apply(&ns.name, &spec(&[&app], None)).unwrap();
+    assert!(ok, "{text}");
+    let message = wait_reason(cluster, &ns.name, "keeper", "Ready", "InvalidSpec");
+    assert!(
+        message.contains(&old)
+            && message.contains("table visits")
+            && message.contains("spec.reassignOwnedTo"),
+        "{message}"
+    );
+    assert_eq!(pg.admin(&db, "SELECT count(*) FROM visits").unwrap(), "2");
+    assert_eq!(
+        pg.admin(
+            &db,
+            &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{old}'")
+        )
+        .unwrap(),
+        "1"
+    );
+
+    // Saying who takes its objects over: they are reassigned, then the role is dropped.
+    let (ok, text) = cluster.apply(&ns.name, &spec(&[&app], Some(&app))).unwrap();
+    assert!(ok, "{text}");
+    wait_reason(cluster, &ns.name, "keeper", "Ready", "Reconciled");
+    assert_eq!(pg.admin(&db, "SELECT count(*) FROM visits").unwrap(), "2");
+    assert_eq!(
+        pg.admin(
+            &db,
+            "SELECT tableowner FROM pg_tables WHERE tablename = 'visits'"
+        )
+        .unwrap(),
+        app
+    );
+    assert_eq!(
+        pg.admin(
+            &db,
+            &format!("SELECT count(*) FROM pg_roles WHERE rolname = '{old}'")
+        )
+        .unwrap(),
+        "0"
+    );
+    let _ = pg.admin(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+    let _ = pg.admin("postgres", &format!("DROP ROLE IF EXISTS {app}"));
+}

@@ -915,6 +915,27 @@ fn a_seed_database_imports_with_nothing_to_change() {
         ];
         cluster.kubectl_ok(&args).unwrap();
     }
+    // ... and hand the role Secrets to homeplane, as the README says.
+    let handovers: Vec<&str> = readme
+        .lines()
+        .filter(|l| {
+            l.starts_with("kubectl label secret ") || l.starts_with("kubectl annotate secret ")
+        })
+        .collect();
+    let role_secrets = readme
+        .lines()
+        .filter(|l| l.starts_with("kubectl create secret generic ") && !l.contains(" pg-admin "))
+        .count();
+    assert!(role_secrets > 0);
+    assert_eq!(
+        handovers.len(),
+        2 * role_secrets,
+        "a label and an annotation for each role Secret"
+    );
+    for line in handovers {
+        let words: Vec<&str> = line.split_whitespace().skip(1).collect();
+        cluster.kubectl_ok(&words).unwrap();
+    }
     cluster
         .kubectl_ok(&["apply", "-k", &out.to_string_lossy()])
         .unwrap();

@@ -2,8 +2,10 @@
 //! an HTTP server in this process and Podman's Docker-compatible API. A property in sync gives
 //! no Drift; changing the world by hand gives a Drift with the right desired and observed
 //! values; undoing it removes the Drift; a failing observer is Unknown; a malformed catalogue
-//! is refused precisely; `Correct` mode puts a declared object back and the transitions land
-//! in the history database.
+//! is refused precisely; `Correct` mode puts a declared object back (acting as the
+//! namespace's corrector ServiceAccount) and the transitions land in the history database; a
+//! registry sees only its own namespace, never a Secret, never a metadata address, and a
+//! template that breaks its sandbox makes its one property Unknown.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -543,7 +545,9 @@ spec:
     let st = status(cluster, &ns.name, "homelab");
     assert_eq!(condition(&st, "HistoryRecorded").0, "True", "{st}");
 
-    // Someone weakens the policy by hand; Correct mode puts it back.
+    // Someone weakens the policy by hand. The corrector acts as the ServiceAccount
+    // homeplane-corrector of the registry's namespace: without rights, it cannot put it back,
+    // and says so (it used to patch with the operator's own rights).
     cluster
         .kubectl_ok(&[
             "patch",
@@ -555,6 +559,56 @@ spec:
             r#"{"data":{"policy":"one_factor"}}"#,
         ])
         .unwrap();
+    eventually(WAIT, "the correction refused by RBAC", || {
+        Ok(events(cluster, &ns.name)
+            .contains("the corrector acts as ServiceAccount")
+            .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}; events {}", events(cluster, &ns.name)));
+    assert!(
+        events(cluster, &ns.name).contains(&format!("{}/homeplane-corrector", ns.name)),
+        "{}",
+        events(cluster, &ns.name)
+    );
+    let policy = cluster
+        .kubectl_ok(&[
+            "get",
+            "configmap",
+            "authelia",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.data.policy}",
+        ])
+        .unwrap();
+    assert_eq!(policy, "one_factor", "nothing corrected without the rights");
+    // Grant the corrector what it changes: now Correct mode puts the policy back.
+    for args in [
+        vec!["create", "serviceaccount", "homeplane-corrector"],
+        vec![
+            "create",
+            "role",
+            "corrector",
+            "--verb=get,patch",
+            "--resource=configmaps",
+        ],
+        vec![
+            "create",
+            "rolebinding",
+            "corrector",
+            "--role=corrector",
+            "--serviceaccount",
+        ],
+    ] {
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        if args.last().map(String::as_str) == Some("--serviceaccount") {
+            let last = args.len() - 1;
+            args[last] = format!("--serviceaccount={}:homeplane-corrector", ns.name);
+        }
+        args.extend(["-n".to_string(), ns.name.clone()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.kubectl_ok(&args).unwrap();
+    }
     eventually(WAIT, "the policy corrected", || {
         let policy = cluster.kubectl_ok(&[
             "get",
@@ -779,4 +833,225 @@ spec:
     let _ = watch.kill();
     let _ = watch.wait();
     let _ = reader.join();
+}
+
+#[test]
+fn a_registry_sees_and_touches_only_its_own_namespace() {
+    let cluster = Cluster::shared();
+    let pg = Postgres::shared();
+    let home = TestNamespace::new(cluster, "reg-home").unwrap();
+    let other = TestNamespace::new(cluster, "reg-other").unwrap();
+    let s = suffix();
+    let (h, o) = (home.name.as_str(), other.name.as_str());
+    let db = format!("hp_reg_other_{s}");
+    pg.admin("postgres", &format!("CREATE DATABASE {db}"))
+        .unwrap();
+    admin_secret(cluster, o, pg);
+    // The other namespace: a ConfigMap, and a Database with its admin credentials.
+    let theirs = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: theirs}}
+data: {{mode: strict}}
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: Database
+metadata: {{name: theirs}}
+spec:
+  server: {{external: {{host: "{}", port: {}, adminSecret: pg-admin, sslMode: disable}}}}
+  databaseName: {db}
+"#,
+        pg.host, pg.port
+    );
+    let (ok, out) = cluster.apply(o, &theirs).unwrap();
+    assert!(ok, "{out}");
+    let mine = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: token}}
+stringData: {{value: s3cr3t-value}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: mine}}
+data: {{mode: strict}}
+---
+apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {{name: scoped}}
+spec:
+  interval: 2s
+  mode: Correct
+  derived: false
+  properties:
+  - id: own.configmap
+    desired: strict
+    observe: {{kubernetes: {{apiVersion: v1, kind: ConfigMap, name: mine, field: /data/mode}}}}
+  - id: own.secret
+    desired: x
+    observe: {{kubernetes: {{apiVersion: v1, kind: Secret, name: token, field: /data/value}}}}
+  - id: other.configmap
+    desired: lax
+    observe: {{kubernetes: {{apiVersion: v1, kind: ConfigMap, namespace: {o}, name: theirs, field: /data/mode}}}}
+    corrector: {{patch: {{data: {{mode: lax}}}}}}
+  - id: cluster.nodes
+    desired: 0
+    observe: {{kubernetes: {{apiVersion: v1, kind: Node, aggregate: count}}}}
+  - id: other.database
+    desired: 1
+    observe: {{sql: {{database: theirs, namespace: {o}, query: "SELECT 1"}}}}
+  - id: metadata.service
+    desired: 200
+    observe: {{http: {{url: "http://169.254.169.254/latest/meta-data/", timeoutSeconds: 2}}}}
+  - id: template.env
+    desired: '{{{{ get_env(name="HOME") }}}}'
+    observe: {{kubernetes: {{apiVersion: v1, kind: ConfigMap, name: mine, field: /data/mode}}}}
+  - id: template.range
+    desired: '{{{{ range(end=100000000000) | length }}}}'
+    observe: {{kubernetes: {{apiVersion: v1, kind: ConfigMap, name: mine, field: /data/mode}}}}
+"#
+    );
+    let (ok, out) = cluster.apply(h, &mine).unwrap();
+    assert!(ok, "{out}");
+    let op = Operator::start(BINARY, cluster, h, &format!("reg-scope-{s}"), &[]).unwrap();
+    let st = eventually(WAIT, "an evaluation", || {
+        let st = status(cluster, h, "scoped");
+        Ok((st["properties"] == 8 && st["unknown"] == 7).then_some(st))
+    })
+    .unwrap_or_else(|e| panic!("{e}; status {}", status(cluster, h, "scoped")));
+    assert_eq!(st["inSync"], 1, "only its own ConfigMap: {st}");
+    let reasons: std::collections::HashMap<String, String> = st["unknownProperties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["property"].as_str().unwrap().to_string(),
+                u["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = |id: &str, needle: &str| {
+        let reason = reasons.get(id).cloned().unwrap_or_default();
+        assert!(
+            reason.contains(needle),
+            "{id}: {needle:?} not in {reason:?}"
+        );
+    };
+    expect("own.secret", "Secrets are never observed");
+    expect(
+        "other.configmap",
+        &format!("sees only its own namespace, not namespace {o}"),
+    );
+    expect("cluster.nodes", "not the cluster-scoped kind Node");
+    expect(
+        "other.database",
+        &format!("not the Databases of namespace {o}"),
+    );
+    expect(
+        "metadata.service",
+        "169.254.169.254 is a link-local address",
+    );
+    expect("template.env", "get_env() is not available");
+    expect("template.range", "range() is not available");
+    // No value of the Secret anywhere: status, Drift objects, events.
+    let everything = format!("{st} {:?} {}", drifts(cluster, h), events(cluster, h));
+    assert!(!everything.contains("s3cr3t"), "{everything}");
+    // Nothing of the other namespace was corrected (the property is Unknown, never drifted).
+    let theirs_now = cluster
+        .kubectl_ok(&[
+            "get",
+            "configmap",
+            "theirs",
+            "-n",
+            o,
+            "-o",
+            "jsonpath={.data.mode}",
+        ])
+        .unwrap();
+    assert_eq!(theirs_now, "strict");
+    // The operator kept running through all of it.
+    assert_eq!(op.get("/healthz").map(|r| r.0), Some(200));
+
+    // A 20-digit interval (which used to panic the controller's task) is refused at once.
+    let huge = r#"apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {name: huge}
+spec:
+  interval: 99999999999999999999s
+"#;
+    let (ok, out) = cluster.apply(h, huge).unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("interval must be a duration between 1s and 24h"),
+        "{out}"
+    );
+    let (ok, out) = cluster
+        .apply(h, &huge.replace("99999999999999999999s", "25h"))
+        .unwrap();
+    assert!(!ok && out.contains("between 1s and 24h"), "{out}");
+    // The registry is still evaluated after those refusals.
+    let before = status(cluster, h, "scoped")["lastEvaluationTime"].clone();
+    eventually(WAIT, "another evaluation", || {
+        Ok((status(cluster, h, "scoped")["lastEvaluationTime"] != before).then_some(()))
+    })
+    .unwrap();
+    let _ = pg.admin(
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+}
+
+#[test]
+fn a_trusted_namespace_sees_further() {
+    let cluster = Cluster::shared();
+    let home = TestNamespace::new(cluster, "reg-trusted").unwrap();
+    let other = TestNamespace::new(cluster, "reg-seen").unwrap();
+    let (h, o) = (home.name.as_str(), other.name.as_str());
+    let (ok, out) = cluster
+        .apply(
+            o,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: theirs}\ndata: {mode: strict}\n",
+        )
+        .unwrap();
+    assert!(ok, "{out}");
+    let registry = format!(
+        r#"apiVersion: homeplane.dev/v1alpha1
+kind: StateRegistry
+metadata: {{name: trusted}}
+spec:
+  interval: 2s
+  derived: false
+  properties:
+  - id: other.configmap
+    desired: strict
+    observe: {{kubernetes: {{apiVersion: v1, kind: ConfigMap, namespace: {o}, name: theirs, field: /data/mode}}}}
+  - id: secrets.never
+    desired: 0
+    observe: {{kubernetes: {{apiVersion: v1, kind: Secret, aggregate: count}}}}
+"#
+    );
+    let (ok, out) = cluster.apply(h, &registry).unwrap();
+    assert!(ok, "{out}");
+    let _op = Operator::start(
+        BINARY,
+        cluster,
+        h,
+        &format!("reg-trusted-{}", suffix()),
+        &["--trusted-registry-namespace", h],
+    )
+    .unwrap();
+    let st = eventually(WAIT, "an evaluation", || {
+        let st = status(cluster, h, "trusted");
+        Ok((st["properties"] == 2 && st["inSync"] == 1).then_some(st))
+    })
+    .unwrap_or_else(|e| panic!("{e}; status {}", status(cluster, h, "trusted")));
+    let reason = st["unknownProperties"][0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("Secrets are never observed"),
+        "even trusted: {reason}"
+    );
 }

@@ -27,6 +27,31 @@ use crate::metrics::Metrics;
 
 pub use crate::workload::FIELD_MANAGER;
 
+/// What homeplane trusts beyond each object's own namespace, and the names of the RBAC and
+/// admission objects of its install it relies on (docs/security.md).
+#[derive(Clone, Debug)]
+pub struct Trust {
+    /// Namespaces whose StateRegistries may observe other namespaces and cluster-scoped kinds.
+    pub registry_namespaces: Vec<String>,
+    /// The ServiceAccount, in a StateRegistry's own namespace, its correctors act as.
+    pub corrector_service_account: String,
+    /// Prefix of the fixed ClusterRoles an Agent's ServiceAccount may be bound to.
+    pub agent_role_prefix: String,
+    /// The ValidatingAdmissionPolicyBinding that guarantees who asked for each Agent.
+    pub agent_policy: String,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Self {
+            registry_namespaces: Vec::new(),
+            corrector_service_account: "homeplane-corrector".to_string(),
+            agent_role_prefix: "homeplane-agent".to_string(),
+            agent_policy: "homeplane-agents".to_string(),
+        }
+    }
+}
+
 /// What every reconciliation shares.
 pub struct Context {
     /// The Kubernetes client.
@@ -53,6 +78,8 @@ pub struct Context {
     pub backup_budget: backup::budget::Budget,
     /// Failure streaks per object: the one retry policy of the reconcile frame.
     pub retries: crate::reconcile::retry::Retries,
+    /// Trust boundaries (registries, correctors, Agents).
+    pub trust: Trust,
     /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -85,6 +112,7 @@ impl Context {
             image: DEFAULT_IMAGE.to_string(),
             backup_budget: backup::budget::Budget::default(),
             retries: crate::reconcile::retry::Retries::default(),
+            trust: Trust::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -319,13 +347,14 @@ pub fn log_stream_error<T, E: std::fmt::Display>(
 }
 
 /// The outcome of workloads refused before anything was created: a placement that cannot be
-/// built is the spec's to fix; a class that is missing or full waits for the world (checked
-/// again every minute, and when the class's nodes or pods change).
+/// built is the spec's to fix; a class that is missing or full may pass (a node joins, another
+/// workload ends) and is retried with the frame's backoff, and when the class's nodes or pods
+/// change. It is not `Stalled`, so Flux waits for it instead of failing at once.
 pub fn refused(reason: &'static str, message: String) -> crate::reconcile::Outcome {
     use crate::reconcile::Outcome;
     match reason {
         "InvalidPlacement" => Outcome::invalid(reason, message),
-        _ => Outcome::blocked(reason, message).after(Duration::from_secs(60)),
+        _ => Outcome::retry(reason, message),
     }
 }
 
@@ -334,10 +363,11 @@ pub fn unschedulable(
     rollouts: &std::collections::BTreeMap<String, crate::workload::rollout::Rollout>,
 ) -> Option<crate::reconcile::Outcome> {
     let [ready, ..] = crate::workload::apply::unschedulable(rollouts)?;
-    Some(
-        crate::reconcile::Outcome::blocked(ready.reason, ready.message)
-            .after(Duration::from_secs(30)),
-    )
+    // Pending pods may yet be placed (another pod ends, a node joins): retried, not Stalled.
+    Some(crate::reconcile::Outcome::retry(
+        ready.reason,
+        ready.message,
+    ))
 }
 
 /// Most objects read from one list (in pages of [`LIST_PAGE`]): every read from the API server

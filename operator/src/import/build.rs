@@ -1207,6 +1207,7 @@ fn one(
             keys: secret_keys,
             known: BTreeMap::new(),
             purpose: format!("environment of {name} (the old container's values)"),
+            role_of: None,
         });
     }
     let summary = format!(

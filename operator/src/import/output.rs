@@ -164,6 +164,9 @@ fn readme(out: &Path, namespaces: &[String], plan: &str, fits: bool, report: &Re
         );
         for s in &report.secrets {
             let _ = writeln!(t, "# {}\n{}", s.purpose, s.command());
+            for line in s.handover() {
+                let _ = writeln!(t, "{line}");
+            }
         }
         let _ = writeln!(t, "```\n");
     }

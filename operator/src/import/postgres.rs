@@ -156,7 +156,7 @@ pub async fn read(url: &str) -> Result<(Snapshot, Option<String>)> {
     )
     .fetch_all(&mut *tx)
     .await?;
-    s.catalog = catalog::observe(&mut tx, &roles, "", &s.schemas)
+    s.catalog = catalog::observe(&mut tx, &roles, &[], &s.schemas)
         .await
         .context("failed to read the roles and privileges")?;
     let database_acl: Vec<(String, String)> = sqlx::query_as(
@@ -576,6 +576,7 @@ pub fn infer(s: &Snapshot, name: &str, ns: &str, report: &mut Report) -> Importe
         tiers,
         roles: role_specs,
         role_removal_policy: Default::default(),
+        reassign_owned_to: None,
         rotate_passwords: None,
         migrations,
         deletion_policy: Default::default(),
@@ -585,12 +586,12 @@ pub fn infer(s: &Snapshot, name: &str, ns: &str, report: &mut Report) -> Importe
 
     // What homeplane's first pass would do: the controller's own plan on what was read.
     let owner_mark = format!("{ns}/{name}");
-    let no_passwords = BTreeMap::new();
+    let no_verifiers = BTreeMap::new();
     let ctx = plan::Context {
         admin: &s.admin,
         database: &s.database,
         owner_mark: &owner_mark,
-        passwords: &no_passwords,
+        verifiers: &no_verifiers,
     };
     let differences = match plan::build(&database.spec, &s.catalog, &ctx) {
         Ok(statements) => plan::changes(&statements)
@@ -616,12 +617,13 @@ pub fn infer(s: &Snapshot, name: &str, ns: &str, report: &mut Report) -> Importe
             &secret,
             "username",
             &format!(
-                "role {} with its current password (without it homeplane sets a new one)",
+                "role {} with its current password, marked as the Database's so that homeplane keeps it (without this Secret homeplane sets a new password)",
                 role.name
             ),
         );
         report.secret(ns, &secret, "password", "");
         report.known(ns, &secret, "username", &role.name);
+        report.role_secret(ns, &secret, name, &role.name);
     }
     if s.public_connect {
         report.check.push(format!(

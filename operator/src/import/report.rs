@@ -16,6 +16,10 @@ pub struct SecretToCreate {
     pub known: std::collections::BTreeMap<String, String>,
     /// What it is for.
     pub purpose: String,
+    /// The Database and role whose password it holds, when homeplane is to adopt it: the
+    /// database controller reads and writes only Secrets marked as its own, so the person
+    /// creating it marks it (`handover`).
+    pub role_of: Option<(String, String)>,
 }
 
 impl SecretToCreate {
@@ -35,6 +39,23 @@ impl SecretToCreate {
             self.namespace,
             literals.join(" ")
         )
+    }
+
+    /// The commands that hand it to homeplane as the role Secret of `role_of`, if any.
+    pub fn handover(&self) -> Vec<String> {
+        let Some((database, role)) = &self.role_of else {
+            return Vec::new();
+        };
+        vec![
+            format!(
+                "kubectl label secret {} -n {} app.kubernetes.io/managed-by=homeplane homeplane.dev/owner=database.{database}",
+                self.name, self.namespace
+            ),
+            format!(
+                "kubectl annotate secret {} -n {} homeplane.dev/role={role}",
+                self.name, self.namespace
+            ),
+        ]
     }
 }
 
@@ -80,7 +101,19 @@ impl Report {
             keys: vec![key.to_string()],
             known: Default::default(),
             purpose: purpose.to_string(),
+            role_of: None,
         });
+    }
+
+    /// Marks a listed Secret as the password Secret of `role` in Database `database`.
+    pub fn role_secret(&mut self, namespace: &str, name: &str, database: &str, role: &str) {
+        if let Some(s) = self
+            .secrets
+            .iter_mut()
+            .find(|s| s.namespace == namespace && s.name == name)
+        {
+            s.role_of = Some((database.to_string(), role.to_string()));
+        }
     }
 
     /// Records a key's value that is not a secret (written out in the command).
@@ -123,5 +156,22 @@ mod tests {
         assert_eq!(r.leak_in("password: hunter2"), Some("hunter2"));
         assert_eq!(r.leak_in("password: ..."), None);
         assert_eq!(r.leak_in("no"), None, "too short to search for");
+        assert!(r.secrets[0].handover().is_empty(), "not a role Secret");
+    }
+
+    #[test]
+    fn a_role_secret_is_handed_to_its_database() {
+        let mut r = Report::default();
+        r.secret("back", "homelab-app", "username", "role app");
+        r.secret("back", "homelab-app", "password", "");
+        r.known("back", "homelab-app", "username", "app");
+        r.role_secret("back", "homelab-app", "homelab", "app");
+        assert_eq!(
+            r.secrets[0].handover(),
+            [
+                "kubectl label secret homelab-app -n back app.kubernetes.io/managed-by=homeplane homeplane.dev/owner=database.homelab",
+                "kubectl annotate secret homelab-app -n back homeplane.dev/role=app",
+            ]
+        );
     }
 }

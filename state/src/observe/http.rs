@@ -1,7 +1,19 @@
 //! The `http` observer: one GET per distinct URL, whatever number of properties read it; the
 //! status code, or a value at a JSON pointer in the body.
+//!
+//! What it may reach is limited (docs/security.md): addresses that are never a homelab service
+//! are refused — link-local (169.254.0.0/16 and fe80::/10, where clouds serve instance
+//! metadata and credentials), the cloud metadata addresses outside those ranges, unspecified,
+//! multicast and reserved addresses — whether the URL names them or a DNS name resolves to
+//! them (checked on the resolved addresses the connection uses, so a name cannot change its
+//! answer between the check and the connection). Redirects are never followed, bodies are
+//! read up to 4 MiB, and every request has a timeout.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -9,6 +21,8 @@ use homeplane_crds::registry::HttpObserver;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
@@ -71,13 +85,114 @@ pub async fn observe(properties: &[(&str, &HttpObserver)]) -> HashMap<String, Ob
         .collect()
 }
 
-type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>;
 
 fn connector() -> Result<Connector, String> {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
         .map_err(|e| format!("failed to set up TLS: {e}"))?;
-    Ok(builder.https_or_http().enable_http1().build())
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    Ok(builder.https_or_http().enable_http1().wrap_connector(http))
+}
+
+/// Why the observer never connects to `ip`, or `None` when it may.
+pub fn forbidden_address(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => forbidden_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden_v4(v4);
+            }
+            let segments = v6.segments();
+            // NAT64 (64:ff9b::/96) carries an IPv4 address in its last 32 bits.
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let o = v6.octets();
+                return forbidden_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            if v6.is_unspecified() {
+                Some("the unspecified address")
+            } else if v6.is_multicast() {
+                Some("a multicast address")
+            } else if segments[0] & 0xffc0 == 0xfe80 {
+                Some("a link-local address (where clouds serve instance metadata)")
+            } else if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+                Some("a cloud metadata address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let [a, b, ..] = ip.octets();
+    if ip.is_link_local() {
+        Some("a link-local address (where clouds serve instance metadata)")
+    } else if a == 0 {
+        Some("an unspecified address")
+    } else if ip.is_multicast() {
+        Some("a multicast address")
+    } else if a >= 240 {
+        Some("a reserved or broadcast address")
+    } else if ip == Ipv4Addr::new(100, 100, 100, 200) || (a == 192 && b == 0 && ip.octets()[2] == 0)
+    {
+        // Alibaba's metadata address, and 192.0.0.0/24 (IETF protocol assignments), where
+        // Oracle's is.
+        Some("a cloud metadata address")
+    } else {
+        None
+    }
+}
+
+/// The URL's host when it is an IP address the observer never connects to.
+fn refused_literal(uri: &hyper::Uri) -> Option<String> {
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = host.parse().ok()?;
+    forbidden_address(ip)
+        .map(|why| format!("{host} is {why}; the http observer never connects there"))
+}
+
+/// A DNS resolver that drops every address [`forbidden_address`] refuses, and fails when
+/// none is left; the connection uses exactly the addresses it returns.
+#[derive(Clone, Copy, Debug)]
+pub struct GuardedResolver;
+
+type Addresses = std::vec::IntoIter<SocketAddr>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = Addresses;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Addresses, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| forbidden_address(a.ip()).is_none())
+                .collect();
+            if allowed.is_empty() {
+                let why = found
+                    .first()
+                    .and_then(|a| forbidden_address(a.ip()))
+                    .unwrap_or("an address that was refused");
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{host} resolves to {why}; the http observer never connects there"),
+                ));
+            }
+            Ok(allowed.into_iter())
+        })
+    }
 }
 
 async fn get(
@@ -88,6 +203,9 @@ async fn get(
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| format!("{url} is not a URL: {e}"))?;
+    if let Some(refused) = refused_literal(&uri) {
+        return Err(refused);
+    }
     let request = hyper::Request::get(uri)
         .header("accept", "application/json")
         .header("user-agent", "homeplane-state-registry")
@@ -143,4 +261,74 @@ fn chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_and_link_local_addresses_are_refused() {
+        for refused in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "100.100.100.200",
+            "192.0.0.192",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::",
+            "ff02::1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            let ip: IpAddr = refused.parse().unwrap();
+            assert!(
+                forbidden_address(ip).is_some(),
+                "{refused} should be refused"
+            );
+        }
+        for allowed in [
+            "127.0.0.1",
+            "10.0.0.5",
+            "192.168.1.20",
+            "8.8.8.8",
+            "::1",
+            "fd12::1",
+        ] {
+            let ip: IpAddr = allowed.parse().unwrap();
+            assert_eq!(forbidden_address(ip), None, "{allowed} should be allowed");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_observer_never_connects_to_a_refused_address() {
+        let observer = |url: &str| HttpObserver {
+            url: url.to_string(),
+            json_pointer: None,
+            timeout_seconds: 2,
+        };
+        let literal = observer("http://169.254.169.254/latest/meta-data/");
+        let bracketed = observer("http://[fe80::1]:8080/");
+        let observed = observe(&[("a", &literal), ("b", &bracketed)]).await;
+        for id in ["a", "b"] {
+            let reason = observed[id].value.clone().unwrap_err();
+            assert!(reason.contains("never connects there"), "{id}: {reason}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_a_refused_address_is_refused() {
+        let mut resolver = GuardedResolver;
+        // `localhost` resolves to loopback: allowed.
+        let ok = tower_service::Service::call(&mut resolver, "localhost".parse().unwrap()).await;
+        assert!(ok.is_ok(), "{ok:?}");
+        // A name that is an IP in text form still goes through the same filter.
+        let refused =
+            tower_service::Service::call(&mut resolver, "169.254.169.254".parse().unwrap()).await;
+        let error = refused.unwrap_err().to_string();
+        assert!(error.contains("link-local"), "{error}");
+    }
 }

@@ -1,10 +1,13 @@
 //! Test support: the real control plane (shared by every test binary of a `make test` run, or
 //! started for this process alone), a namespace per test, kubectl, simulated nodes, and the
-//! operator binary as a child process.
+//! operator binary as a child process — running as the ServiceAccount of homeplane's chart,
+//! with the chart's RBAC and admission policies rendered from `charts/homeplane` and applied
+//! ([`Install`]), so that the tests exercise exactly the rights homeplane ships with.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -376,6 +379,245 @@ impl Drop for TestNode {
     }
 }
 
+/// homeplane's chart installed in a test cluster the way a person installs it, minus the
+/// Deployment (the operator runs as a process of the test): its ServiceAccount, RBAC, the
+/// Agents' ClusterRoles and the admission policies, all rendered by `helm template` from
+/// `charts/homeplane`, plus a kubeconfig holding a token of that ServiceAccount. An operator
+/// started with it has exactly the rights the chart gives.
+pub struct Install {
+    /// The Helm release name (prefix of every cluster-scoped object).
+    pub release: String,
+    /// The release namespace: the ServiceAccount and the leader-election Role live there.
+    pub namespace: String,
+    /// A kubeconfig that authenticates as the chart's ServiceAccount (a token).
+    pub kubeconfig: PathBuf,
+    /// The operator flags that name the objects of this release.
+    pub flags: Vec<String>,
+    admin: PathBuf,
+    bin: PathBuf,
+    /// A namespace this install created for itself (deleted with it).
+    own_namespace: bool,
+}
+
+/// Live operators per release, so that an install shared by several operators (replicas of
+/// one test) is removed with the last of them.
+static INSTALLS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
+
+impl Install {
+    /// Installs the chart as release `release` into `namespace` with `values` (`key=value`
+    /// pairs for `--set`); creates the namespace when `create_namespace`.
+    pub fn new(
+        cluster: &Cluster,
+        release: &str,
+        namespace: &str,
+        values: &[&str],
+        create_namespace: bool,
+    ) -> Result<Install> {
+        let kubectl = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+            let out = cluster.kubectl_stdin(args, stdin)?;
+            if !out.status.success() {
+                bail!(
+                    "kubectl {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        if create_namespace {
+            kubectl(&["create", "namespace", namespace], None)?;
+        }
+        let chart = repo_root().join("charts/homeplane");
+        let mut helm = Command::new(cluster.bin.join("helm"));
+        helm.args(["template", release])
+            .arg(&chart)
+            .args(["--namespace", namespace, "--kube-version", "v1.37.2"])
+            .args(["--show-only", "templates/rbac.yaml"])
+            .args(["--show-only", "templates/agent-roles.yaml"])
+            .args(["--show-only", "templates/agent-admission.yaml"])
+            .env(
+                "HELM_CACHE_HOME",
+                std::env::temp_dir().join("homeplane-helm-cache"),
+            )
+            .env(
+                "HELM_CONFIG_HOME",
+                std::env::temp_dir().join("homeplane-helm-config"),
+            );
+        for value in values {
+            helm.args(["--set", value]);
+        }
+        let rendered = helm.output().context("failed to run helm")?;
+        if !rendered.status.success() {
+            bail!(
+                "helm template failed: {}",
+                String::from_utf8_lossy(&rendered.stderr)
+            );
+        }
+        let yaml = String::from_utf8_lossy(&rendered.stdout).into_owned();
+        kubectl(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&yaml),
+        )?;
+        // Admission policies take effect a moment after they are created: wait until a dry run
+        // of an Agent comes back with the requester recorded (when homeplane's CRDs are there).
+        let probe = format!(
+            "apiVersion: homeplane.dev/v1alpha1\nkind: Agent\nmetadata: {{name: install-probe, namespace: {namespace}}}\nspec:\n  tier: observer\n  image: probe\n  scope: {{resources: [{{resource: configmaps}}]}}\n  budget: {{cpu: \"1\", memory: 1Gi, maxRunSeconds: 60}}\n"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = cluster.kubectl_stdin(
+                &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                Some(&probe),
+            )?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let errors = String::from_utf8_lossy(&out.stderr);
+            // Without homeplane's CRDs (or the namespace) there is nothing to wait for. A kind
+            // the admission plugins' discovery has not caught up with yet is refused with
+            // ServiceUnavailable ("Resource kind … not found. There can be a delay…"): wait.
+            let absent = errors.contains("no matches for kind")
+                || (errors.contains("namespaces \"") && errors.contains("not found"));
+            if text.contains("homeplane.dev/requested-by") || absent {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the admission policies of {release} did not take effect: {errors}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let token = kubectl(
+            &[
+                "create",
+                "token",
+                release,
+                "-n",
+                namespace,
+                "--duration",
+                "48h",
+            ],
+            None,
+        )?;
+        let admin = kube::config::Kubeconfig::read_from(&cluster.kubeconfig)?;
+        let server_cluster = admin
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.clone())
+            .context("the admin kubeconfig names no cluster")?;
+        let server = server_cluster
+            .server
+            .context("the admin kubeconfig has no server")?;
+        let ca = server_cluster
+            .certificate_authority_data
+            .context("the admin kubeconfig has no certificate-authority-data")?;
+        let kubeconfig = std::env::temp_dir().join(format!("homeplane-{release}.kubeconfig"));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: {release}\n  user:\n    token: {}\ncontexts:\n- name: {release}\n  context: {{cluster: test, user: {release}}}\ncurrent-context: {release}\n",
+                token.trim()
+            ),
+        )?;
+        if let Ok(mut live) = INSTALLS.get_or_init(Default::default).lock() {
+            *live.entry(release.to_string()).or_insert(0) += 1;
+        }
+        let corrector = values
+            .iter()
+            .find_map(|v| v.strip_prefix("stateRegistry.correctorServiceAccount="))
+            .unwrap_or("homeplane-corrector");
+        Ok(Install {
+            release: release.to_string(),
+            namespace: namespace.to_string(),
+            kubeconfig,
+            flags: vec![
+                format!("--agent-role-prefix={release}-agent"),
+                format!("--agent-policy={release}-agents"),
+                format!("--corrector-service-account={corrector}"),
+            ],
+            admin: cluster.kubeconfig.clone(),
+            bin: cluster.bin.clone(),
+            own_namespace: create_namespace,
+        })
+    }
+
+    /// The cluster-wide install (the chart's defaults) for an operator whose leader Lease is
+    /// in `namespace`: installed into that namespace (release `hp-<namespace>`), or into a
+    /// namespace of its own when `namespace` does not exist (the operator then fails to elect,
+    /// as it would). Operators of one namespace share it.
+    pub fn for_lease_namespace(cluster: &Cluster, namespace: &str) -> Result<Install> {
+        let release = release_name(namespace);
+        let exists = cluster
+            .kubectl(&["get", "namespace", namespace])?
+            .status
+            .success();
+        if exists {
+            Install::new(cluster, &release, namespace, &[], false)
+        } else {
+            let own = format!("{release}-op");
+            Install::new(cluster, &release, &own, &[], true)
+        }
+    }
+
+    /// `kubectl auth can-i …` as the chart's ServiceAccount: whether the API server allows it.
+    pub fn can(&self, args: &[&str]) -> Result<bool> {
+        let out = Command::new(self.bin.join("kubectl"))
+            .args(["auth", "can-i"])
+            .args(args)
+            .arg(format!(
+                "--as=system:serviceaccount:{}:{}",
+                self.namespace, self.release
+            ))
+            .env("KUBECONFIG", &self.admin)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+    }
+}
+
+impl Drop for Install {
+    fn drop(&mut self) {
+        let last = match INSTALLS.get_or_init(Default::default).lock() {
+            Ok(mut live) => {
+                let n = live.entry(self.release.clone()).or_insert(1);
+                *n = n.saturating_sub(1);
+                *n == 0
+            }
+            Err(_) => true,
+        };
+        if !last {
+            return;
+        }
+        let selector = format!("app.kubernetes.io/instance={}", self.release);
+        let _ = Command::new(self.bin.join("kubectl"))
+            .args([
+                "delete",
+                "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings,mutatingadmissionpolicies,mutatingadmissionpolicybindings",
+                "-l",
+                &selector,
+                "--wait=false",
+            ])
+            .env("KUBECONFIG", &self.admin)
+            .output();
+        if self.own_namespace {
+            let _ = Command::new(self.bin.join("kubectl"))
+                .args(["delete", "namespace", &self.namespace, "--wait=false"])
+                .env("KUBECONFIG", &self.admin)
+                .output();
+        }
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+/// A release name for the install of `namespace`: `hp-<namespace>`, hashed when too long
+/// (Helm allows 53 characters).
+fn release_name(namespace: &str) -> String {
+    let name = format!("hp-{namespace}");
+    if name.len() <= 40 {
+        return name;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    namespace.hash(&mut h);
+    format!("hp-{}-{:08x}", &namespace[..28], h.finish() as u32)
+}
+
 /// The operator binary running as a child process; SIGTERM on drop.
 pub struct Operator {
     child: Child,
@@ -383,13 +625,15 @@ pub struct Operator {
     pub http: String,
     /// Its leader-election identity.
     pub identity: String,
+    /// The chart install it runs under (none for [`Operator::start_as_admin`]).
+    pub install: Option<std::sync::Arc<Install>>,
 }
 
 impl Operator {
     /// Starts `binary run` against `cluster` with the leader Lease in `namespace`, reconciling
     /// the namespaced objects of `namespace` only (unless `extra` names another
     /// `--watch-namespace`), so that operators of tests running side by side never touch each
-    /// other's objects.
+    /// other's objects. It runs as the chart's ServiceAccount, with the chart's RBAC.
     pub fn start(
         binary: &str,
         cluster: &Cluster,
@@ -397,11 +641,99 @@ impl Operator {
         identity: &str,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_with_env(binary, cluster, namespace, identity, extra, &[])
+    }
+
+    /// [`Operator::start`] with more environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(
+        binary: &str,
+        cluster: &Cluster,
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let install = std::sync::Arc::new(Install::for_lease_namespace(cluster, namespace)?);
+        let kubeconfig = install.kubeconfig.clone();
+        Self::spawn(
+            binary,
+            namespace,
+            identity,
+            extra,
+            env,
+            &kubeconfig,
+            Some(install),
+        )
+    }
+
+    /// Starts the operator under an install of one's own (e.g. a namespace-scoped one).
+    pub fn start_installed(
+        binary: &str,
+        install: std::sync::Arc<Install>,
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let namespace = install.namespace.clone();
+        let kubeconfig = install.kubeconfig.clone();
+        Self::spawn(
+            binary,
+            &namespace,
+            identity,
+            extra,
+            &[],
+            &kubeconfig,
+            Some(install),
+        )
+    }
+
+    /// Starts the operator with the cluster's admin credentials (for what no install can
+    /// express, such as a cluster without homeplane's CRDs).
+    pub fn start_as_admin(
+        binary: &str,
+        cluster: &Cluster,
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::spawn(
+            binary,
+            namespace,
+            identity,
+            extra,
+            &[],
+            &cluster.kubeconfig,
+            None,
+        )
+    }
+
+    fn spawn(
+        binary: &str,
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        kubeconfig: &Path,
+        install: Option<std::sync::Arc<Install>>,
+    ) -> Result<Self> {
         let port = free_port()?;
         let http = format!("127.0.0.1:{port}");
         let log =
             std::fs::File::create(std::env::temp_dir().join(format!("homeplane-{identity}.log")))?;
-        let child = Command::new(binary)
+        let flags: Vec<String> = install
+            .as_ref()
+            .map(|i| {
+                i.flags
+                    .iter()
+                    .filter(|f| {
+                        let name = f.split('=').next().unwrap_or_default();
+                        !extra.iter().any(|e| e.starts_with(name))
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut command = Command::new(binary);
+        command
             .args([
                 "run",
                 "--http-addr",
@@ -416,9 +748,14 @@ impl Operator {
             } else {
                 vec!["--watch-namespace", namespace]
             })
+            .args(&flags)
             .args(extra)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("RUST_LOG", "info")
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -427,6 +764,7 @@ impl Operator {
             child,
             http,
             identity: identity.to_string(),
+            install,
         })
     }
 
@@ -563,28 +901,43 @@ impl Postgres {
     }
 
     fn connect() -> Result<Postgres> {
-        let url = match std::env::var("HOMEPLANE_TEST_DATABASE_URL") {
-            Ok(url) => url,
-            Err(_) => {
-                let dir = std::env::temp_dir().join(format!("homeplane-pg-{}", std::process::id()));
-                let status = Command::new("bash")
-                    .arg(repo_root().join("scripts/postgres.sh"))
-                    .arg("up")
-                    .arg(&dir)
-                    .env(
-                        "HOMEPLANE_POSTGRES_OWNER_PID",
-                        std::process::id().to_string(),
-                    )
-                    .status()?;
-                if !status.success() {
-                    bail!("scripts/postgres.sh up {} failed", dir.display());
-                }
-                let env = std::fs::read_to_string(dir.join("env"))?;
-                env.trim()
-                    .trim_start_matches("export DATABASE_URL=")
-                    .to_string()
-            }
-        };
+        match std::env::var("HOMEPLANE_TEST_DATABASE_URL") {
+            Ok(url) => Self::from_url(&url),
+            Err(_) => Self::start_own(
+                &std::env::temp_dir().join(format!("homeplane-pg-{}", std::process::id())),
+            ),
+        }
+    }
+
+    /// A server of its own in `dir` (stopped when this test process exits), whose log is
+    /// `dir/postgres.log`: for tests that read or change the server's own settings.
+    pub fn start_own(dir: &Path) -> Result<Postgres> {
+        let status = Command::new("bash")
+            .arg(repo_root().join("scripts/postgres.sh"))
+            .arg("up")
+            .arg(dir)
+            .env(
+                "HOMEPLANE_POSTGRES_OWNER_PID",
+                std::process::id().to_string(),
+            )
+            .status()?;
+        if !status.success() {
+            bail!("scripts/postgres.sh up {} failed", dir.display());
+        }
+        let env = std::fs::read_to_string(dir.join("env"))?;
+        Self::from_url(env.trim().trim_start_matches("export DATABASE_URL="))
+    }
+
+    /// Stops a server started with [`Postgres::start_own`].
+    pub fn stop_own(dir: &Path) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/postgres.sh"))
+            .arg("down")
+            .arg(dir)
+            .status();
+    }
+
+    fn from_url(url: &str) -> Result<Postgres> {
         // postgres://user:password@host:port/db
         let rest = url
             .strip_prefix("postgres://")

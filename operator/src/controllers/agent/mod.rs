@@ -1,8 +1,11 @@
-//! The Agent controller: a ServiceAccount and the least RBAC the Agent's tier and scope allow
-//! (planned in [`rbac`]), applied with server-side apply; Roles and bindings the spec no longer
-//! asks for are deleted, so changing tier or scope narrows or widens the rights at once. A
-//! finalizer removes what lives outside the Agent's namespace (owner references cannot reach
-//! it). The status counts the Agent's running runs.
+//! The Agent controller: a ServiceAccount, bound to the fixed ClusterRoles of its tier and
+//! scope (planned in [`rbac`]). Before binding anything it checks, as the API server would for a
+//! person, that the person who asked for the Agent (recorded by the admission policy the chart
+//! installs) holds every right the Agent gets, with a SubjectAccessReview per right; an Agent
+//! whose requester lacks one, or that names a resource no ClusterRole exists for, gets no
+//! rights at all and says why. Bindings the spec no longer asks for are deleted, so changing
+//! tier or scope narrows or widens the rights at once; a finalizer removes what lives outside
+//! the Agent's namespace. The status counts the Agent's running runs.
 
 pub mod rbac;
 
@@ -12,9 +15,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use homeplane_crds::agent::{Agent, AgentRun, AgentRunPhase, AgentStatus, AgentTier};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -39,7 +46,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=homeplane");
     Controller::new(ctx.watched::<Agent>(), watcher::Config::default())
         .owns(ctx.watched::<ServiceAccount>(), owned.clone())
-        .owns(ctx.watched::<Role>(), owned.clone())
         .owns(ctx.watched::<RoleBinding>(), owned)
         // A run starting or ending changes the Agent's count of running runs.
         .watches(
@@ -77,8 +83,42 @@ fn agents(agent: &Agent, ctx: &Context) -> Api<Agent> {
     Api::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default())
 }
 
+/// Why an object could not be applied.
+enum ApplyError {
+    /// The API server refused.
+    Api(kube::Error),
+    /// An object of that name exists and was not made for this Agent: never taken over.
+    Taken,
+}
+
+/// Server-side applies `obj` with homeplane's field manager, unless an object of that name
+/// exists that was not made for `agent` (someone else's is never forced over).
+async fn ssa<K>(
+    api: &Api<K>,
+    obj: &K,
+    agent: &Agent,
+    action: &'static str,
+) -> Result<(), ApplyError>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    if let Some(existing) = api.get_opt(&name).await.map_err(ApplyError::Api)?
+        && !rbac::is_ours(agent, existing.labels())
+    {
+        return Err(ApplyError::Taken);
+    }
+    server_side_apply(api, obj, action)
+        .await
+        .map_err(ApplyError::Api)
+}
+
 /// Server-side applies `obj` with homeplane's field manager.
-async fn ssa<K>(api: &Api<K>, obj: &K, action: &'static str) -> Result<(), kube::Error>
+async fn server_side_apply<K>(
+    api: &Api<K>,
+    obj: &K,
+    action: &'static str,
+) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
@@ -133,8 +173,8 @@ where
     Ok(deleted)
 }
 
-/// Prunes the Agent's Roles, RoleBindings, ClusterRoles and ClusterRoleBindings that are not
-/// in `keep_roles` (`namespace/name`) or `keep_cluster` (`name`).
+/// Prunes the Agent's RoleBindings and ClusterRoleBindings that are not in `keep_roles`
+/// (`namespace/name`) or `keep_cluster` (`name`).
 async fn prune_all(
     ctx: &Context,
     agent: &Agent,
@@ -143,47 +183,49 @@ async fn prune_all(
 ) -> Result<Vec<String>, Error> {
     let c = &ctx.client;
     let mut out = Vec::new();
-    out.extend(
-        prune::<RoleBinding>(
-            Api::all(c.clone()),
-            |ns| Api::namespaced(c.clone(), ns.unwrap_or_default()),
-            agent,
-            keep_roles,
-            "prune RoleBindings",
-        )
-        .await?,
-    );
-    out.extend(
-        prune::<Role>(
-            Api::all(c.clone()),
-            |ns| Api::namespaced(c.clone(), ns.unwrap_or_default()),
-            agent,
-            keep_roles,
-            "prune Roles",
-        )
-        .await?,
-    );
-    out.extend(
-        prune::<ClusterRoleBinding>(
-            Api::all(c.clone()),
-            |_| Api::all(c.clone()),
-            agent,
-            keep_cluster,
-            "prune ClusterRoleBindings",
-        )
-        .await?,
-    );
-    out.extend(
-        prune::<ClusterRole>(
-            Api::all(c.clone()),
-            |_| Api::all(c.clone()),
-            agent,
-            keep_cluster,
-            "prune ClusterRoles",
-        )
-        .await?,
-    );
+    // Everywhere the install may list; a namespace-scoped install lists its own namespace.
+    let everywhere = prune::<RoleBinding>(
+        Api::all(c.clone()),
+        |ns| Api::namespaced(c.clone(), ns.unwrap_or_default()),
+        agent,
+        keep_roles,
+        "prune RoleBindings",
+    )
+    .await;
+    match everywhere {
+        Ok(pruned) => out.extend(pruned),
+        Err(e) if forbidden(&e) && ctx.watch_namespace.is_some() => out.extend(
+            prune::<RoleBinding>(
+                ctx.watched(),
+                |ns| Api::namespaced(c.clone(), ns.unwrap_or_default()),
+                agent,
+                keep_roles,
+                "prune RoleBindings",
+            )
+            .await?,
+        ),
+        Err(e) => return Err(e),
+    }
+    // A namespace-scoped install has no ClusterRoleBindings, so nothing to prune there.
+    match prune::<ClusterRoleBinding>(
+        Api::all(c.clone()),
+        |_| Api::all(c.clone()),
+        agent,
+        keep_cluster,
+        "prune ClusterRoleBindings",
+    )
+    .await
+    {
+        Ok(pruned) => out.extend(pruned),
+        Err(e) if forbidden(&e) => {}
+        Err(e) => return Err(e),
+    }
     Ok(out)
+}
+
+/// Whether `error` is the API server's 403.
+fn forbidden(error: &Error) -> bool {
+    matches!(error, Error::Kube { source: kube::Error::Api(e), .. } if e.code == 403)
 }
 
 /// The outcome of one pass, before it becomes status.
@@ -252,7 +294,19 @@ async fn running_runs(agent: &Agent, ctx: &Context) -> Result<i32, Error> {
 }
 
 /// The outcome of a refused apply.
-fn refused(what: &str, error: &kube::Error) -> Outcome {
+fn refused(what: &str, error: &ApplyError) -> Outcome {
+    let error = match error {
+        ApplyError::Taken => {
+            return Outcome::failed(
+                "NameTaken",
+                format!(
+                    "{what} exists and was not made by homeplane for this Agent; it is left alone: rename the Agent or remove that object"
+                ),
+                false,
+            );
+        }
+        ApplyError::Api(e) => e,
+    };
     match error {
         kube::Error::Api(e) if e.code == 404 => Outcome::failed(
             "NamespaceMissing",
@@ -265,7 +319,7 @@ fn refused(what: &str, error: &kube::Error) -> Outcome {
         kube::Error::Api(e) if e.code == 403 => Outcome::failed(
             "RbacForbidden",
             format!(
-                "the API server refused {what}: {}; homeplane needs the rights it grants (or `escalate` and `bind` on roles)",
+                "the API server refused {what}: {}; this homeplane install may not act there (a namespace-scoped install manages its own namespace only)",
                 e.message
             ),
             true,
@@ -286,14 +340,156 @@ fn refused(what: &str, error: &kube::Error) -> Outcome {
     }
 }
 
+/// Who asked for the Agent, as the admission policy recorded it: user and groups.
+fn requester(agent: &Agent) -> Option<(String, Vec<String>)> {
+    let user = agent
+        .annotations()
+        .get(rbac::REQUESTED_BY)
+        .filter(|u| !u.is_empty())?
+        .clone();
+    let groups = agent
+        .annotations()
+        .get(rbac::REQUESTED_BY_GROUPS)
+        .map(|g| {
+            g.split(',')
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((user, groups))
+}
+
+/// Whether the admission policy binding that records who asks for Agents is installed and
+/// denies what it refuses; without it the requester annotation could be anybody's claim.
+async fn policy_installed(ctx: &Context) -> Result<bool, Error> {
+    let binding = Api::<ValidatingAdmissionPolicyBinding>::all(ctx.client.clone())
+        .get_opt(&ctx.trust.agent_policy)
+        .await;
+    match binding {
+        Ok(Some(b)) => Ok(b.spec.validation_actions.iter().any(|a| a == "Deny")),
+        Ok(None) => Ok(false),
+        Err(kube::Error::Api(e)) if e.code == 403 => Ok(false),
+        Err(source) => Err(Error::Kube {
+            action: "read the Agent admission policy binding",
+            source,
+        }),
+    }
+}
+
+/// The rights of `plan` the requester does not hold, as `verb group/resource in namespace`
+/// (SubjectAccessReviews: the API server's own answer for that user and those groups).
+async fn missing_rights(
+    ctx: &Context,
+    user: &str,
+    groups: &[String],
+    plan: &rbac::Plan,
+) -> Result<Vec<String>, Error> {
+    let places: Vec<Option<String>> = if plan.namespaces.is_empty() {
+        vec![None]
+    } else {
+        plan.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut questions = Vec::new();
+    for grant in &plan.grants {
+        let (resource, subresource) = grant.split();
+        for place in &places {
+            for verb in grant.verbs.verbs() {
+                questions.push((
+                    grant.describe(),
+                    place.clone(),
+                    verb.to_string(),
+                    ResourceAttributes {
+                        group: Some(grant.group.clone()),
+                        resource: Some(resource.to_string()),
+                        subresource: subresource.map(str::to_string),
+                        namespace: place.clone(),
+                        verb: Some(verb.to_string()),
+                        ..ResourceAttributes::default()
+                    },
+                ));
+            }
+        }
+    }
+    let api = Api::<SubjectAccessReview>::all(ctx.client.clone());
+    let answers: Vec<Result<Option<String>, Error>> = futures::stream::iter(questions)
+        .map(|(what, place, verb, attributes)| {
+            let api = api.clone();
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.to_string()),
+                    groups: Some(groups.to_vec()),
+                    resource_attributes: Some(attributes),
+                    ..SubjectAccessReviewSpec::default()
+                },
+                ..SubjectAccessReview::default()
+            };
+            async move {
+                let answer =
+                    api.create(&PostParams::default(), &review)
+                        .await
+                        .map_err(Error::kube(
+                            "ask the API server what the Agent's requester may do",
+                        ))?;
+                let allowed = answer.status.is_some_and(|s| s.allowed);
+                Ok((!allowed).then(|| match place {
+                    Some(ns) => format!("{verb} {what} in namespace {ns}"),
+                    None => format!("{verb} {what} in every namespace"),
+                }))
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let mut missing = Vec::new();
+    for answer in answers {
+        if let Some(m) = answer? {
+            missing.push(m);
+        }
+    }
+    Ok(missing)
+}
+
+/// The ClusterRoles of `plan` that do not exist (or that homeplane may not read, which is the
+/// same: its install lists the ones it may bind).
+async fn missing_roles(ctx: &Context, plan: &rbac::Plan) -> Result<Vec<String>, Error> {
+    let api = Api::<ClusterRole>::all(ctx.client.clone());
+    let mut missing = Vec::new();
+    for grant in &plan.grants {
+        let name = rbac::cluster_role(&ctx.trust.agent_role_prefix, grant);
+        match api.get_opt(&name).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(kube::Error::Api(_)) => {
+                let text = grant.describe();
+                let restricted = if rbac::is_restricted(&grant.group, &grant.resource) {
+                    " (restricted: see docs/security.md)"
+                } else {
+                    ""
+                };
+                if !missing.iter().any(|m: &String| m.starts_with(&text)) {
+                    missing.push(format!("{text}{restricted}"));
+                }
+            }
+            Err(source) => {
+                return Err(Error::Kube {
+                    action: "read an Agent ClusterRole",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(missing)
+}
+
 async fn converge(
     agent: &Agent,
     ctx: &Context,
     status: &mut AgentStatus,
 ) -> Result<Outcome, Error> {
-    let plan = match rbac::plan(agent) {
+    let plan = match rbac::plan(agent, &ctx.trust.agent_role_prefix) {
         Ok(plan) => plan,
         Err(message) => {
+            revoke(ctx, agent).await?;
             return Ok(Outcome::failed(
                 "InvalidScope",
                 format!("{message}; fix spec.scope"),
@@ -302,11 +498,66 @@ async fn converge(
         }
     };
     let ns = agent.namespace().unwrap_or_default();
+    if !policy_installed(ctx).await? {
+        revoke(ctx, agent).await?;
+        return Ok(Outcome::failed(
+            "AdmissionPolicyMissing",
+            format!(
+                "the ValidatingAdmissionPolicyBinding {} that records who asks for each Agent is not installed (or does not deny); no Agent gets rights without it: install homeplane's chart",
+                ctx.trust.agent_policy
+            ),
+            true,
+        ));
+    }
+    let Some((user, groups)) = requester(agent) else {
+        revoke(ctx, agent).await?;
+        return Ok(Outcome::failed(
+            "RequesterUnknown",
+            format!(
+                "the Agent has no {} annotation (it predates the admission policy): apply it again so that the policy records who asks for it",
+                rbac::REQUESTED_BY
+            ),
+            false,
+        ));
+    };
+    let missing = missing_rights(ctx, &user, &groups, &plan).await?;
+    if !missing.is_empty() {
+        revoke(ctx, agent).await?;
+        let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
+        let more = missing.len().saturating_sub(shown.len());
+        return Ok(Outcome::failed(
+            "RequesterLacksRights",
+            format!(
+                "{user} asked for this Agent but may not {}{}; an Agent gets only rights the person who asks for it holds: narrow spec.scope or have an admin grant them",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" (and {more} more)")
+                } else {
+                    String::new()
+                }
+            ),
+            false,
+        ));
+    }
+    let not_grantable = missing_roles(ctx, &plan).await?;
+    if !not_grantable.is_empty() {
+        revoke(ctx, agent).await?;
+        return Ok(Outcome::failed(
+            "NotGrantable",
+            format!(
+                "no Agent may be given {}: homeplane binds only the ClusterRoles its install provides; an admin adds the resource to the chart value agents.grantable",
+                not_grantable.join(", ")
+            ),
+            false,
+        ));
+    }
+
     let client = ctx.client.clone();
     let sa_name = rbac::service_account_name(agent);
     if let Err(e) = ssa(
         &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
         &plan.service_account,
+        agent,
         "ServiceAccount",
     )
     .await
@@ -316,44 +567,28 @@ async fn converge(
     status.service_account_name = Some(sa_name.clone());
 
     let mut keep_roles = BTreeSet::new();
-    for (role, binding) in &plan.namespaced {
-        let role_ns = role.metadata.namespace.clone().unwrap_or_default();
-        let name = role.metadata.name.clone().unwrap_or_default();
+    for binding in &plan.role_bindings {
+        let binding_ns = binding.metadata.namespace.clone().unwrap_or_default();
+        let name = binding.metadata.name.clone().unwrap_or_default();
         if let Err(e) = ssa(
-            &Api::<Role>::namespaced(client.clone(), &role_ns),
-            role,
-            "Role",
-        )
-        .await
-        {
-            return Ok(refused(&format!("Role {role_ns}/{name}"), &e));
-        }
-        if let Err(e) = ssa(
-            &Api::<RoleBinding>::namespaced(client.clone(), &role_ns),
+            &Api::<RoleBinding>::namespaced(client.clone(), &binding_ns),
             binding,
+            agent,
             "RoleBinding",
         )
         .await
         {
-            return Ok(refused(&format!("RoleBinding {role_ns}/{name}"), &e));
+            return Ok(refused(&format!("RoleBinding {binding_ns}/{name}"), &e));
         }
-        keep_roles.insert(format!("{role_ns}/{name}"));
+        keep_roles.insert(format!("{binding_ns}/{name}"));
     }
     let mut keep_cluster = BTreeSet::new();
-    if let Some((role, binding)) = &plan.cluster {
-        let name = role.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = ssa(
-            &Api::<ClusterRole>::all(client.clone()),
-            role,
-            "ClusterRole",
-        )
-        .await
-        {
-            return Ok(refused(&format!("ClusterRole {name}"), &e));
-        }
+    for binding in &plan.cluster_bindings {
+        let name = binding.metadata.name.clone().unwrap_or_default();
         if let Err(e) = ssa(
             &Api::<ClusterRoleBinding>::all(client.clone()),
             binding,
+            agent,
             "ClusterRoleBinding",
         )
         .await
@@ -382,28 +617,33 @@ async fn converge(
         AgentTier::Director => "director",
     };
     let verbs = rbac::verbs(agent.spec.tier).join(", ");
-    let where_ = if plan.cluster.is_some() {
+    let where_ = if plan.namespaces.is_empty() {
         "in every namespace".to_string()
     } else {
-        let namespaces: Vec<String> = plan
-            .namespaced
-            .iter()
-            .filter_map(|(r, _)| r.metadata.namespace.clone())
-            .collect();
-        format!("in namespace(s) {}", namespaces.join(", "))
+        format!("in namespace(s) {}", plan.namespaces.join(", "))
     };
     Ok(Outcome {
         ready: Desired::yes(
             READY,
             "RbacApplied",
             format!(
-                "ServiceAccount {sa_name} has {tier} rights ({verbs}) on {} {where_}",
-                rbac::describe(&plan.rules)
+                "ServiceAccount {sa_name} has {tier} rights ({verbs}) on {} {where_}, as asked by {user}",
+                rbac::describe(&plan.grants)
             ),
         ),
         degraded: None,
         retry: false,
     })
+}
+
+/// Removes every binding of the Agent: what it may not have, it has nothing of.
+async fn revoke(ctx: &Context, agent: &Agent) -> Result<(), Error> {
+    let none = BTreeSet::new();
+    let pruned = prune_all(ctx, agent, &none, &none).await?;
+    if !pruned.is_empty() {
+        info!(?pruned, "removed the Agent's rights");
+    }
+    Ok(())
 }
 
 /// Runs when an Agent is deleted: its Roles and bindings everywhere, and its cluster-wide

@@ -1,15 +1,19 @@
-//! Pure: the ServiceAccount and the least RBAC an Agent's tier and scope allow. `observer`
-//! gets get/list/watch on the scope's resources in the scope's namespaces; `builder` adds
-//! create/update/patch/delete; `director` has builder rights, cluster-wide only with
-//! `scope.clusterWide`. Nothing generated here contains a wildcard.
+//! Pure: the ServiceAccount of an Agent and the bindings that give it its tier's rights on its
+//! scope. homeplane never writes a rule: an admin installs one fixed ClusterRole per
+//! grantable resource and verb set (`<prefix>:read:<group>:<resource>` with get/list/watch,
+//! `<prefix>:write:<group>:<resource>` with create/update/patch/delete; the chart renders them
+//! from `agents.grantable`), and homeplane binds the Agent's ServiceAccount to the ones its
+//! tier and scope name — `observer` to `read`, `builder` and `director` to `read` and `write` —
+//! with a RoleBinding in each namespace of its scope, or a ClusterRoleBinding for a
+//! cluster-wide director. So the operator needs `bind` on exactly those ClusterRoles and no
+//! `escalate`; who may ask for which rights is checked before (admission policy, and a
+//! SubjectAccessReview per right for the person who asked: see `mod.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use homeplane_crds::agent::{Agent, AgentTier};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
-};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
@@ -20,21 +24,131 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const AGENT_LABEL: &str = "homeplane.dev/agent";
 /// Label with the Agent's namespace.
 pub const AGENT_NAMESPACE_LABEL: &str = "homeplane.dev/agent-namespace";
+/// Annotation the admission policy writes on every Agent: who asked for it (its last spec).
+pub const REQUESTED_BY: &str = "homeplane.dev/requested-by";
+/// Annotation the admission policy writes: the groups of who asked, comma-separated.
+pub const REQUESTED_BY_GROUPS: &str = "homeplane.dev/requested-by-groups";
 
-const READ: [&str; 3] = ["get", "list", "watch"];
-const WRITE: [&str; 4] = ["create", "update", "patch", "delete"];
+/// The verbs of the `read` ClusterRoles.
+pub const READ: [&str; 3] = ["get", "list", "watch"];
+/// The verbs of the `write` ClusterRoles.
+pub const WRITE: [&str; 4] = ["create", "update", "patch", "delete"];
+
+/// Resources no tier gets unless an admin allows it: they read secrets, run code in other
+/// workloads, mint credentials, change who may do what, or are homeplane's own Agents.
+/// `(API group, resource)`; a group with resource `*` stands for the whole group.
+pub const RESTRICTED: &[(&str, &str)] = &[
+    ("", "secrets"),
+    ("", "pods/exec"),
+    ("", "pods/attach"),
+    ("", "pods/portforward"),
+    ("", "pods/proxy"),
+    ("", "pods/ephemeralcontainers"),
+    ("", "services/proxy"),
+    ("", "nodes"),
+    ("", "nodes/proxy"),
+    ("", "serviceaccounts/token"),
+    ("rbac.authorization.k8s.io", "*"),
+    ("admissionregistration.k8s.io", "*"),
+    ("certificates.k8s.io", "*"),
+    ("authentication.k8s.io", "*"),
+    ("apiextensions.k8s.io", "*"),
+    ("apiregistration.k8s.io", "*"),
+    ("homeplane.dev", "agents"),
+    ("homeplane.dev", "agents/status"),
+    ("homeplane.dev", "agentruns"),
+    ("homeplane.dev", "agentruns/status"),
+];
+
+/// Whether `group`/`resource` is on the restricted list.
+pub fn is_restricted(group: &str, resource: &str) -> bool {
+    resource.ends_with("/proxy")
+        || RESTRICTED
+            .iter()
+            .any(|(g, r)| *g == group && (*r == "*" || *r == resource))
+}
+
+/// A set of verbs an Agent may be bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum VerbSet {
+    /// get, list, watch.
+    Read,
+    /// create, update, patch, delete.
+    Write,
+}
+
+impl VerbSet {
+    /// The word in ClusterRole names.
+    pub fn word(self) -> &'static str {
+        match self {
+            VerbSet::Read => "read",
+            VerbSet::Write => "write",
+        }
+    }
+
+    /// The verbs.
+    pub fn verbs(self) -> &'static [&'static str] {
+        match self {
+            VerbSet::Read => &READ,
+            VerbSet::Write => &WRITE,
+        }
+    }
+}
+
+/// One right an Agent asks for: a verb set on one resource of one API group.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Grant {
+    /// API group, empty for the core group.
+    pub group: String,
+    /// Plural resource name, with `/subresource` when there is one.
+    pub resource: String,
+    /// The verbs.
+    pub verbs: VerbSet,
+}
+
+impl Grant {
+    /// `apps/deployments`, or `configmaps` for the core group.
+    pub fn describe(&self) -> String {
+        if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}/{}", self.group, self.resource)
+        }
+    }
+
+    /// The resource without its subresource, and the subresource.
+    pub fn split(&self) -> (&str, Option<&str>) {
+        match self.resource.split_once('/') {
+            Some((r, sub)) => (r, Some(sub)),
+            None => (&self.resource, None),
+        }
+    }
+}
+
+/// The name of the fixed ClusterRole of `grant`: `<prefix>:<read|write>:<group>:<resource>`
+/// (a subresource after one more `:`), e.g. `homeplane-agent:write:apps:deployments`.
+pub fn cluster_role(prefix: &str, grant: &Grant) -> String {
+    format!(
+        "{prefix}:{}:{}:{}",
+        grant.verbs.word(),
+        grant.group,
+        grant.resource.replace('/', ":")
+    )
+}
 
 /// Everything the Agent needs, ready to apply.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// The ServiceAccount the runs use, in the Agent's namespace.
     pub service_account: ServiceAccount,
-    /// A Role and a RoleBinding per namespace of the scope (none when cluster-wide).
-    pub namespaced: Vec<(Role, RoleBinding)>,
-    /// The ClusterRole and ClusterRoleBinding of a cluster-wide director.
-    pub cluster: Option<(ClusterRole, ClusterRoleBinding)>,
-    /// The rules, for the status message.
-    pub rules: Vec<PolicyRule>,
+    /// The namespaces of the scope (empty when cluster-wide).
+    pub namespaces: Vec<String>,
+    /// The rights, one per resource and verb set.
+    pub grants: Vec<Grant>,
+    /// A RoleBinding per namespace and grant (none when cluster-wide).
+    pub role_bindings: Vec<RoleBinding>,
+    /// A ClusterRoleBinding per grant of a cluster-wide director.
+    pub cluster_bindings: Vec<ClusterRoleBinding>,
 }
 
 /// The verbs of a tier.
@@ -46,19 +160,41 @@ pub fn verbs(tier: AgentTier) -> Vec<String> {
     verbs.into_iter().map(str::to_string).collect()
 }
 
+/// The verb sets of a tier.
+fn verb_sets(tier: AgentTier) -> &'static [VerbSet] {
+    match tier {
+        AgentTier::Observer => &[VerbSet::Read],
+        AgentTier::Builder | AgentTier::Director => &[VerbSet::Read, VerbSet::Write],
+    }
+}
+
 /// The ServiceAccount of an Agent.
 pub fn service_account_name(agent: &Agent) -> String {
     format!("agent-{}", agent.name_any())
 }
 
-/// Name of the Roles, RoleBindings, ClusterRole and ClusterRoleBinding of an Agent: unique
-/// across namespaces, since they may live outside the Agent's own.
-pub fn role_name(agent: &Agent) -> String {
-    format!(
-        "homeplane-agent-{}-{}",
+/// The name of one binding: `<prefix>:<agent namespace>:<agent>:<read|write>:<group>:<resource>`.
+/// `:` never occurs in a namespace, Agent, group or resource name, so two Agents can never
+/// produce the same name (`a-b/c` and `a/b-c` once did); past 253 characters a hash replaces
+/// the tail.
+pub fn binding_name(prefix: &str, agent: &Agent, grant: &Grant) -> String {
+    let raw = format!(
+        "{prefix}:{}:{}:{}:{}:{}",
         agent.namespace().unwrap_or_default(),
-        agent.name_any()
-    )
+        agent.name_any(),
+        grant.verbs.word(),
+        grant.group,
+        grant.resource.replace('/', ":")
+    );
+    if raw.len() <= 253 {
+        return raw;
+    }
+    let hash = hex::encode(&Sha256::digest(raw.as_bytes())[..8]);
+    let mut cut = 230;
+    while !raw.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}:{hash}", &raw[..cut])
 }
 
 /// A label value for `s`: itself when it fits in 63 characters, else a prefix and a hash.
@@ -92,9 +228,16 @@ pub fn selector(agent: &Agent) -> String {
         .join(",")
 }
 
-/// The rules of the Agent's tier and scope: one rule per API group, resources sorted.
-pub fn rules(agent: &Agent) -> Result<Vec<PolicyRule>, String> {
-    let mut by_group: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+/// Whether `labels` say the object was made for `agent` (so it may be changed or deleted).
+pub fn is_ours(agent: &Agent, object_labels: &BTreeMap<String, String>) -> bool {
+    labels(agent)
+        .iter()
+        .all(|(k, v)| object_labels.get(k) == Some(v))
+}
+
+/// The rights of the Agent's tier and scope, one per resource and verb set, sorted.
+pub fn grants(agent: &Agent) -> Result<Vec<Grant>, String> {
+    let mut out = BTreeSet::new();
     for r in &agent.spec.scope.resources {
         if r.resource.contains('*') || r.api_group.contains('*') {
             return Err(format!(
@@ -102,24 +245,33 @@ pub fn rules(agent: &Agent) -> Result<Vec<PolicyRule>, String> {
                 r.resource, r.api_group
             ));
         }
-        if r.resource.trim().is_empty() {
-            return Err("scope.resources has an empty resource".into());
+        let resource = r.resource.trim();
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        let parts: Vec<&str> = resource.split('/').collect();
+        if parts.len() > 2 || !parts.iter().all(|p| valid(p)) {
+            return Err(format!(
+                "scope.resources has {resource:?}, which is not a resource name such as configmaps or pods/log"
+            ));
         }
-        by_group
-            .entry(r.api_group.as_str())
-            .or_default()
-            .insert(r.resource.as_str());
+        if !r.api_group.is_empty() && !valid(&r.api_group) {
+            return Err(format!(
+                "scope.resources has API group {:?}, which is not a group name such as apps",
+                r.api_group
+            ));
+        }
+        for verbs in verb_sets(agent.spec.tier) {
+            out.insert(Grant {
+                group: r.api_group.clone(),
+                resource: resource.to_string(),
+                verbs: *verbs,
+            });
+        }
     }
-    let verbs = verbs(agent.spec.tier);
-    Ok(by_group
-        .into_iter()
-        .map(|(group, resources)| PolicyRule {
-            api_groups: Some(vec![group.to_string()]),
-            resources: Some(resources.into_iter().map(str::to_string).collect()),
-            verbs: verbs.clone(),
-            ..PolicyRule::default()
-        })
-        .collect())
+    Ok(out.into_iter().collect())
 }
 
 /// The namespaces the Agent works in: the scope's, or its own when the scope names none.
@@ -152,23 +304,28 @@ pub fn is_cluster_wide(agent: &Agent) -> bool {
     agent.spec.tier == AgentTier::Director && agent.spec.scope.cluster_wide
 }
 
-/// The whole plan for an Agent; the error says what in the spec to fix.
-pub fn plan(agent: &Agent) -> Result<Plan, String> {
-    let rules = rules(agent)?;
-    let namespaces = namespaces(agent)?;
+/// The whole plan for an Agent, binding ClusterRoles named with `prefix`; the error says what
+/// in the spec to fix.
+pub fn plan(agent: &Agent, prefix: &str) -> Result<Plan, String> {
+    let grants = grants(agent)?;
+    let cluster_wide = is_cluster_wide(agent);
+    let namespaces = if cluster_wide {
+        Vec::new()
+    } else {
+        namespaces(agent)?
+    };
     let own = agent.namespace().unwrap_or_default();
     let labels = labels(agent);
     let owner = agent.controller_owner_ref(&()).map(|o| vec![o]);
     let sa = service_account_name(agent);
-    let name = role_name(agent);
     let subject = Subject {
         kind: "ServiceAccount".into(),
         name: sa.clone(),
         namespace: Some(own.clone()),
         ..Subject::default()
     };
-    let meta = |namespace: Option<&str>| ObjectMeta {
-        name: Some(name.clone()),
+    let meta = |name: String, namespace: Option<&str>| ObjectMeta {
+        name: Some(name),
         namespace: namespace.map(str::to_string),
         labels: Some(labels.clone()),
         // Owner references only work inside the owner's namespace; the rest is removed by
@@ -179,6 +336,11 @@ pub fn plan(agent: &Agent) -> Result<Plan, String> {
             None
         },
         ..ObjectMeta::default()
+    };
+    let role_ref = |grant: &Grant| RoleRef {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "ClusterRole".into(),
+        name: cluster_role(prefix, grant),
     };
     let service_account = ServiceAccount {
         metadata: ObjectMeta {
@@ -191,80 +353,46 @@ pub fn plan(agent: &Agent) -> Result<Plan, String> {
         automount_service_account_token: Some(true),
         ..ServiceAccount::default()
     };
-    if is_cluster_wide(agent) {
-        let role = ClusterRole {
-            metadata: meta(None),
-            rules: Some(rules.clone()),
-            ..ClusterRole::default()
-        };
-        let binding = ClusterRoleBinding {
-            metadata: meta(None),
-            role_ref: RoleRef {
-                api_group: Some("rbac.authorization.k8s.io".into()),
-                kind: "ClusterRole".into(),
-                name: name.clone(),
-            },
-            subjects: Some(vec![subject]),
-        };
-        return Ok(Plan {
-            service_account,
-            namespaced: vec![],
-            cluster: Some((role, binding)),
-            rules,
-        });
-    }
-    let namespaced = namespaces
-        .iter()
-        .map(|ns| {
-            let role = Role {
-                metadata: meta(Some(ns)),
-                rules: Some(rules.clone()),
-            };
-            let binding = RoleBinding {
-                metadata: meta(Some(ns)),
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "Role".into(),
-                    name: name.clone(),
-                },
+    let mut role_bindings = Vec::new();
+    let mut cluster_bindings = Vec::new();
+    for grant in &grants {
+        let name = binding_name(prefix, agent, grant);
+        if cluster_wide {
+            cluster_bindings.push(ClusterRoleBinding {
+                metadata: meta(name, None),
+                role_ref: role_ref(grant),
                 subjects: Some(vec![subject.clone()]),
-            };
-            (role, binding)
-        })
-        .collect();
+            });
+        } else {
+            for ns in &namespaces {
+                role_bindings.push(RoleBinding {
+                    metadata: meta(name.clone(), Some(ns)),
+                    role_ref: role_ref(grant),
+                    subjects: Some(vec![subject.clone()]),
+                });
+            }
+        }
+    }
     Ok(Plan {
         service_account,
-        namespaced,
-        cluster: None,
-        rules,
+        namespaces,
+        grants,
+        role_bindings,
+        cluster_bindings,
     })
 }
 
-/// `configmaps, apps/deployments` — the rules in a few words, for the status.
-pub fn describe(rules: &[PolicyRule]) -> String {
-    rules
-        .iter()
-        .flat_map(|r| {
-            let group = r
-                .api_groups
-                .as_ref()
-                .and_then(|g| g.first())
-                .cloned()
-                .unwrap_or_default();
-            r.resources
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(move |res| {
-                    if group.is_empty() {
-                        res
-                    } else {
-                        format!("{group}/{res}")
-                    }
-                })
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `configmaps, apps/deployments` — the resources of the grants in a few words, for status.
+pub fn describe(grants: &[Grant]) -> String {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for g in grants {
+        let text = g.describe();
+        if seen.insert(text.clone()) {
+            out.push(text);
+        }
+    }
+    out.join(", ")
 }
 
 #[cfg(test)]
@@ -290,7 +418,7 @@ mod tests {
                         },
                         ScopedResource {
                             api_group: String::new(),
-                            resource: "secrets".into(),
+                            resource: "pods/log".into(),
                         },
                     ],
                     cluster_wide,
@@ -311,104 +439,164 @@ mod tests {
         a
     }
 
-    fn all_strings(plan: &Plan) -> Vec<String> {
-        let mut out = vec![];
-        let value = serde_json::to_value((&plan.namespaced, &plan.cluster)).unwrap();
-        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
-            match v {
-                serde_json::Value::String(s) => out.push(s.clone()),
-                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-                serde_json::Value::Object(m) => m.values().for_each(|x| walk(x, out)),
-                _ => {}
-            }
-        }
-        walk(&value, &mut out);
-        out
+    fn roles(plan: &Plan) -> Vec<String> {
+        plan.role_bindings
+            .iter()
+            .map(|b| b.role_ref.name.clone())
+            .chain(
+                plan.cluster_bindings
+                    .iter()
+                    .map(|b| b.role_ref.name.clone()),
+            )
+            .collect()
     }
 
     #[test]
-    fn observer_reads_only_in_its_own_namespace() {
-        let p = plan(&agent(AgentTier::Observer, &[], false)).unwrap();
-        assert!(p.cluster.is_none());
-        assert_eq!(p.namespaced.len(), 1);
-        let (role, binding) = &p.namespaced[0];
-        assert_eq!(role.metadata.namespace.as_deref(), Some("agents"));
-        let rules = role.rules.as_ref().unwrap();
-        assert_eq!(rules.len(), 2, "one rule per API group: {rules:?}");
-        assert_eq!(rules[0].api_groups, Some(vec!["".to_string()]));
+    fn observer_is_bound_to_read_roles_in_its_own_namespace() {
+        let p = plan(&agent(AgentTier::Observer, &[], false), "homeplane-agent").unwrap();
+        assert!(p.cluster_bindings.is_empty());
+        assert_eq!(p.namespaces, ["agents"]);
         assert_eq!(
-            rules[0].resources,
-            Some(vec!["configmaps".to_string(), "secrets".to_string()])
+            roles(&p),
+            [
+                "homeplane-agent:read::configmaps",
+                "homeplane-agent:read::pods:log",
+                "homeplane-agent:read:apps:deployments",
+            ]
         );
-        assert_eq!(rules[0].verbs, vec!["get", "list", "watch"]);
-        assert_eq!(rules[1].api_groups, Some(vec!["apps".to_string()]));
+        let binding = &p.role_bindings[0];
+        assert_eq!(binding.metadata.namespace.as_deref(), Some("agents"));
+        assert_eq!(
+            binding.metadata.name.as_deref(),
+            Some("homeplane-agent:agents:mail-sorter:read::configmaps")
+        );
+        assert_eq!(binding.role_ref.kind, "ClusterRole");
         let subject = &binding.subjects.as_ref().unwrap()[0];
         assert_eq!(subject.name, "agent-mail-sorter");
         assert_eq!(subject.namespace.as_deref(), Some("agents"));
-        assert_eq!(binding.role_ref.name, "homeplane-agent-agents-mail-sorter");
         // Same namespace: owned by the Agent.
-        assert!(role.metadata.owner_references.is_some());
-        assert_eq!(describe(&p.rules), "configmaps, secrets, apps/deployments");
+        assert!(binding.metadata.owner_references.is_some());
+        assert_eq!(
+            describe(&p.grants),
+            "configmaps, pods/log, apps/deployments"
+        );
     }
 
     #[test]
-    fn builder_writes_in_each_namespace_of_its_scope() {
-        let p = plan(&agent(AgentTier::Builder, &["mail", "web", "mail"], false)).unwrap();
-        let namespaces: Vec<_> = p
-            .namespaced
-            .iter()
-            .map(|(r, _)| r.metadata.namespace.clone().unwrap())
-            .collect();
-        assert_eq!(namespaces, vec!["mail", "web"]);
-        let verbs = &p.namespaced[0].0.rules.as_ref().unwrap()[0].verbs;
-        assert_eq!(
-            verbs,
-            &vec![
-                "get", "list", "watch", "create", "update", "patch", "delete"
-            ]
-        );
+    fn builder_is_bound_to_read_and_write_in_each_namespace_of_its_scope() {
+        let p = plan(
+            &agent(AgentTier::Builder, &["mail", "web", "mail"], false),
+            "hp-agent",
+        )
+        .unwrap();
+        assert_eq!(p.namespaces, ["mail", "web"]);
+        assert_eq!(p.role_bindings.len(), 2 * 3 * 2);
+        assert!(roles(&p).contains(&"hp-agent:write:apps:deployments".to_string()));
         // Other namespaces: no owner reference (the finalizer removes them).
-        assert!(p.namespaced[0].0.metadata.owner_references.is_none());
-        for (role, binding) in &p.namespaced {
-            for meta in [&role.metadata, &binding.metadata] {
-                let labels = meta.labels.as_ref().unwrap();
-                assert_eq!(labels[MANAGED_BY_LABEL], "homeplane");
-                assert_eq!(labels[AGENT_LABEL], "mail-sorter");
-            }
+        assert!(p.role_bindings[0].metadata.owner_references.is_none());
+        for b in &p.role_bindings {
+            let labels = b.metadata.labels.as_ref().unwrap();
+            assert_eq!(labels[MANAGED_BY_LABEL], "homeplane");
+            assert_eq!(labels[AGENT_LABEL], "mail-sorter");
+            assert!(is_ours(&agent(AgentTier::Builder, &[], false), labels));
         }
     }
 
     #[test]
     fn director_is_cluster_wide_only_when_asked() {
-        let p = plan(&agent(AgentTier::Director, &["mail"], false)).unwrap();
-        assert!(p.cluster.is_none());
-        assert_eq!(p.namespaced.len(), 1);
-        let p = plan(&agent(AgentTier::Director, &["mail"], true)).unwrap();
-        assert!(p.namespaced.is_empty());
-        let (role, binding) = p.cluster.as_ref().unwrap();
-        assert!(role.metadata.owner_references.is_none());
-        assert_eq!(binding.role_ref.kind, "ClusterRole");
-        assert_eq!(role.rules.as_ref().unwrap()[0].verbs.len(), 7);
+        let p = plan(&agent(AgentTier::Director, &["mail"], false), "p").unwrap();
+        assert!(p.cluster_bindings.is_empty());
+        assert_eq!(p.role_bindings.len(), 6);
+        let p = plan(&agent(AgentTier::Director, &["mail"], true), "p").unwrap();
+        assert!(p.role_bindings.is_empty());
+        assert_eq!(p.cluster_bindings.len(), 6);
+        assert!(p.cluster_bindings[0].metadata.owner_references.is_none());
         // A builder asking for clusterWide stays namespaced (CEL refuses it earlier anyway).
-        let p = plan(&agent(AgentTier::Builder, &[], true)).unwrap();
-        assert!(p.cluster.is_none());
+        let p = plan(&agent(AgentTier::Builder, &[], true), "p").unwrap();
+        assert!(p.cluster_bindings.is_empty());
     }
 
     #[test]
-    fn nothing_generated_has_a_wildcard() {
-        for tier in [AgentTier::Observer, AgentTier::Builder, AgentTier::Director] {
-            for cw in [false, true] {
-                let p = plan(&agent(tier, &["a", "b"], cw)).unwrap();
-                assert!(all_strings(&p).iter().all(|s| !s.contains('*')));
-            }
-        }
+    fn wildcards_and_bad_names_are_refused() {
         let mut a = agent(AgentTier::Observer, &[], false);
         a.spec.scope.resources[0].api_group = "*".into();
-        assert!(plan(&a).unwrap_err().contains("wildcards are refused"));
+        assert!(plan(&a, "p").unwrap_err().contains("wildcards are refused"));
         let mut a = agent(AgentTier::Observer, &["*"], false);
-        assert!(plan(&a).unwrap_err().contains("not a namespace name"));
+        assert!(plan(&a, "p").unwrap_err().contains("not a namespace name"));
         a.spec.scope.namespaces = vec!["Mail".into()];
-        assert!(plan(&a).is_err());
+        assert!(plan(&a, "p").is_err());
+        let mut a = agent(AgentTier::Observer, &[], false);
+        a.spec.scope.resources[0].resource = "pods/log/x".into();
+        assert!(plan(&a, "p").unwrap_err().contains("not a resource name"));
+        a.spec.scope.resources[0].resource = "Pods:x".into();
+        assert!(plan(&a, "p").is_err());
+    }
+
+    #[test]
+    fn binding_names_of_two_agents_never_collide() {
+        // `homeplane-agent-<namespace>-<name>` made these two the same.
+        let mut one = agent(AgentTier::Observer, &[], false);
+        one.metadata.namespace = Some("a-b".into());
+        one.metadata.name = Some("c".into());
+        let mut two = agent(AgentTier::Observer, &[], false);
+        two.metadata.namespace = Some("a".into());
+        two.metadata.name = Some("b-c".into());
+        let grant = &grants(&one).unwrap()[0];
+        assert_ne!(
+            binding_name("p", &one, grant),
+            binding_name("p", &two, grant)
+        );
+        let mut long = agent(AgentTier::Observer, &[], false);
+        long.metadata.name = Some("x".repeat(250));
+        let name = binding_name("p", &long, grant);
+        assert!(name.len() <= 253, "{}", name.len());
+    }
+
+    #[test]
+    fn the_restricted_list_holds_what_the_issue_names() {
+        for (g, r) in [
+            ("", "secrets"),
+            ("", "pods/exec"),
+            ("", "pods/attach"),
+            ("", "pods/portforward"),
+            ("", "serviceaccounts/token"),
+            ("rbac.authorization.k8s.io", "roles"),
+            ("rbac.authorization.k8s.io", "clusterrolebindings"),
+            (
+                "admissionregistration.k8s.io",
+                "validatingadmissionpolicies",
+            ),
+            ("certificates.k8s.io", "certificatesigningrequests"),
+            ("", "nodes"),
+            ("homeplane.dev", "agents"),
+            ("homeplane.dev", "agentruns"),
+            ("", "services/proxy"),
+        ] {
+            assert!(is_restricted(g, r), "{g}/{r}");
+        }
+        for (g, r) in [
+            ("", "configmaps"),
+            ("apps", "deployments"),
+            ("homeplane.dev", "databases"),
+        ] {
+            assert!(!is_restricted(g, r), "{g}/{r}");
+        }
+    }
+
+    #[test]
+    fn the_admission_policy_refuses_the_same_list() {
+        let policy = include_str!("../../../../charts/homeplane/templates/agent-admission.yaml");
+        for (group, resource) in RESTRICTED {
+            let listed = if *resource == "*" {
+                policy.contains(&format!("\"{group}\""))
+            } else {
+                policy.contains(&format!("\"{group}/{resource}\""))
+            };
+            assert!(
+                listed,
+                "{group}/{resource} is not refused by the admission policy"
+            );
+        }
     }
 
     #[test]

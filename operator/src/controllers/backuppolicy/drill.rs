@@ -46,7 +46,14 @@ pub async fn if_due(
         .as_ref()
         .map(|t| t.0)
         .unwrap_or(created);
-    let Some(due) = verify.due(since, now_ts) else {
+    // A drill asked for by hand counts as one due at the time it was asked (at most now).
+    let asked = p
+        .annotations()
+        .get(super::VERIFY_ANNOTATION)
+        .and_then(|v| v.parse::<jiff::Timestamp>().ok())
+        .filter(|asked| *asked > since)
+        .map(|asked| asked.min(now_ts));
+    let Some(due) = verify.due(since, now_ts).max(asked) else {
         return Ok(None);
     };
     let newest = backups

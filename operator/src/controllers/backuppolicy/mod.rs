@@ -34,6 +34,9 @@ use retention::{finished_at, phase};
 const VERIFIED: &str = "Verified";
 /// Label on the Backups a schedule creates.
 pub const POLICY_LABEL: &str = "homeplane.dev/backup-policy";
+/// Annotation that asks for a restore drill now: an RFC 3339 time; a drill runs once for a
+/// time later than the last drill's (the dashboard's "run the restore drill now").
+pub const VERIFY_ANNOTATION: &str = "homeplane.dev/verify-requested";
 /// How often retention is looked at even when nothing else happens.
 const RESYNC: Duration = Duration::from_secs(300);
 

@@ -81,6 +81,16 @@ impl Schedule {
         let tz = TimeZone::get(time_zone).map_err(|_| {
             format!("time zone {time_zone:?} is not an IANA zone such as Europe/Berlin or UTC")
         })?;
+        // croner accepts an empty item (`,5`) as a field that matches nothing; looking for the
+        // next run of such a schedule then walks minute by minute to the year 5000.
+        if expression
+            .split_whitespace()
+            .any(|field| field.split(',').any(str::is_empty))
+        {
+            return Err(format!(
+                "schedule {expression:?} has an empty item in a list (a comma with nothing on one side)"
+            ));
+        }
         let cron = CronParser::builder()
             .build()
             .parse(expression)
@@ -169,6 +179,25 @@ mod tests {
         assert!(e.contains("not an IANA zone"), "{e}");
         let e = Schedule::parse("61 3 * * *", "UTC").unwrap_err();
         assert!(e.contains("not a valid cron expression"), "{e}");
+    }
+
+    /// Found by the `cron` fuzz target: an empty item in a list (`, 03 * * * *`) was accepted,
+    /// and looking for its next run then took longer than the fuzzer's 10 s limit — a reconcile
+    /// that never ends. Schedules that never occur (31 February) must answer at once too.
+    #[test]
+    fn a_schedule_that_never_occurs_is_refused_or_answered_at_once() {
+        for expression in [", 03 * *  *  *", "0 3,, * * *", "0 3 * * 1,", "0 ,3 * * *"] {
+            let e = Schedule::parse(expression, "UTC").unwrap_err();
+            assert!(e.contains("empty item"), "{expression}: {e}");
+        }
+        let feb31 = Schedule::parse("0 0 31 2 *", "UTC").unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(feb31.next_after(t("2026-11-24T07:05:00Z")), None);
+        assert_eq!(
+            feb31.due(Timestamp::UNIX_EPOCH, t("2026-11-24T07:05:00Z")),
+            None
+        );
+        eprintln!("31 February looked for in {:?}", started.elapsed());
     }
 
     #[test]

@@ -26,21 +26,21 @@ fn default_kind(objtype: &str) -> ObjectKind {
     }
 }
 
-/// Reads the catalog the plan needs. `roles` are the declared role names, `mark` the comment
-/// of the roles this Database manages, `schemas` the tier schemas.
+/// Reads the catalog the plan needs. `roles` are the declared role names, `marks` the comments
+/// of the roles this Database manages (created or adopted), `schemas` the tier schemas.
 pub async fn observe(
     conn: &mut PgConnection,
     roles: &[String],
-    mark: &str,
+    marks: &[String],
     schemas: &[String],
 ) -> Result<Catalog, sqlx::Error> {
     let mut catalog = Catalog::default();
     let rows: Vec<(String, bool, bool, i32, Option<String>)> = sqlx::query_as(
         "SELECT rolname::text, rolcanlogin, rolsuper, rolconnlimit, shobj_description(oid, 'pg_authid')
-         FROM pg_roles WHERE rolname = ANY($1) OR shobj_description(oid, 'pg_authid') = $2",
+         FROM pg_roles WHERE rolname = ANY($1) OR shobj_description(oid, 'pg_authid') = ANY($2)",
     )
     .bind(roles)
-    .bind(mark)
+    .bind(marks)
     .fetch_all(&mut *conn)
     .await?;
     catalog.roles = rows

@@ -9,18 +9,13 @@
 //! (the host in the role Secrets); homeplane reaches the instance itself, at its pod's address,
 //! as CloudNativePG's operator does: that works wherever the pod network is reachable, inside
 //! the cluster or not.
-//!
-//! With `deletionPolicy: Retain` (the default) the volume outlives the Database, and so must
-//! the password it was initialised with: the admin Secret then carries no owner reference, so
-//! the garbage collector leaves it. With `Delete` it goes with the Database.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use homeplane_crds::common::DeletionPolicy;
 use homeplane_crds::database::{Database, ExternalServer, ManagedServer, SslMode};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -114,7 +109,7 @@ fn admin_secret(db: &Database, password: &str) -> Secret {
                     format!("database.{}", db.name_any()),
                 ),
             ])),
-            owner_references: admin_secret_owners(db, &[]),
+            owner_references: db.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         type_: Some("kubernetes.io/basic-auth".to_string()),
@@ -132,43 +127,30 @@ fn admin_secret(db: &Database, password: &str) -> Secret {
     }
 }
 
-/// The owner references the admin Secret should carry: the Database's only with
-/// `deletionPolicy: Delete`, and whatever others (`existing`) someone else set.
-fn admin_secret_owners(db: &Database, existing: &[OwnerReference]) -> Option<Vec<OwnerReference>> {
-    let uid = db.metadata.uid.clone().unwrap_or_default();
-    let mut owners: Vec<OwnerReference> =
-        existing.iter().filter(|o| o.uid != uid).cloned().collect();
-    if db.spec.deletion_policy == DeletionPolicy::Delete {
-        owners.extend(db.controller_owner_ref(&()));
-    }
-    (!owners.is_empty()).then_some(owners)
-}
-
-/// Makes the admin Secret if it is missing; an existing one keeps its password, and its owner
-/// references follow the deletion policy (a Retain Database's Secret is never collected).
+/// Makes the admin Secret if it is missing; an existing one keeps its password (the server was
+/// initialised with it). One kept from a Database deleted with `Retain` is adopted.
 async fn ensure_admin_secret(db: &Database, ctx: &Context) -> Result<(), Error> {
     let ns = db.namespace().unwrap_or_default();
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let name = admin_secret_name(db);
-    let existing = secrets
+    if let Some(existing) = secrets
         .get_opt(&name)
         .await
-        .map_err(Error::kube("read the admin Secret"))?;
-    if let Some(existing) = existing {
-        let current = existing
+        .map_err(Error::kube("read the admin Secret"))?
+    {
+        if existing
             .metadata
             .owner_references
-            .clone()
-            .unwrap_or_default();
-        let wanted = admin_secret_owners(db, &current);
-        if wanted.clone().unwrap_or_default() != current {
-            let patch =
-                serde_json::json!({"metadata": {"ownerReferences": wanted.unwrap_or_default()}});
+            .as_deref()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            let adopt = serde_json::json!({"metadata": {"ownerReferences": [db.controller_owner_ref(&())]}});
             secrets
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&adopt))
                 .await
-                .map_err(Error::kube("set the admin Secret's owner"))?;
-            info!(secret = %name, "the admin Secret's owner follows deletionPolicy");
+                .map_err(Error::kube("adopt the admin Secret"))?;
+            info!(secret = %name, "kept admin credentials of the managed server adopted");
         }
         return Ok(());
     }
@@ -259,6 +241,26 @@ pub(super) async fn converge(
                 None => Ok(Err(waiting("its pod has no address yet".into()))),
             }
         }
+    }
+}
+
+/// Keeps the admin Secret with the server's volume (deletionPolicy Retain): the server was
+/// initialised with its password, so it must outlive the Database the garbage collector would
+/// otherwise take it with. A Database declared again adopts it and reaches the same data.
+pub(super) async fn keep_admin_secret(db: &Database, ctx: &Context) -> Result<(), Error> {
+    let ns = db.namespace().unwrap_or_default();
+    let orphan = serde_json::json!({"metadata": {"ownerReferences": null}});
+    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .patch(
+            &admin_secret_name(db),
+            &PatchParams::default(),
+            &Patch::Merge(&orphan),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::kube("keep the admin Secret")(e)),
     }
 }
 
@@ -398,25 +400,8 @@ mod tests {
         assert_eq!(data["username"].0, b"postgres");
         assert_eq!(data["password"].0, b"s3cret");
         assert_eq!(
-            secret.metadata.owner_references, None,
-            "Retain: the volume's password outlives the Database"
-        );
-        let mut deleting = db.clone();
-        deleting.spec.deletion_policy = DeletionPolicy::Delete;
-        let secret = admin_secret(&deleting, "s3cret");
-        assert_eq!(
             secret.metadata.owner_references.unwrap()[0].kind,
             "Database"
-        );
-        let other = OwnerReference {
-            uid: "someone-else".into(),
-            ..OwnerReference::default()
-        };
-        let kept = admin_secret_owners(&db, std::slice::from_ref(&other));
-        assert_eq!(
-            kept,
-            Some(vec![other]),
-            "only homeplane's own reference goes"
         );
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use homeplane_crds::common::DeletionPolicy;
 use homeplane_crds::database::{
-    Database, DatabaseStatus, ExternalServer, SslMode, TransactionMode,
+    Database, DatabaseStatus, ExternalServer, RoleRemovalPolicy, SslMode, TransactionMode,
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -44,6 +44,10 @@ const RESYNC: Duration = Duration::from_secs(120);
 const MAX_PLAN_LINES: usize = 50;
 /// Annotation on role Secrets: the `rotatePasswords` value their password was made for.
 const ROTATION_ANNOTATION: &str = "homeplane.dev/rotation";
+/// Annotation on role Secrets: the role whose credentials they hold.
+const ROLE_ANNOTATION: &str = "homeplane.dev/role";
+/// Label on role Secrets: the Database they belong to.
+const OWNER_LABEL: &str = "homeplane.dev/owner";
 
 /// Connection pools, one per server, database and admin credentials.
 #[derive(Default)]
@@ -135,6 +139,9 @@ async fn reconcile(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error
 /// roles homeplane manages for it and the database itself if homeplane created it.
 async fn cleanup(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
     if db.spec.deletion_policy == DeletionPolicy::Retain {
+        if db.spec.server.managed.is_some() {
+            managed::keep_admin_secret(&db, &ctx).await?;
+        }
         info!("deletionPolicy Retain: the database, its roles and data stay on the server");
         return Ok(Action::await_change());
     }
@@ -271,8 +278,59 @@ fn created_mark(db: &Database) -> String {
     )
 }
 
+/// The comment of the roles that existed before this object declared them (never dropped).
+pub(crate) fn adopted_mark(db: &Database) -> String {
+    format!(
+        "{}{}/{}",
+        plan::ADOPTED_COMMENT_PREFIX,
+        db.namespace().unwrap_or_default(),
+        db.name_any()
+    )
+}
+
+/// Most objects named per role when a removal is refused.
+const MAX_OWNED_NAMED: usize = 20;
+
+/// What each of `roles` owns: objects of this database (described by PostgreSQL, e.g. `table
+/// clinical.notes`), shared objects, and the count in other databases.
+async fn owned_objects(
+    conn: &mut sqlx::PgConnection,
+    roles: &[String],
+) -> Result<BTreeMap<String, Vec<String>>, sqlx::Error> {
+    let rows: Vec<(String, Option<String>, Option<String>, i64)> = sqlx::query_as(
+        "SELECT r.rolname::text,
+                CASE WHEN d.dbid = 0 OR d.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                     THEN pg_describe_object(d.classid, d.objid, d.objsubid) END,
+                CASE WHEN d.dbid <> 0 AND d.dbid <> (SELECT oid FROM pg_database WHERE datname = current_database())
+                     THEN (SELECT datname::text FROM pg_database WHERE oid = d.dbid) END,
+                count(*) OVER (PARTITION BY r.rolname)
+         FROM pg_shdepend d JOIN pg_roles r ON r.oid = d.refobjid
+         WHERE d.deptype = 'o' AND d.refclassid = 'pg_authid'::regclass AND r.rolname = ANY($1)
+         ORDER BY 1, 2, 3",
+    )
+    .bind(roles)
+    .fetch_all(conn)
+    .await?;
+    let mut owned: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (role, here, elsewhere, total) in rows {
+        let list = owned.entry(role).or_default();
+        if list.len() == MAX_OWNED_NAMED {
+            list.push(format!("and more ({total} in all)"));
+        }
+        if list.len() > MAX_OWNED_NAMED {
+            continue;
+        }
+        match (here, elsewhere) {
+            (Some(object), _) => list.push(object),
+            (None, Some(database)) => list.push(format!("an object in database {database}")),
+            (None, None) => list.push("an object".to_string()),
+        }
+    }
+    Ok(owned)
+}
+
 /// The comment of the roles homeplane manages for this object.
-fn role_mark(db: &Database) -> String {
+pub(crate) fn role_mark(db: &Database) -> String {
     format!(
         "{}{}/{}",
         plan::ROLE_COMMENT_PREFIX,
@@ -347,6 +405,24 @@ pub(crate) fn database_name(db: &Database) -> String {
 /// The Secret holding a role's credentials: `<database object>-<role>` in DNS form.
 pub(crate) fn role_secret_name(db: &Database, role: &str) -> String {
     format!("{}-{}", db.name_any(), role.replace('_', "-"))
+}
+
+/// Whether `secret` may hold `role`'s credentials for `db`: made by homeplane for this
+/// Database, and for this role (`a` + `b-c` and `a-b` + `c` give the same name, as do roles
+/// `x_y` and `x-y`). Someone else's Secret is never read nor written over.
+fn is_role_secret_of(secret: &Secret, db: &Database, role: &str) -> bool {
+    let labels = secret.labels();
+    let owner = format!("database.{}", db.name_any());
+    labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some("homeplane")
+        && labels.get(OWNER_LABEL) == Some(&owner)
+        && match secret.annotations().get(ROLE_ANNOTATION) {
+            Some(r) => r == role,
+            // Made before the annotation existed: its username says whose it is.
+            None => secret_value(secret, "username").as_deref() == Some(role),
+        }
 }
 
 async fn converge(
@@ -484,6 +560,20 @@ async fn converge(
             .get_opt(&name)
             .await
             .map_err(Error::kube("read a role Secret"))?;
+        if let Some(secret) = &existing
+            && !is_role_secret_of(secret, db, &role.name)
+        {
+            return Ok(Outcome::blocked(
+                "SecretNameTaken",
+                format!(
+                    "Secret {ns}/{name} for role {} exists and was not made by homeplane for this Database and role; it is neither read nor written over: rename the role or the Database, remove that Secret, or hand it to homeplane with its password by labelling it app.kubernetes.io/managed-by=homeplane and {OWNER_LABEL}=database.{} and annotating it {ROLE_ANNOTATION}={}",
+                    role.name,
+                    db.name_any(),
+                    role.name
+                ),
+                Action::requeue(RESYNC),
+            ));
+        }
         let current = existing.as_ref().filter(|s| {
             s.annotations()
                 .get(ROTATION_ANNOTATION)
@@ -497,8 +587,14 @@ async fn converge(
     }
 
     // Observe, plan, apply in one transaction.
+    let mut verifiers = BTreeMap::new();
+    for (role, password) in &passwords {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|e| Error::Random(e.to_string()))?;
+        verifiers.insert(role.clone(), sql::scram_verifier(password, &salt));
+    }
     let statements =
-        match converge_access(&mut conn, db, ctx, &admin_user, &dbname, &passwords, true).await? {
+        match converge_access(&mut conn, db, ctx, &admin_user, &dbname, &verifiers, true).await? {
             Ok(statements) => statements,
             Err(outcome) => return Ok(outcome),
         };
@@ -654,7 +750,7 @@ async fn converge_access(
     ctx: &Context,
     admin_user: &str,
     dbname: &str,
-    passwords: &BTreeMap<String, String>,
+    verifiers: &BTreeMap<String, String>,
     report_revokes: bool,
 ) -> Result<Result<Vec<plan::Statement>, Outcome>, Error> {
     let role_names: Vec<String> = db.spec.roles.iter().map(|r| r.name.clone()).collect();
@@ -665,15 +761,28 @@ async fn converge_access(
         .flat_map(|t| t.schemas.clone())
         .collect();
     let ns = db.namespace().unwrap_or_default();
-    let observed = catalog::observe(&mut *conn, &role_names, &role_mark(db), &tier_schemas)
+    let marks = [role_mark(db), adopted_mark(db)];
+    let mut observed = catalog::observe(&mut *conn, &role_names, &marks, &tier_schemas)
         .await
         .map_err(|e| sql_error("read the catalog", e))?;
+    // What the roles about to be removed own, so that Drop never drops data.
+    let removed: Vec<String> = observed
+        .roles
+        .keys()
+        .filter(|r| !role_names.contains(r))
+        .cloned()
+        .collect();
+    if !removed.is_empty() && db.spec.role_removal_policy == RoleRemovalPolicy::Drop {
+        observed.owned = owned_objects(&mut *conn, &removed)
+            .await
+            .map_err(|e| sql_error("list what removed roles own", e))?;
+    }
     let owner_mark = format!("{ns}/{}", db.name_any());
     let plan_ctx = plan::Context {
         admin: admin_user,
         database: dbname,
         owner_mark: &owner_mark,
-        passwords,
+        verifiers,
     };
     let statements = match plan::build(&db.spec, &observed, &plan_ctx) {
         Ok(statements) => statements,
@@ -773,13 +882,21 @@ fn connect_options(server: &ExternalServer, user: &str, password: &str) -> PgCon
         SslMode::VerifyCa => PgSslMode::VerifyCa,
         SslMode::VerifyFull => PgSslMode::VerifyFull,
     };
-    PgConnectOptions::new()
-        .host(&server.host)
-        .port(u16::try_from(server.port).unwrap_or(5432))
-        .username(user)
-        .password(password)
-        .ssl_mode(ssl)
-        .application_name("homeplane")
+    sql::quiet(
+        PgConnectOptions::new()
+            .host(&server.host)
+            .port(u16::try_from(server.port).unwrap_or(5432))
+            .username(user)
+            .password(password)
+            .ssl_mode(ssl)
+            .application_name("homeplane"),
+    )
+}
+
+/// `url` as connection options that never log statements (homeplane's own database, the
+/// migrate command).
+pub fn quiet_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
+    url.parse::<PgConnectOptions>().map(sql::quiet)
 }
 
 fn pool_key(server: &ExternalServer, user: &str, password: &str, dbname: &str) -> String {
@@ -852,14 +969,14 @@ async fn apply_role_secret(
                     "homeplane".to_string(),
                 ),
                 (
-                    "homeplane.dev/owner".to_string(),
+                    OWNER_LABEL.to_string(),
                     format!("database.{}", db.name_any()),
                 ),
             ])),
-            annotations: Some(BTreeMap::from([(
-                ROTATION_ANNOTATION.to_string(),
-                rotation.to_string(),
-            )])),
+            annotations: Some(BTreeMap::from([
+                (ROTATION_ANNOTATION.to_string(), rotation.to_string()),
+                (ROLE_ANNOTATION.to_string(), role.to_string()),
+            ])),
             owner_references: db.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
@@ -887,7 +1004,7 @@ async fn apply_role_secret(
 
 /// The declared migrations, inline and from ConfigMaps, in order; the inner error says what
 /// is wrong with them.
-async fn collect_migrations(
+pub(crate) async fn collect_migrations(
     db: &Database,
     ctx: &Context,
 ) -> Result<Result<Vec<migrate::Migration>, String>, Error> {
@@ -924,4 +1041,66 @@ async fn collect_migrations(
         }
     }
     Ok(migrate::order(all).map_err(|e| e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(name: &str) -> Database {
+        let mut db = Database::new(name, homeplane_crds::database::DatabaseSpec::default());
+        db.metadata.namespace = Some("data".into());
+        db
+    }
+
+    fn secret(owner: &str, role: Option<&str>, username: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "homeplane".to_string(),
+                    ),
+                    (OWNER_LABEL.to_string(), format!("database.{owner}")),
+                ])),
+                annotations: role
+                    .map(|r| BTreeMap::from([(ROLE_ANNOTATION.to_string(), r.to_string())])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                "username".to_string(),
+                ByteString(username.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_role_secret_of_another_database_or_role_is_never_taken() {
+        // Database `a` role `b-c` and Database `a-b` role `c` both name `a-b-c`.
+        let (a, ab) = (database("a"), database("a-b"));
+        assert_eq!(role_secret_name(&a, "b-c"), role_secret_name(&ab, "c"));
+        let made_for_ab = secret("a-b", Some("c"), "c");
+        assert!(is_role_secret_of(&made_for_ab, &ab, "c"));
+        assert!(!is_role_secret_of(&made_for_ab, &a, "b-c"));
+        // Roles `x_y` and `x-y` of one Database share a name too.
+        assert_eq!(role_secret_name(&a, "x_y"), role_secret_name(&a, "x-y"));
+        assert!(!is_role_secret_of(
+            &secret("a", Some("x_y"), "x_y"),
+            &a,
+            "x-y"
+        ));
+        // A managed server's admin Secret `<db>-admin` is not the role `admin`'s.
+        assert!(!is_role_secret_of(
+            &secret("a", None, "postgres"),
+            &a,
+            "admin"
+        ));
+        // Made before the role annotation: its username says whose it is.
+        assert!(is_role_secret_of(&secret("a", None, "app"), &a, "app"));
+        // Someone else's Secret.
+        let mut foreign = secret("a", Some("app"), "app");
+        foreign.metadata.labels = None;
+        assert!(!is_role_secret_of(&foreign, &a, "app"));
+    }
 }

@@ -1,7 +1,8 @@
 //! The access plan of a Database: a pure function from the declared tiers and roles and the
 //! observed catalog to the ordered SQL that makes the server allow exactly what the spec says.
 //! Grants are diffed, so the plan of a database already in its declared state is empty, and
-//! every privilege granted by hand in a tier schema shows up as a REVOKE.
+//! every privilege granted by hand in a tier schema shows up as a REVOKE. Passwords are never in
+//! a statement: a role's password is set as the SCRAM-SHA-256 verifier homeplane computed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,16 +10,27 @@ use homeplane_crds::database::{Access, DatabaseSpec, RoleRemovalPolicy};
 
 use super::sql::{ident, literal, qualified};
 
-/// Marker homeplane writes as the comment of every role it manages.
+/// Marker homeplane writes as the comment of every role it created and manages.
 pub const ROLE_COMMENT_PREFIX: &str = "managed by homeplane: ";
+/// Marker of a declared role that existed before homeplane: managed, never dropped.
+pub const ADOPTED_COMMENT_PREFIX: &str = "adopted by homeplane: ";
 
 /// One statement of a plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Statement {
-    /// The SQL; may hold a password, so it is never logged or shown.
+    /// The SQL; may hold a password verifier, so it is never logged or shown.
     pub sql: String,
     /// What the statement does, safe to log and to put in status.
     pub summary: String,
+}
+
+/// Only the summary: the SQL may hold a verifier.
+impl std::fmt::Debug for Statement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Statement")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Statement {
@@ -104,6 +116,8 @@ pub struct Catalog {
     pub grants: BTreeSet<Grant>,
     /// Default privileges of the admin role in the tier schemas.
     pub default_grants: BTreeSet<DefaultGrant>,
+    /// What each role this Database may remove owns, described (`table app.notes`).
+    pub owned: BTreeMap<String, Vec<String>>,
 }
 
 /// Inputs besides the spec.
@@ -114,8 +128,9 @@ pub struct Context<'a> {
     pub database: &'a str,
     /// The role comment that marks this Database's roles (`managed by homeplane: ns/name`).
     pub owner_mark: &'a str,
-    /// New passwords to set, per role (generated or rotated).
-    pub passwords: &'a BTreeMap<String, String>,
+    /// SCRAM-SHA-256 verifiers of the new passwords to set, per role (generated or rotated):
+    /// the password itself never reaches the server.
+    pub verifiers: &'a BTreeMap<String, String>,
 }
 
 /// Why a plan cannot be made.
@@ -138,6 +153,17 @@ pub enum PlanError {
     /// A role named like a PostgreSQL built-in or the admin.
     #[error("role name {0:?} is reserved (the admin role, or a name starting with pg_)")]
     ReservedRole(String),
+    /// `roleRemovalPolicy: Drop` of a role that owns objects, without `reassignOwnedTo`.
+    #[error(
+        "role {role:?} is no longer declared and roleRemovalPolicy is Drop, but it owns {}; homeplane never drops data: set spec.reassignOwnedTo to the role that should own them (or use roleRemovalPolicy Retire)",
+        objects.join(", ")
+    )]
+    RoleOwnsObjects { role: String, objects: Vec<String> },
+    /// `reassignOwnedTo` names a role that is being removed or does not exist.
+    #[error(
+        "spec.reassignOwnedTo names {0:?}, which is not a declared role nor the admin role; name the role that should own the objects of removed roles"
+    )]
+    InvalidReassign(String),
 }
 
 const TABLE_READ: &[&str] = &["SELECT"];
@@ -249,8 +275,8 @@ pub fn build(
             None => {
                 let mut sql = format!("CREATE ROLE {name} {login} CONNECTION LIMIT {limit}");
                 let mut summary = sql.clone();
-                if let Some(password) = ctx.passwords.get(&role.name) {
-                    sql.push_str(&format!(" PASSWORD {}", literal(password)));
+                if let Some(verifier) = ctx.verifiers.get(&role.name) {
+                    sql.push_str(&format!(" PASSWORD {}", literal(verifier)));
                     summary.push_str(" PASSWORD '<redacted>'");
                 }
                 plan.push(Statement::secret(sql, summary));
@@ -261,21 +287,28 @@ pub fn build(
                         "ALTER ROLE {name} {login} CONNECTION LIMIT {limit}"
                     )));
                 }
-                if let Some(password) = ctx.passwords.get(&role.name) {
+                if let Some(verifier) = ctx.verifiers.get(&role.name) {
                     plan.push(Statement::secret(
-                        format!("ALTER ROLE {name} PASSWORD {}", literal(password)),
+                        format!("ALTER ROLE {name} PASSWORD {}", literal(verifier)),
                         format!("ALTER ROLE {name} PASSWORD '<redacted>'"),
                     ));
                 }
             }
         }
-        let comment = format!("{ROLE_COMMENT_PREFIX}{}", ctx.owner_mark);
-        if catalog
+        // A role homeplane creates is `managed`; one that existed before is `adopted` and is
+        // never dropped (its objects and its other uses are not homeplane's to judge).
+        let managed = format!("{ROLE_COMMENT_PREFIX}{}", ctx.owner_mark);
+        let adopted = format!("{ADOPTED_COMMENT_PREFIX}{}", ctx.owner_mark);
+        let current = catalog
             .roles
             .get(&role.name)
-            .and_then(|r| r.comment.as_deref())
-            != Some(comment.as_str())
-        {
+            .and_then(|r| r.comment.as_deref());
+        let comment = match (catalog.roles.contains_key(&role.name), current) {
+            (false, _) => managed,
+            (true, Some(c)) if c == managed || c == adopted => c.to_string(),
+            (true, _) => adopted,
+        };
+        if current != Some(comment.as_str()) {
             plan.push(Statement::new(format!(
                 "COMMENT ON ROLE {name} IS {}",
                 literal(&comment)
@@ -395,27 +428,58 @@ pub fn build(
     // Roles this Database managed that the spec no longer declares.
     let declared: BTreeSet<&str> = spec.roles.iter().map(|r| r.name.as_str()).collect();
     let mark = format!("{ROLE_COMMENT_PREFIX}{}", ctx.owner_mark);
+    let adopted_mark = format!("{ADOPTED_COMMENT_PREFIX}{}", ctx.owner_mark);
+    if let Some(target) = &spec.reassign_owned_to
+        && target != ctx.admin
+        && !declared.contains(target.as_str())
+    {
+        return Err(PlanError::InvalidReassign(target.clone()));
+    }
     for (name, observed) in &catalog.roles {
-        if declared.contains(name.as_str()) || observed.comment.as_deref() != Some(mark.as_str()) {
+        if declared.contains(name.as_str()) {
+            continue;
+        }
+        let adopted = observed.comment.as_deref() == Some(adopted_mark.as_str());
+        if observed.comment.as_deref() != Some(mark.as_str()) && !adopted {
             continue;
         }
         let role = ident(name);
+        // Its privileges in tier schemas were revoked above (not declared).
+        plan.push(Statement::new(format!(
+            "REVOKE CONNECT ON DATABASE {db} FROM {role}"
+        )));
         match spec.role_removal_policy {
+            // An adopted role is released, never dropped: it goes back to what it was, minus
+            // what homeplane granted.
+            _ if adopted => {
+                plan.push(Statement::new(format!("COMMENT ON ROLE {role} IS NULL")));
+            }
             RoleRemovalPolicy::Retire => {
                 if observed.login {
                     plan.push(Statement::new(format!("ALTER ROLE {role} NOLOGIN")));
                 }
-                // Its privileges in tier schemas were revoked above (not declared).
-                plan.push(Statement::new(format!(
-                    "REVOKE CONNECT ON DATABASE {db} FROM {role}"
-                )));
                 plan.push(Statement::new(format!(
                     "COMMENT ON ROLE {role} IS {}",
                     literal(&format!("retired by homeplane: {}", ctx.owner_mark))
                 )));
             }
             RoleRemovalPolicy::Drop => {
-                plan.push(Statement::new(format!("DROP OWNED BY {role}")));
+                let owned = catalog.owned.get(name).filter(|o| !o.is_empty());
+                match (owned, &spec.reassign_owned_to) {
+                    (Some(objects), None) => {
+                        return Err(PlanError::RoleOwnsObjects {
+                            role: name.clone(),
+                            objects: objects.clone(),
+                        });
+                    }
+                    (Some(_), Some(target)) => plan.push(Statement::new(format!(
+                        "REASSIGN OWNED BY {role} TO {}",
+                        ident(target)
+                    ))),
+                    (None, _) => {}
+                }
+                // No DROP OWNED: it drops whatever the role owns. PostgreSQL refuses DROP ROLE
+                // while the role still owns something or holds a privilege, and says which.
                 plan.push(Statement::new(format!("DROP ROLE {role}")));
             }
         }
@@ -461,12 +525,12 @@ roles:
         .unwrap()
     }
 
-    fn ctx<'a>(passwords: &'a BTreeMap<String, String>) -> Context<'a> {
+    fn ctx<'a>(verifiers: &'a BTreeMap<String, String>) -> Context<'a> {
         Context {
             admin: "postgres",
             database: "homelab",
             owner_mark: "home/homelab",
-            passwords,
+            verifiers,
         }
     }
 
@@ -476,12 +540,13 @@ roles:
 
     #[test]
     fn a_fresh_server_gets_roles_schemas_grants_and_defaults() {
-        let passwords = BTreeMap::from([("app".to_string(), "s3cret".to_string())]);
+        let passwords =
+            BTreeMap::from([("app".to_string(), "SCRAM-SHA-256$4096:s3cret".to_string())]);
         let plan = build(&spec(), &Catalog::default(), &ctx(&passwords)).unwrap();
         let sql = sql(&plan);
         assert_eq!(
             sql[0],
-            "CREATE ROLE \"app\" LOGIN CONNECTION LIMIT -1 PASSWORD 's3cret'"
+            "CREATE ROLE \"app\" LOGIN CONNECTION LIMIT -1 PASSWORD 'SCRAM-SHA-256$4096:s3cret'"
         );
         assert_eq!(
             plan[0].summary,
@@ -658,6 +723,111 @@ roles:
         );
     }
 
+    fn removed(comment: &str) -> Catalog {
+        let mut catalog = Catalog::default();
+        catalog.roles.insert(
+            "old".into(),
+            ObservedRole {
+                login: true,
+                comment: Some(format!("{comment}home/homelab")),
+                ..Default::default()
+            },
+        );
+        catalog
+    }
+
+    #[test]
+    fn drop_never_drops_what_a_role_owns() {
+        let mut spec = spec();
+        spec.role_removal_policy = RoleRemovalPolicy::Drop;
+        // Owns nothing: privileges revoked, role dropped, never DROP OWNED.
+        let dropped =
+            sql(&build(&spec, &removed(ROLE_COMMENT_PREFIX), &ctx(&BTreeMap::new())).unwrap());
+        assert!(
+            dropped.contains(&"REVOKE CONNECT ON DATABASE \"homelab\" FROM \"old\"".to_string())
+        );
+        assert!(dropped.contains(&"DROP ROLE \"old\"".to_string()));
+        assert!(
+            !dropped.iter().any(|s| s.contains("DROP OWNED")),
+            "{dropped:#?}"
+        );
+        // Owns a table: refused, naming it.
+        let mut catalog = removed(ROLE_COMMENT_PREFIX);
+        catalog
+            .owned
+            .insert("old".into(), vec!["table clinical.notes".into()]);
+        let refused = build(&spec, &catalog, &ctx(&BTreeMap::new())).unwrap_err();
+        assert_eq!(
+            refused,
+            PlanError::RoleOwnsObjects {
+                role: "old".into(),
+                objects: vec!["table clinical.notes".into()]
+            }
+        );
+        assert!(refused.to_string().contains("table clinical.notes"));
+        assert!(refused.to_string().contains("spec.reassignOwnedTo"));
+        // Unless the spec says who takes them over.
+        spec.reassign_owned_to = Some("app".into());
+        let reassigned = sql(&build(&spec, &catalog, &ctx(&BTreeMap::new())).unwrap());
+        let reassign = reassigned
+            .iter()
+            .position(|s| s == "REASSIGN OWNED BY \"old\" TO \"app\"")
+            .unwrap();
+        let drop = reassigned
+            .iter()
+            .position(|s| s == "DROP ROLE \"old\"")
+            .unwrap();
+        assert!(reassign < drop);
+        assert!(!reassigned.iter().any(|s| s.contains("DROP OWNED")));
+        spec.reassign_owned_to = Some("nobody".into());
+        assert!(matches!(
+            build(&spec, &catalog, &ctx(&BTreeMap::new())),
+            Err(PlanError::InvalidReassign(_))
+        ));
+    }
+
+    #[test]
+    fn roles_that_existed_before_are_adopted_and_never_dropped() {
+        let mut catalog = Catalog::default();
+        catalog.roles.insert(
+            "app".into(),
+            ObservedRole {
+                login: true,
+                comment: Some("the clinic's application".into()),
+                ..Default::default()
+            },
+        );
+        let adopted = sql(&build(&spec(), &catalog, &ctx(&BTreeMap::new())).unwrap());
+        assert!(
+            adopted.contains(
+                &"COMMENT ON ROLE \"app\" IS 'adopted by homeplane: home/homelab'".to_string()
+            ),
+            "{adopted:#?}"
+        );
+        let mut dropping = spec();
+        dropping.role_removal_policy = RoleRemovalPolicy::Drop;
+        let released = sql(&build(
+            &dropping,
+            &removed(ADOPTED_COMMENT_PREFIX),
+            &ctx(&BTreeMap::new()),
+        )
+        .unwrap());
+        assert!(
+            !released.iter().any(|s| s.contains("DROP")),
+            "{released:#?}"
+        );
+        assert!(released.contains(&"COMMENT ON ROLE \"old\" IS NULL".to_string()));
+    }
+
+    #[test]
+    fn statements_never_show_their_sql_in_debug() {
+        let passwords = BTreeMap::from([("app".to_string(), "SCRAM-SHA-256$verifier".to_string())]);
+        let plan = build(&spec(), &Catalog::default(), &ctx(&passwords)).unwrap();
+        let debug = format!("{plan:?}");
+        assert!(!debug.contains("verifier"), "{debug}");
+        assert!(debug.contains("<redacted>"));
+    }
+
     #[test]
     fn routines_lose_public_execute_and_readers_get_it() {
         let mut catalog = Catalog::default();
@@ -690,5 +860,325 @@ roles:
         spec.roles[1].name = "select".into();
         let sql = sql(&build(&spec, &Catalog::default(), &ctx(&BTreeMap::new())).unwrap());
         assert!(sql.contains(&"CREATE ROLE \"select\" LOGIN CONNECTION LIMIT -1".to_string()));
+    }
+
+    /// Applies a plan to a model of the server's catalog, reading back the statements the plan
+    /// writes (their grammar is the plan's own).
+    fn apply(catalog: &mut Catalog, plan: &[Statement]) {
+        fn ident(text: &str) -> (String, &str) {
+            let body = text.strip_prefix('"').unwrap();
+            let mut out = String::new();
+            let mut chars = body.char_indices();
+            while let Some((i, c)) = chars.next() {
+                if c == '"' {
+                    if body[i + 1..].starts_with('"') {
+                        out.push('"');
+                        chars.next();
+                        continue;
+                    }
+                    return (out, &body[i + 1..]);
+                }
+                out.push(c);
+            }
+            panic!("unclosed identifier in {text}")
+        }
+        fn grantee(text: &str) -> String {
+            if text == "PUBLIC" {
+                "public".into()
+            } else {
+                ident(text).0
+            }
+        }
+        fn kind_of(word: &str) -> ObjectKind {
+            match word {
+                "SCHEMA" => ObjectKind::Schema,
+                "TABLE" | "TABLES" => ObjectKind::Table,
+                "SEQUENCE" | "SEQUENCES" => ObjectKind::Sequence,
+                _ => ObjectKind::Routine,
+            }
+        }
+        for statement in plan {
+            let sql = statement.sql.as_str();
+            if sql.contains(" ON DATABASE ") {
+                continue;
+            }
+            if let Some(rest) = sql.strip_prefix("CREATE ROLE ") {
+                let (name, rest) = ident(rest);
+                let login = rest.trim_start().starts_with("LOGIN");
+                let limit = rest
+                    .split("CONNECTION LIMIT ")
+                    .nth(1)
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|l| l.parse().ok())
+                    .unwrap();
+                catalog.roles.insert(
+                    name,
+                    ObservedRole {
+                        login,
+                        superuser: false,
+                        connection_limit: limit,
+                        comment: None,
+                    },
+                );
+            } else if let Some(rest) = sql.strip_prefix("ALTER ROLE ") {
+                let (name, rest) = ident(rest);
+                let rest = rest.trim_start();
+                let role = catalog.roles.get_mut(&name).unwrap();
+                if rest.starts_with("LOGIN") || rest.starts_with("NOLOGIN") {
+                    role.login = rest.starts_with("LOGIN");
+                    if let Some(limit) = rest.split("CONNECTION LIMIT ").nth(1) {
+                        role.connection_limit = limit.trim().parse().unwrap();
+                    }
+                }
+            } else if let Some(rest) = sql.strip_prefix("COMMENT ON ROLE ") {
+                let (name, rest) = ident(rest);
+                let value = rest.trim_start().strip_prefix("IS ").unwrap();
+                catalog.roles.get_mut(&name).unwrap().comment = if value == "NULL" {
+                    None
+                } else {
+                    Some(value.trim_matches('\'').replace("''", "'"))
+                };
+            } else if let Some(rest) = sql.strip_prefix("CREATE SCHEMA ") {
+                catalog.schemas.insert(ident(rest).0);
+            } else if let Some(rest) = sql.strip_prefix("DROP ROLE ") {
+                catalog.roles.remove(&ident(rest).0);
+            } else if sql.starts_with("REASSIGN OWNED") {
+            } else if let Some(rest) = sql.strip_prefix("ALTER DEFAULT PRIVILEGES FOR ROLE ") {
+                let (owner, rest) = ident(rest);
+                let (schema, rest) = ident(rest.strip_prefix(" IN SCHEMA ").unwrap());
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                // [GRANT|REVOKE, priv, ON, KIND, TO|FROM, grantee]
+                let grant = DefaultGrant {
+                    owner,
+                    schema,
+                    kind: kind_of(words[3]),
+                    grantee: grantee(words[5]),
+                    privilege: words[1].to_string(),
+                };
+                if words[0] == "GRANT" {
+                    catalog.default_grants.insert(grant);
+                } else {
+                    catalog.default_grants.remove(&grant);
+                }
+            } else {
+                let (verb, rest) = sql.split_once(' ').unwrap();
+                let (privilege, rest) = rest.split_once(" ON ").unwrap();
+                let (kind_word, rest) = rest.split_once(' ').unwrap();
+                let kind = kind_of(kind_word);
+                let (schema, rest) = ident(rest);
+                let (name, rest) = match kind {
+                    ObjectKind::Schema => (String::new(), rest),
+                    _ => {
+                        let (name, rest) = ident(rest.strip_prefix('.').unwrap());
+                        if kind == ObjectKind::Routine {
+                            let (args, rest) = rest.split_once(')').unwrap();
+                            (format!("{name}{args})"), rest)
+                        } else {
+                            (name, rest)
+                        }
+                    }
+                };
+                let who = rest
+                    .strip_prefix(if verb == "GRANT" { " TO " } else { " FROM " })
+                    .unwrap();
+                let g = Grant {
+                    grantee: grantee(who),
+                    kind,
+                    schema,
+                    name,
+                    privilege: privilege.to_string(),
+                };
+                if verb == "GRANT" {
+                    catalog.grants.insert(g);
+                } else {
+                    catalog.grants.remove(&g);
+                }
+            }
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use homeplane_crds::database::{Role, Tier, TierAccess};
+        use proptest::prelude::*;
+
+        const TIERS: [(&str, &[&str]); 3] = [
+            ("sacred", &["clinical"]),
+            ("sensitive", &["messages", "health"]),
+            ("convenience", &["public_data"]),
+        ];
+        const ROLES: [&str; 4] = ["app", "reader", "select", "we\"ird"];
+        const SCHEMAS: [&str; 5] = ["clinical", "messages", "health", "public_data", "other"];
+
+        fn access() -> impl Strategy<Value = Access> {
+            prop_oneof![Just(Access::None), Just(Access::Read), Just(Access::Write)]
+        }
+
+        fn spec() -> impl Strategy<Value = DatabaseSpec> {
+            (
+                proptest::collection::vec(any::<bool>(), 3),
+                proptest::collection::vec(
+                    (
+                        any::<bool>(),
+                        any::<bool>(),
+                        proptest::collection::vec(access(), 3),
+                    ),
+                    4,
+                ),
+                any::<bool>(),
+            )
+                .prop_map(|(tiers_on, roles, drop)| {
+                    let tiers: Vec<Tier> = TIERS
+                        .iter()
+                        .zip(&tiers_on)
+                        .filter(|(_, on)| **on)
+                        .map(|((name, schemas), _)| Tier {
+                            name: name.to_string(),
+                            schemas: schemas.iter().map(|s| s.to_string()).collect(),
+                            ..Tier::default()
+                        })
+                        .collect();
+                    let roles = ROLES
+                        .iter()
+                        .zip(roles)
+                        .filter(|(_, (declared, _, _))| *declared)
+                        .map(|(name, (_, login, levels))| Role {
+                            name: name.to_string(),
+                            login,
+                            access: tiers
+                                .iter()
+                                .zip(&levels)
+                                .map(|(t, level)| TierAccess {
+                                    tier: t.name.clone(),
+                                    level: *level,
+                                })
+                                .collect(),
+                            ..Role::default()
+                        })
+                        .collect();
+                    DatabaseSpec {
+                        tiers,
+                        roles,
+                        role_removal_policy: if drop {
+                            RoleRemovalPolicy::Drop
+                        } else {
+                            RoleRemovalPolicy::Retire
+                        },
+                        ..DatabaseSpec::default()
+                    }
+                })
+        }
+
+        fn privilege(kind: ObjectKind) -> impl Strategy<Value = String> {
+            let options: &'static [&'static str] = match kind {
+                ObjectKind::Schema => &["USAGE", "CREATE"],
+                ObjectKind::Table => &["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"],
+                ObjectKind::Sequence => &["SELECT", "USAGE", "UPDATE"],
+                ObjectKind::Routine => &["EXECUTE"],
+            };
+            proptest::sample::select(options).prop_map(str::to_string)
+        }
+
+        fn kind() -> impl Strategy<Value = ObjectKind> {
+            prop_oneof![
+                Just(ObjectKind::Schema),
+                Just(ObjectKind::Table),
+                Just(ObjectKind::Sequence),
+                Just(ObjectKind::Routine)
+            ]
+        }
+
+        /// A server as someone left it: objects in the tier schemas, privileges granted by
+        /// hand (to declared roles, to others, to PUBLIC), default privileges, roles of this
+        /// Database that the spec may no longer declare, and roles that existed before.
+        fn catalog() -> impl Strategy<Value = Catalog> {
+            let object = (proptest::sample::select(&SCHEMAS[..]), 0u8..3, kind());
+            let grantee = proptest::sample::select(
+                &["app", "reader", "select", "we\"ird", "public", "stranger"][..],
+            );
+            let target = (proptest::sample::select(&SCHEMAS[..]), 0u8..3, kind());
+            let grant =
+                (target, grantee, kind()).prop_flat_map(|((schema, n, kind), grantee, _)| {
+                    privilege(kind).prop_map(move |privilege| Grant {
+                        grantee: grantee.to_string(),
+                        kind,
+                        schema: schema.to_string(),
+                        name: match kind {
+                            ObjectKind::Schema => String::new(),
+                            ObjectKind::Routine => format!("f{n}(integer)"),
+                            _ => format!("t{n}"),
+                        },
+                        privilege,
+                    })
+                });
+            let role = (proptest::sample::select(&ROLES[..]), 0u8..3, any::<bool>());
+            (
+                proptest::collection::vec(object, 0..8),
+                proptest::collection::vec(grant, 0..12),
+                proptest::collection::vec(role, 0..4),
+            )
+                .prop_map(|(objects, grants, roles)| {
+                    let mut catalog = Catalog::default();
+                    for (schema, n, kind) in objects {
+                        if kind == ObjectKind::Schema {
+                            catalog.schemas.insert(schema.to_string());
+                            continue;
+                        }
+                        let name = if kind == ObjectKind::Routine {
+                            format!("f{n}(integer)")
+                        } else {
+                            format!("t{n}")
+                        };
+                        catalog.schemas.insert(schema.to_string());
+                        catalog.objects.insert((schema.to_string(), name, kind));
+                    }
+                    for g in grants {
+                        let exists = g.kind == ObjectKind::Schema
+                            || catalog.objects.contains(&(
+                                g.schema.clone(),
+                                g.name.clone(),
+                                g.kind,
+                            ));
+                        if exists && catalog.schemas.contains(&g.schema) {
+                            catalog.grants.insert(g);
+                        }
+                    }
+                    for (name, mark, login) in roles {
+                        let comment = match mark {
+                            0 => Some(format!("{ROLE_COMMENT_PREFIX}home/homelab")),
+                            1 => Some(format!("{ADOPTED_COMMENT_PREFIX}home/homelab")),
+                            _ => Some("made by hand".to_string()),
+                        };
+                        catalog.roles.insert(
+                            name.to_string(),
+                            ObservedRole {
+                                login,
+                                superuser: false,
+                                connection_limit: -1,
+                                comment,
+                            },
+                        );
+                    }
+                    catalog
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// A plan applied, then planned again, leaves nothing to do (but the idempotent
+            /// database-level statements every plan carries).
+            #[test]
+            fn a_plan_applied_then_replanned_is_empty(spec in spec(), mut catalog in catalog()) {
+                let verifiers = BTreeMap::new();
+                let first = build(&spec, &catalog, &ctx(&verifiers)).unwrap();
+                apply(&mut catalog, &first);
+                // Roles that were declared now exist; what PostgreSQL would hold after the
+                // statements, read again.
+                let second = build(&spec, &catalog, &ctx(&verifiers)).unwrap();
+                let left = changes(&second);
+                prop_assert!(left.is_empty(), "left after applying: {left:#?}\nfirst: {:#?}", changes(&first));
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! totals, Events on transitions, metrics per severity, history in PostgreSQL, and in `Correct`
 //! mode the correctors of drifted properties.
 
+mod flux;
 mod observe;
 
 use std::collections::{BTreeMap, HashMap};
@@ -110,10 +111,32 @@ pub async fn run(ctx: Arc<Context>, history: Option<History>, shutdown: Cancella
         .await;
 }
 
-fn interval(registry: &StateRegistry) -> Duration {
-    homeplane_state::duration::parse(&registry.spec.interval)
-        .unwrap_or(Duration::from_secs(60))
-        .max(Duration::from_secs(1))
+/// Shortest and longest interval between evaluations (the CRD refuses the rest).
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// How often the registry is evaluated, and why `spec.interval` was not used as written (an
+/// object stored before the CRD bounded it): a text that is not a duration evaluates every
+/// minute, a duration out of bounds is clamped.
+fn interval(registry: &StateRegistry) -> (Duration, Option<String>) {
+    let text = &registry.spec.interval;
+    match homeplane_state::duration::parse(text) {
+        Ok(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => (d, None),
+        Ok(d) => {
+            let clamped = d.clamp(MIN_INTERVAL, MAX_INTERVAL);
+            let message = format!(
+                "spec.interval {text:?} is outside 1s..24h; evaluating every {}s until it is fixed",
+                clamped.as_secs()
+            );
+            (clamped, Some(message))
+        }
+        Err(e) => (
+            Duration::from_secs(60),
+            Some(format!(
+                "spec.interval: {e}; evaluating every 60s until it is fixed"
+            )),
+        ),
+    }
 }
 
 #[instrument(skip_all, fields(registry = %registry.name_any(), namespace = registry.namespace().unwrap_or_default()))]
@@ -130,7 +153,7 @@ async fn reconcile(registry: Arc<StateRegistry>, shared: Arc<Shared>) -> Result<
         forget(&shared, &key);
         return Ok(Action::await_change());
     };
-    let every = interval(&registry);
+    let (every, _) = interval(&registry);
     // Our own status write wakes us too: evaluate only when the interval is up, the spec
     // changed or an evaluation was requested.
     let generation = registry.metadata.generation;
@@ -267,14 +290,8 @@ async fn homeplane_objects(
         }
         Ok(all)
     }
-    let wanted = &registry.spec.derived_namespaces;
-    let scope: Vec<Option<String>> = if wanted.iter().any(|n| n == "*") {
-        vec![None]
-    } else if wanted.is_empty() {
-        vec![Some(ns.to_string())]
-    } else {
-        wanted.iter().map(|n| Some(n.clone())).collect()
-    };
+    let trusted = observe::Scope::new(ctx, ns).trusted;
+    let scope = derived_namespaces(ctx, registry, ns);
     let c = &ctx.client;
     Ok(vec![
         ("Database", kind::<Database>(c, &scope).await?),
@@ -283,11 +300,49 @@ async fn homeplane_objects(
         ("VoicePipeline", kind::<VoicePipeline>(c, &scope).await?),
         ("MemoryServer", kind::<MemoryServer>(c, &scope).await?),
         ("Agent", kind::<Agent>(c, &scope).await?),
+        // Cluster-scoped: only for registries trusted to see beyond their namespace.
         (
             "NodeClass",
-            list(Api::<NodeClass>::all(c.clone()), |_| Api::all(c.clone())).await?,
+            if trusted {
+                list(Api::<NodeClass>::all(c.clone()), |_| Api::all(c.clone())).await?
+            } else {
+                Vec::new()
+            },
         ),
     ])
+}
+
+/// The namespaces whose objects contribute derived properties (`None`: every namespace):
+/// beyond its own namespace only when the registry's namespace is trusted (`derived_scope`
+/// says in status why not).
+fn derived_namespaces(ctx: &Context, registry: &StateRegistry, ns: &str) -> Vec<Option<String>> {
+    let wanted = &registry.spec.derived_namespaces;
+    if !observe::Scope::new(ctx, ns).trusted || wanted.is_empty() {
+        vec![Some(ns.to_string())]
+    } else if wanted.iter().any(|n| n == "*") {
+        vec![None]
+    } else {
+        wanted.iter().map(|n| Some(n.clone())).collect()
+    }
+}
+
+/// Why `spec.derivedNamespaces` is not honoured, when the registry is not trusted to see
+/// beyond its namespace.
+fn derived_scope(scope: &observe::Scope, registry: &StateRegistry) -> Option<String> {
+    let beyond: Vec<&str> = registry
+        .spec
+        .derived_namespaces
+        .iter()
+        .map(String::as_str)
+        .filter(|n| *n != scope.namespace)
+        .collect();
+    (!scope.trusted && !beyond.is_empty()).then(|| {
+        format!(
+            "spec.derivedNamespaces names {} but namespace {} is not trusted to see other namespaces (--trusted-registry-namespace); only its own objects are counted",
+            beyond.join(", "),
+            scope.namespace
+        )
+    })
 }
 
 /// The template context: the namespace, the registry, and per kind how many objects there are
@@ -306,20 +361,71 @@ fn template_context(ns: &str, registry: &str, objects: &[(&'static str, Vec<Valu
     json!({"namespace": ns, "registry": registry, "count": count, "active": active})
 }
 
-/// Renders every desired value (templates against the context).
-fn render_desired(properties: &[Checked], context: &Value) -> Vec<Result<Value, String>> {
-    let (templates, _) = Templates::compile(properties.iter().filter_map(|p| match &p.desired {
-        Desired::Template(text) => Some((p.id.as_str(), text.as_str())),
-        Desired::Literal(_) => None,
-    }));
-    let context = template::context(context);
-    properties
+/// Longest a registry's templates may take to render, all together.
+const RENDER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Renders every desired value (templates against the context) on a blocking thread, off the
+/// async runtime, within [`RENDER_TIMEOUT`]. Templates are bounded in size, steps and output
+/// (`homeplane_state::template`); one that breaks a bound makes its property Unknown.
+async fn render_desired(properties: &[Checked], context: &Value) -> Vec<Result<Value, String>> {
+    let templates: Vec<(usize, String, String)> = properties
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match &p.desired {
+            Desired::Template(text) => Some((i, p.id.clone(), text.clone())),
+            Desired::Literal(_) => None,
+        })
+        .collect();
+    let mut out: Vec<Result<Value, String>> = properties
         .iter()
         .map(|p| match &p.desired {
             Desired::Literal(v) => Ok(v.clone()),
-            Desired::Template(_) => templates.render(&p.id, &context),
+            Desired::Template(_) => Err("the template was not rendered".to_string()),
         })
-        .collect()
+        .collect();
+    if templates.is_empty() {
+        return out;
+    }
+    let indexes: Vec<usize> = templates.iter().map(|(i, _, _)| *i).collect();
+    let context = template::context(context);
+    let work = tokio::task::spawn_blocking(move || {
+        let (compiled, _) = Templates::compile(
+            templates
+                .iter()
+                .map(|(_, id, text)| (id.as_str(), text.as_str())),
+        );
+        templates
+            .iter()
+            .map(|(i, id, _)| (*i, compiled.render(id, &context)))
+            .collect::<Vec<_>>()
+    });
+    match tokio::time::timeout(RENDER_TIMEOUT, work).await {
+        Ok(Ok(rendered)) => {
+            for (i, result) in rendered {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = result;
+                }
+            }
+        }
+        Ok(Err(failed)) => {
+            for i in indexes {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Err(format!("rendering the desired templates failed: {failed}"));
+                }
+            }
+        }
+        Err(_) => {
+            for i in indexes {
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Err(format!(
+                        "rendering the desired templates took longer than {}s",
+                        RENDER_TIMEOUT.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The name of the Drift object of a property: `REGISTRY.PROPERTY` (a hash replaces the tail
@@ -378,11 +484,19 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
     let ns = registry.namespace().unwrap_or_default();
     let name = registry.name_any();
     let drifts: Api<Drift> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing: Vec<Drift> = drifts
+    let listed = drifts
         .list(&ListParams::default())
         .await
         .map_err(Error::kube("list Drift objects"))?
-        .items
+        .items;
+    // Drift names of other registries (`a.b` + `c` and `a` + `b.c` give the same name): never
+    // written over.
+    let taken: std::collections::HashSet<String> = listed
+        .iter()
+        .filter(|d| d.spec.registry != name)
+        .map(ResourceExt::name_any)
+        .collect();
+    let existing: Vec<Drift> = listed
         .into_iter()
         .filter(|d| d.spec.registry == name)
         .collect();
@@ -399,14 +513,22 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
                 catalogue.properties.push(property);
             }
         }
+        // Flux's Kustomizations and GitRepositories, and whether Flux's objects match Git.
+        let flux = flux::list(ctx, &derived_namespaces(ctx, registry, &ns)).await?;
+        for (property, observation) in flux::properties(&flux, &objects, &ns) {
+            derived_observations.insert(property.id.clone(), observation);
+            catalogue.properties.push(property);
+        }
     }
     catalogue.refuse_duplicates();
     let context = template_context(&ns, &name, &objects);
-    let desired = render_desired(&catalogue.properties, &context);
+    let desired = render_desired(&catalogue.properties, &context).await;
 
     // Observe, in batches.
     let mut resources = observe::Resources::new();
-    let mut observed = observe::observe_all(ctx, &ns, &catalogue.properties, &mut resources).await;
+    let scope = observe::Scope::new(ctx, &ns);
+    let mut observed =
+        observe::observe_all(ctx, &scope, &catalogue.properties, &mut resources).await;
     observed.extend(derived_observations);
 
     // Compare (pure).
@@ -434,8 +556,16 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
     let (wanted, not_materialised) = materialised(&report.verdicts, max);
     let owner = registry.controller_owner_ref(&());
     let mut keep = std::collections::HashSet::new();
+    let mut collisions = Vec::new();
     for v in &wanted {
         let drift_name = drift_name(&name, &v.id);
+        if taken.contains(&drift_name) {
+            collisions.push(format!(
+                "{} (Drift {drift_name} belongs to another registry)",
+                v.id
+            ));
+            continue;
+        }
         keep.insert(drift_name.clone());
         let spec = drift_spec(&name, v, now_ts);
         if existing
@@ -539,7 +669,7 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
             if property.corrector.is_none() {
                 continue;
             }
-            match correct(ctx, &ns, property, &mut resources).await {
+            match correct(ctx, &scope, property, &mut resources).await {
                 Ok(what) => {
                     corrections += 1;
                     ctx.metrics.corrected("applied");
@@ -643,9 +773,24 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
         generation,
         now_ts,
     );
-    if catalogue.errors.is_empty() {
-        conditions::remove(&mut status.conditions, DEGRADED);
-    } else {
+    // Degraded: what the registry asks for that is not done as written.
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    if let (_, Some(message)) = interval(registry) {
+        problems.push(("InvalidInterval", message));
+    }
+    if let Some(message) = derived_scope(&scope, registry) {
+        problems.push(("NamespaceNotTrusted", message));
+    }
+    if !collisions.is_empty() {
+        problems.push((
+            "DriftNameTaken",
+            format!(
+                "no Drift object for {}: rename the registry or the property",
+                collisions.join(", ")
+            ),
+        ));
+    }
+    if !catalogue.errors.is_empty() {
         let shown: Vec<String> = catalogue
             .errors
             .iter()
@@ -661,12 +806,23 @@ async fn evaluate(shared: &Shared, registry: &StateRegistry, key: &str) -> Resul
         if more > 0 {
             message.push_str(&format!("; and {more} more"));
         }
-        conditions::set(
-            &mut status.conditions,
-            Condition::yes(DEGRADED, "InvalidProperties", clip(message)),
-            generation,
-            now_ts,
-        );
+        problems.push(("InvalidProperties", message));
+    }
+    match problems.first() {
+        None => conditions::remove(&mut status.conditions, DEGRADED),
+        Some((reason, _)) => {
+            let message = problems
+                .iter()
+                .map(|(_, m)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            conditions::set(
+                &mut status.conditions,
+                Condition::yes(DEGRADED, reason, clip(message)),
+                generation,
+                now_ts,
+            );
+        }
     }
     conditions::set(&mut status.conditions, history, generation, now_ts);
     let api: Api<StateRegistry> = Api::namespaced(ctx.client.clone(), &ns);
@@ -734,10 +890,38 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     }
 }
 
-/// Runs the corrector of a drifted property; says what it did, or why it could not.
+/// A client that acts as the corrector ServiceAccount of the registry's namespace
+/// (impersonation): what a corrector may change is decided by Kubernetes RBAC on that
+/// ServiceAccount, never by the operator's own rights.
+async fn corrector_client(ctx: &Context, scope: &observe::Scope) -> Result<kube::Client, String> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| format!("failed to read the operator's cluster configuration: {e}"))?;
+    config.auth_info.impersonate = Some(format!(
+        "system:serviceaccount:{}:{}",
+        scope.namespace, ctx.trust.corrector_service_account
+    ));
+    config.auth_info.impersonate_groups = None;
+    kube::Client::try_from(config)
+        .map_err(|e| format!("failed to build the corrector's client: {e}"))
+}
+
+/// What to say when the API server refused a corrector.
+fn corrector_refused(ctx: &Context, scope: &observe::Scope, what: &str, e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "failed to {what}: the corrector acts as ServiceAccount {}/{} and may not: {}; grant that ServiceAccount the rights its correctors need",
+            scope.namespace, ctx.trust.corrector_service_account, status.message
+        ),
+        other => format!("failed to {what}: {other}"),
+    }
+}
+
+/// Runs the corrector of a drifted property, as the registry namespace's corrector
+/// ServiceAccount; says what it did, or why it could not.
 async fn correct(
     ctx: &Context,
-    ns: &str,
+    scope: &observe::Scope,
     property: &Checked,
     resources: &mut observe::Resources,
 ) -> Result<String, String> {
@@ -751,42 +935,62 @@ async fn correct(
     let Some(name) = k.name.as_deref() else {
         return Err("correctors act on one object named by observe.kubernetes.name".to_string());
     };
-    let namespace = k.namespace.as_deref().unwrap_or(ns);
-    let ar = observe::resource(ctx, resources, &k.api_version, &k.kind).await?;
-    let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(ctx.client.clone(), namespace, &ar);
+    let found = observe::resource(ctx, resources, &k.api_version, &k.kind).await?;
+    let namespace = scope
+        .kubernetes(&found, k.namespace.as_deref())?
+        .unwrap_or_else(|| scope.namespace.clone());
+    let client = corrector_client(ctx, scope).await?;
+    let api: Api<kube::api::DynamicObject> = if found.namespaced {
+        Api::namespaced_with(client.clone(), &namespace, &found.ar)
+    } else {
+        Api::all_with(client.clone(), &found.ar)
+    };
     let mut done = Vec::new();
     if let Some(patch) = &corrector.patch {
         api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .map_err(|e| format!("failed to patch {} {namespace}/{name}: {e}", k.kind))?;
+            .map_err(|e| {
+                corrector_refused(
+                    ctx,
+                    scope,
+                    &format!("patch {} {namespace}/{name}", k.kind),
+                    &e,
+                )
+            })?;
         done.push(format!("patched {} {namespace}/{name}", k.kind));
     }
     if corrector.reapply_owner {
-        let object = api
-            .get(name)
-            .await
-            .map_err(|e| format!("failed to read {} {namespace}/{name}: {e}", k.kind))?;
+        let object = api.get(name).await.map_err(|e| {
+            corrector_refused(
+                ctx,
+                scope,
+                &format!("read {} {namespace}/{name}", k.kind),
+                &e,
+            )
+        })?;
         let owner = object
             .owner_references()
             .iter()
             .find(|o| o.api_version.starts_with("homeplane.dev/"))
             .cloned()
             .ok_or_else(|| format!("{} {namespace}/{name} has no homeplane owner", k.kind))?;
-        let owner_ar = observe::resource(ctx, resources, &owner.api_version, &owner.kind).await?;
-        let owners: Api<kube::api::DynamicObject> = if owner.kind == "NodeClass" {
-            Api::all_with(ctx.client.clone(), &owner_ar)
+        let owner_found =
+            observe::resource(ctx, resources, &owner.api_version, &owner.kind).await?;
+        let owners: Api<kube::api::DynamicObject> = if owner_found.namespaced {
+            Api::namespaced_with(client.clone(), &namespace, &owner_found.ar)
         } else {
-            Api::namespaced_with(ctx.client.clone(), namespace, &owner_ar)
+            Api::all_with(client.clone(), &owner_found.ar)
         };
         let mark = json!({"metadata": {"annotations": {REAPPLY_ANNOTATION: now().to_string()}}});
         owners
             .patch(&owner.name, &PatchParams::default(), &Patch::Merge(&mark))
             .await
             .map_err(|e| {
-                format!(
-                    "failed to ask {} {} to re-apply: {e}",
-                    owner.kind, owner.name
+                corrector_refused(
+                    ctx,
+                    scope,
+                    &format!("ask {} {} to re-apply", owner.kind, owner.name),
+                    &e,
                 )
             })?;
         done.push(format!("asked {} {} to re-apply", owner.kind, owner.name));

@@ -2,6 +2,10 @@
 //! kind/namespace/selector, one connection per Database, one GET per URL, one inspection per
 //! container. Every failure becomes an `Unknown` observation with the reason, never an error
 //! of the evaluation.
+//!
+//! A registry sees only its own namespace ([`Scope`]): other namespaces, cluster-scoped kinds
+//! and other namespaces' Databases only when the operator trusts the registry's namespace
+//! (`--trusted-registry-namespace`), and Secrets never.
 
 use std::collections::HashMap;
 
@@ -16,17 +20,89 @@ use serde_json::Value;
 
 use crate::controllers::Context;
 
+/// A Kubernetes API resource found by discovery.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// What the API calls it.
+    pub ar: ApiResource,
+    /// Whether its objects live in namespaces.
+    pub namespaced: bool,
+}
+
 /// Kubernetes API resources found by discovery, per `apiVersion/kind`.
-pub type Resources = HashMap<(String, String), Result<ApiResource, String>>;
+pub type Resources = HashMap<(String, String), Result<Found, String>>;
+
+/// Where a registry may look and act.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    /// The registry's own namespace.
+    pub namespace: String,
+    /// Whether the operator trusts that namespace to see beyond it.
+    pub trusted: bool,
+}
+
+impl Scope {
+    /// The scope of a registry in `namespace`.
+    pub fn new(ctx: &Context, namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            trusted: ctx.trust.registry_namespaces.iter().any(|n| n == namespace),
+        }
+    }
+
+    fn beyond(&self, what: &str) -> String {
+        format!(
+            "a StateRegistry in namespace {} sees only its own namespace, not {what}; only registries in the namespaces the operator trusts (--trusted-registry-namespace, chart value stateRegistry.trustedNamespaces) see further",
+            self.namespace
+        )
+    }
+
+    /// The namespace a Kubernetes property lists (`None`: every namespace), or why it may not.
+    pub fn kubernetes(
+        &self,
+        found: &Found,
+        wanted: Option<&str>,
+    ) -> Result<Option<String>, String> {
+        if found.ar.group.is_empty() && found.ar.plural == "secrets" {
+            return Err(
+                "Secrets are never observed by a StateRegistry: their values would reach Drift objects, Events and the history database".to_string(),
+            );
+        }
+        if !found.namespaced {
+            return if self.trusted {
+                Ok(None)
+            } else {
+                Err(self.beyond(&format!("the cluster-scoped kind {}", found.ar.kind)))
+            };
+        }
+        match wanted {
+            Some(ns) if ns == self.namespace => Ok(Some(ns.to_string())),
+            Some(ns) if self.trusted => Ok(Some(ns.to_string())),
+            Some(ns) => Err(self.beyond(&format!("namespace {ns}"))),
+            None if self.trusted => Ok(None),
+            None => Ok(Some(self.namespace.clone())),
+        }
+    }
+
+    /// The namespace of a Database a `sql` property reads, or why it may not.
+    pub fn database(&self, wanted: Option<&str>) -> Result<String, String> {
+        match wanted {
+            None => Ok(self.namespace.clone()),
+            Some(ns) if ns == self.namespace || self.trusted => Ok(ns.to_string()),
+            Some(ns) => Err(self.beyond(&format!("the Databases of namespace {ns}"))),
+        }
+    }
+}
 
 /// Observes every declared property of `properties` (derived ones are observed elsewhere).
 pub async fn observe_all(
     ctx: &Context,
-    namespace: &str,
+    scope: &Scope,
     properties: &[Checked],
     resources: &mut Resources,
 ) -> HashMap<String, Observation> {
     let mut kubernetes = Vec::new();
+    let mut refused = HashMap::new();
     let mut sql: HashMap<(String, String), Vec<(&str, &str)>> = HashMap::new();
     let mut http = Vec::new();
     let mut docker = Vec::new();
@@ -43,10 +119,15 @@ pub async fn observe_all(
         if let Some(k) = k {
             kubernetes.push((p.id.as_str(), k));
         } else if let Some(s) = s {
-            let db_ns = s.namespace.clone().unwrap_or_else(|| namespace.to_string());
-            sql.entry((db_ns, s.database.clone()))
-                .or_default()
-                .push((p.id.as_str(), s.query.as_str()));
+            match scope.database(s.namespace.as_deref()) {
+                Ok(db_ns) => sql
+                    .entry((db_ns, s.database.clone()))
+                    .or_default()
+                    .push((p.id.as_str(), s.query.as_str())),
+                Err(why) => {
+                    refused.insert(p.id.clone(), Observation::failed(why));
+                }
+            }
         } else if let Some(h) = h {
             http.push((p.id.as_str(), h));
         } else if let Some(d) = d {
@@ -54,7 +135,7 @@ pub async fn observe_all(
         }
     }
     let (k, s, h, d) = futures::join!(
-        observe_kubernetes(ctx, &kubernetes, resources),
+        observe_kubernetes(ctx, scope, &kubernetes, resources),
         observe_sql(ctx, &sql),
         homeplane_state::observe::http::observe(&http),
         homeplane_state::observe::docker::observe(&docker),
@@ -63,6 +144,7 @@ pub async fn observe_all(
     all.extend(s);
     all.extend(h);
     all.extend(d);
+    all.extend(refused);
     all
 }
 
@@ -78,39 +160,44 @@ struct ListKey {
 
 async fn observe_kubernetes(
     ctx: &Context,
+    scope: &Scope,
     properties: &[(&str, &KubernetesObserver)],
     resources: &mut Resources,
 ) -> HashMap<String, Observation> {
     let mut lists: HashMap<ListKey, Result<Vec<Value>, String>> = HashMap::new();
+    // The list each property reads, or why it may not read one.
+    let mut keys: Vec<Result<ListKey, String>> = Vec::with_capacity(properties.len());
     for (_, k) in properties {
-        let key = ListKey {
-            api_version: k.api_version.clone(),
-            kind: k.kind.clone(),
-            namespace: k.namespace.clone(),
-            labels: k.label_selector.clone(),
-            fields: k.field_selector.clone(),
-        };
-        if lists.contains_key(&key) {
-            continue;
-        }
-        let listed = match resource(ctx, resources, &k.api_version, &k.kind).await {
-            Ok(ar) => list(ctx, &ar, &key).await,
+        let key = match resource(ctx, resources, &k.api_version, &k.kind).await {
+            Ok(found) => scope
+                .kubernetes(&found, k.namespace.as_deref())
+                .map(|namespace| ListKey {
+                    api_version: k.api_version.clone(),
+                    kind: k.kind.clone(),
+                    namespace,
+                    labels: k.label_selector.clone(),
+                    fields: k.field_selector.clone(),
+                })
+                .map(|key| (key, found)),
             Err(e) => Err(e),
         };
-        lists.insert(key, listed);
+        match key {
+            Ok((key, found)) => {
+                if !lists.contains_key(&key) {
+                    let listed = list(ctx, &found.ar, &key).await;
+                    lists.insert(key.clone(), listed);
+                }
+                keys.push(Ok(key));
+            }
+            Err(why) => keys.push(Err(why)),
+        }
     }
     properties
         .iter()
-        .map(|(id, k)| {
-            let key = ListKey {
-                api_version: k.api_version.clone(),
-                kind: k.kind.clone(),
-                namespace: k.namespace.clone(),
-                labels: k.label_selector.clone(),
-                fields: k.field_selector.clone(),
-            };
-            let observation = match lists.get(&key) {
-                Some(Ok(objects)) => {
+        .zip(keys)
+        .map(|((id, k), key)| {
+            let observation = match key.map(|key| lists.get(&key)) {
+                Ok(Some(Ok(objects))) => {
                     let selected: Vec<&Value> = objects
                         .iter()
                         .filter(|o| {
@@ -132,8 +219,9 @@ async fn observe_kubernetes(
                         aggregate(&selected, k.field.as_deref(), k.aggregate)
                     }
                 }
-                Some(Err(reason)) => Observation::failed(reason.clone()),
-                None => Observation::failed("the objects were not listed"),
+                Ok(Some(Err(reason))) => Observation::failed(reason.clone()),
+                Ok(None) => Observation::failed("the objects were not listed"),
+                Err(why) => Observation::failed(why),
             };
             (id.to_string(), observation)
         })
@@ -146,7 +234,7 @@ pub async fn resource(
     resources: &mut Resources,
     api_version: &str,
     kind: &str,
-) -> Result<ApiResource, String> {
+) -> Result<Found, String> {
     let key = (api_version.to_string(), kind.to_string());
     if let Some(found) = resources.get(&key) {
         return found.clone();
@@ -158,7 +246,10 @@ pub async fn resource(
     let gvk = GroupVersionKind::gvk(group, version, kind);
     let found = kube::discovery::pinned_kind(&ctx.client, &gvk)
         .await
-        .map(|(ar, _)| ar)
+        .map(|(ar, caps)| Found {
+            ar,
+            namespaced: caps.scope == kube::discovery::Scope::Namespaced,
+        })
         .map_err(|e| format!("the API server does not serve {kind} in {api_version}: {e}"));
     resources.insert(key, found.clone());
     found

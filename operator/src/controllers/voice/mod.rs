@@ -25,9 +25,9 @@ use super::{Context, Error, now};
 use crate::conditions::{self, Desired, PROGRESSING};
 use crate::duration;
 use crate::reconcile::{self, Outcome, Reconciler, State, watch};
-use crate::workload::apply::{Converged, apply_one, converge, pruned_note};
+use crate::workload::apply::{Converged, apply_one, converge, pruned_note, room};
 use crate::workload::rollout::Rollout;
-use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Owner};
+use crate::workload::{MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Owner, Workload};
 
 use self::plan::{Latency, Samples};
 
@@ -72,7 +72,11 @@ impl Reconciler for VoicePipelines {
             Converged::Refused { reason, message } => {
                 conditions::remove(&mut status.conditions, PROGRESSING);
                 status.stages = stage_statuses(vp, &BTreeMap::new());
-                super::refused(reason, message)
+                if more_gpus_than_a_class_has(ctx, &workloads, reason).await? {
+                    Outcome::blocked(reason, message).after(Duration::from_secs(60))
+                } else {
+                    super::refused(reason, message)
+                }
             }
             Converged::Applied { rollouts, pruned } => {
                 if let Some(note) = pruned_note(&pruned) {
@@ -302,6 +306,41 @@ fn stage_statuses(vp: &VoicePipeline, rollouts: &BTreeMap<String, Rollout>) -> V
         .collect()
 }
 
+/// Whether an `Unschedulable` refusal asks for more GPUs on a class than all of its nodes have
+/// together: no workload finishing elsewhere can free them, so only a person can cure it
+/// (`Stalled`, and Flux fails the Kustomization at once instead of waiting out its timeout). A
+/// shortfall of free room, or a class that does not exist yet, may pass and is retried.
+async fn more_gpus_than_a_class_has(
+    ctx: &Context,
+    workloads: &[Workload],
+    reason: &str,
+) -> Result<bool, Error> {
+    if reason != "Unschedulable" {
+        return Ok(false);
+    }
+    for (class, asked) in gpus_by_class(workloads) {
+        if let Some((_, room)) = room(&ctx.client, class, None).await? {
+            let total = room.gpu.map_or(0, |(_, gpus)| gpus.allocatable.0 / 1000);
+            if i128::from(asked) > total {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The GPUs the workloads ask for, per class (pods × GPUs per pod).
+fn gpus_by_class(workloads: &[Workload]) -> BTreeMap<&str, i64> {
+    let mut by_class = BTreeMap::new();
+    for w in workloads {
+        let gpus = i64::from(w.placement.gpu.unwrap_or(0).max(0)) * i64::from(w.replicas.max(0));
+        if gpus > 0 {
+            *by_class.entry(w.placement.class.as_str()).or_insert(0) += gpus;
+        }
+    }
+    by_class
+}
+
 /// Calls the probe once: `Some(latency)` for a 2xx answer within the timeout.
 async fn call_probe(
     client: &reqwest::Client,
@@ -314,4 +353,31 @@ async fn call_probe(
     // The run is over when the whole answer has arrived.
     answer.bytes().await.ok()?;
     ok.then(|| started.elapsed())
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_are_counted_per_class() {
+        let vp: VoicePipeline = serde_yaml::from_str(
+            r#"
+apiVersion: homeplane.dev/v1alpha1
+kind: VoicePipeline
+metadata: {name: greedy, namespace: ai}
+spec:
+  stages:
+  - {name: stt, role: speechToText, workload: {image: "whisper:1", port: 9000, placement: {class: gpu, gpu: 1}}}
+  - {name: llm, role: llm, workload: {image: "ollama:1", port: 11434, placement: {class: gpu, gpu: 2}}}
+  - {name: tts, role: textToSpeech, workload: {image: "piper:1", port: 5000, placement: {class: pi}}}
+"#,
+        )
+        .unwrap();
+        let workloads = plan::workloads(&vp);
+        assert_eq!(
+            gpus_by_class(&workloads),
+            BTreeMap::from([("gpu", 3)]),
+            "one GPU for speech-to-text and two for the LLM on the GPU class; none on the Pi"
+        );
+    }
 }

@@ -1,6 +1,8 @@
 //! A small client of n8n's public REST API (`/api/v1`, header `X-N8N-API-KEY`): workflows
 //! (create, get, update, delete, activate, deactivate) and executions. Every failure carries
-//! n8n's own message; the API key never appears in an error.
+//! n8n's own message; the API key never appears in an error, and never leaves for another
+//! address: redirects are not followed (reqwest keeps custom headers such as
+//! `X-N8N-API-KEY` across hosts), a redirect is an error saying where to point the Workflow.
 
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ impl Http {
         reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map(Self)
             .map_err(|e| error_chain(&e))
@@ -194,6 +197,21 @@ impl<'a> N8n<'a> {
             .await
             .map_err(|e| unreachable(error_chain(&e)))?;
         let status = response.status();
+        if status.is_redirection() {
+            let to = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("elsewhere")
+                .to_string();
+            return Err(N8nError::Rejected {
+                status: status.as_u16(),
+                message: format!(
+                    "n8n at {} redirects to {to}; homeplane does not follow redirects (the API key would go along): set the Workflow's n8n url to the address n8n answers at",
+                    self.base
+                ),
+            });
+        }
         let too_large = || {
             N8nError::Protocol(format!(
                 "{method} {path} answered with more than {MAX_BODY} bytes"
@@ -330,6 +348,51 @@ mod tests {
         assert!(
             matches!(&error, N8nError::Protocol(m) if m.contains("more than 16777216 bytes")),
             "{error}"
+        );
+    }
+
+    /// A one-request HTTP server on loopback that answers `response` and sends what it
+    /// received to the returned channel.
+    async fn server(response: String) -> (String, tokio::sync::oneshot::Receiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            if let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), rx)
+    }
+
+    #[tokio::test]
+    async fn the_api_key_never_follows_a_redirect() {
+        // As main does: reqwest is built without a provider of its own.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (elsewhere, mut received) = server(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}".to_string(),
+        )
+        .await;
+        let (n8n, _) = server(format!(
+            "HTTP/1.1 302 Found\r\nlocation: {elsewhere}/api/v1/workflows/1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ))
+        .await;
+        let http = Http::new().unwrap();
+        let error = N8n::new(&http, &n8n, "secret-key")
+            .get_workflow("1")
+            .await
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("does not follow redirects"), "{text}");
+        assert!(!text.contains("secret-key"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            received.try_recv().is_err(),
+            "the redirect target must never be contacted"
         );
     }
 
