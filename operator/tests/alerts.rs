@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use homeplane_testkit::{
-    Cluster, N8n, Operator, Postgres, S3Server, TestNamespace, eventually, free_port, repo_root,
-    suffix,
+    Cluster, N8n, Operator, Postgres, S3Server, TestNamespace, eventually, repo_root, suffix,
 };
 use serde_json::Value;
 
@@ -682,11 +681,12 @@ fn alerts_fire_in_alertmanager_reach_n8n_and_resolve_when_fixed() {
         "CREATE TABLE notes (id int PRIMARY KEY); INSERT INTO notes VALUES (1)",
     )
     .unwrap();
-    let closed_port = free_port().unwrap();
     let (host, port) = (&pg.host, pg.port);
-    let stuck = |port: u16| {
+    // Stalled: an extension the server does not have (a server that cannot be reached is
+    // retried, never Stalled). Fixed by leaving the extension out.
+    let stuck = |extensions: &str| {
         format!(
-            "apiVersion: homeplane.dev/v1alpha1\nkind: Database\nmetadata: {{name: stuck}}\nspec:\n  databaseName: {db}\n  server: {{external: {{host: \"{host}\", port: {port}, adminSecret: pg-admin, sslMode: disable}}}}\n"
+            "apiVersion: homeplane.dev/v1alpha1\nkind: Database\nmetadata: {{name: stuck}}\nspec:\n  databaseName: {db}\n  extensions: [{extensions}]\n  server: {{external: {{host: \"{host}\", port: {port}, adminSecret: pg-admin, sslMode: disable}}}}\n"
         )
     };
     let recipient = age_recipient(&dir);
@@ -732,7 +732,7 @@ spec:
 {stuck}---
 {workflow}"#,
         endpoint = s3.endpoint,
-        stuck = stuck(closed_port),
+        stuck = stuck("{name: homeplane_no_such_extension}"),
         workflow = example_workflow(n8n, &path),
     );
     apply(cluster, nsn, &world);
@@ -850,8 +850,8 @@ spec:
             )
     });
 
-    // Fixed: the right port (a spec change starts the Database over) and TLS back on.
-    apply(cluster, nsn, &stuck(port));
+    // Fixed: no such extension asked for, and TLS back on.
+    apply(cluster, nsn, &stuck(""));
     cluster
         .kubectl_ok(&[
             "patch",

@@ -194,6 +194,7 @@ pub(super) fn waiting(why: String) -> Outcome {
         degraded: None,
         action: Action::requeue(std::time::Duration::from_secs(5)),
         retry: false,
+        stalled: false,
     }
 }
 
@@ -214,11 +215,13 @@ pub(super) async fn converge(
                 ctx.event(db, EventType::Warning, reason, message.clone())
                     .await;
             }
-            Ok(Err(Outcome::blocked(
-                reason,
-                message,
-                Action::requeue(std::time::Duration::from_secs(60)),
-            )))
+            // A placement that cannot be built is the spec's to fix; a class that is missing
+            // or full may pass.
+            let again = Action::requeue(std::time::Duration::from_secs(60));
+            Ok(Err(match reason {
+                "InvalidPlacement" => Outcome::blocked(reason, message, again),
+                _ => Outcome::waiting(reason, message, again),
+            }))
         }
         Converged::Applied { rollouts, .. } => {
             if let Some([ready, degraded, _]) = unschedulable(&rollouts) {
@@ -227,6 +230,7 @@ pub(super) async fn converge(
                     degraded: Some(degraded),
                     action: Action::requeue(std::time::Duration::from_secs(30)),
                     retry: false,
+                    stalled: false,
                 }));
             }
             match rollouts.get(&name(db)) {

@@ -97,16 +97,28 @@ struct Outcome {
     action: Action,
     /// A failure that retrying may cure: retried with backoff.
     retry: bool,
+    /// Only a person can cure it (a wrong spec, an extension the server lacks): `Stalled`.
+    stalled: bool,
 }
 
 impl Outcome {
-    /// Blocked until the spec or the environment changes.
+    /// Blocked until the spec or the environment changes: `Stalled`.
     fn blocked(reason: &'static str, message: String, action: Action) -> Self {
         Self {
             ready: Desired::no(READY, reason, message.clone()),
             degraded: Some(Desired::yes(DEGRADED, reason, message)),
             action,
             retry: false,
+            stalled: true,
+        }
+    }
+
+    /// Waiting for the world (e.g. room on a node class), looked at again after `action`:
+    /// `Ready=False` and `Degraded=True`, not `Stalled`.
+    fn waiting(reason: &'static str, message: String, action: Action) -> Self {
+        Self {
+            stalled: false,
+            ..Self::blocked(reason, message, action)
         }
     }
 
@@ -114,7 +126,7 @@ impl Outcome {
     fn retrying(reason: &'static str, message: String) -> Self {
         Self {
             retry: true,
-            ..Self::blocked(reason, message, Action::await_change())
+            ..Self::waiting(reason, message, Action::await_change())
         }
     }
 }
@@ -216,7 +228,13 @@ async fn apply(db: Arc<Database>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Nothing in the status changes from one attempt to the next, so the status write does not
     // wake the controller again at once.
     status.failed_attempts = 0;
-    conditions::remove(&mut status.conditions, STALLED);
+    match (&outcome.degraded, outcome.stalled) {
+        (Some(d), true) => {
+            let stalled = Desired::yes(STALLED, d.reason, d.message.clone());
+            conditions::set(&mut status.conditions, stalled, generation, now());
+        }
+        _ => conditions::remove(&mut status.conditions, STALLED),
+    }
     let key = super::key(db.as_ref());
     let action = match outcome.retry {
         true => Action::requeue(ctx.retries.failed(&key).delay),
@@ -738,6 +756,7 @@ async fn converge(
         degraded: None,
         action: Action::requeue(RESYNC),
         retry: false,
+        stalled: false,
     })
 }
 
