@@ -15,7 +15,7 @@ pub mod contract;
 #[path = "../../operator/src/controllers/workflow/definition.rs"]
 pub mod definition;
 
-#[path = "../../operator/src/controllers/backuppolicy/plan.rs"]
+#[path = "../../operator/src/controllers/backuppolicy/cron.rs"]
 pub mod schedule;
 
 pub mod database;

@@ -3,6 +3,7 @@
 //! ([`drill`]), applies retention ([`retention`]), and keeps the policy's status and metrics.
 //! Pipeline: validate (pure, [`plan`]) -> schedule -> drill -> retention -> status.
 
+pub mod cron;
 mod drill;
 pub mod plan;
 mod retention;
