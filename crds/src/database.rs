@@ -361,8 +361,8 @@ pub struct DatabaseStatus {
     /// `deletionPolicy: Delete` drop it).
     #[serde(default)]
     pub created_database: bool,
-    /// Failed attempts in a row for this generation; at 5 the Database is `Stalled` and waits
-    /// for a spec change.
+    /// No longer used (always left out): failures are retried with backoff for as long as they
+    /// last, never counted towards a stall. Read only from objects earlier versions wrote.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failed_attempts: i32,
     /// Id of the last applied migration.

@@ -214,3 +214,21 @@ pub fn api_error(code: u16, reason: &str, message: &str) -> Value {
 pub fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": format!("{kind}List"), "metadata": {"resourceVersion": "1"}, "items": items})
 }
+
+/// The delay of a requeue `action` (`None` for `await_change`).
+pub fn delay_of(action: &kube::runtime::controller::Action) -> Option<Duration> {
+    // Action keeps its delay private; its Debug form is `Action { requeue_after: Some(1s) }`.
+    let text = format!("{action:?}");
+    let inner = text.split("Some(").nth(1)?.split(')').next()?;
+    if let Some(ms) = inner.strip_suffix("ms") {
+        return ms
+            .parse::<f64>()
+            .ok()
+            .map(|v| Duration::from_secs_f64(v / 1000.0));
+    }
+    inner
+        .strip_suffix('s')?
+        .parse::<f64>()
+        .ok()
+        .map(Duration::from_secs_f64)
+}

@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::driver::reconcile;
-use super::mock::{self, api_error};
+use super::mock::{self, api_error, delay_of};
 use super::{Outcome, Reconciler};
 use crate::controllers::{Context, Error};
 
@@ -313,21 +313,4 @@ async fn an_object_that_cannot_be_read_is_named_and_marked_not_retried() {
     assert_eq!(api.join(task).await.unwrap(), Action::await_change());
     api.finish().await;
     assert_eq!(api.events[0].1, "Unreadable");
-}
-
-fn delay_of(action: &Action) -> Option<Duration> {
-    // Action keeps its delay private; its Debug form is `Action { requeue_after: Some(1s) }`.
-    let text = format!("{action:?}");
-    let inner = text.split("Some(").nth(1)?.split(')').next()?;
-    if let Some(ms) = inner.strip_suffix("ms") {
-        return ms
-            .parse::<f64>()
-            .ok()
-            .map(|v| Duration::from_secs_f64(v / 1000.0));
-    }
-    inner
-        .strip_suffix('s')?
-        .parse::<f64>()
-        .ok()
-        .map(Duration::from_secs_f64)
 }

@@ -17,15 +17,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use tracing::info;
 
-use super::{Outcome, generate_password};
-use crate::conditions::{Desired, READY};
-use crate::controllers::{Context, Error};
-use crate::workload::apply::{Converged, converge as converge_workloads, unschedulable};
+use super::secrets::generate_password;
+use crate::controllers::{Context, Error, refused, unschedulable};
+use crate::reconcile::Outcome;
+use crate::workload::apply::{Converged, converge as converge_workloads};
 use crate::workload::rollout::Rollout;
 use crate::workload::{NamedPort, Owner, Storage, Workload, env_from_secret};
 
@@ -183,19 +181,10 @@ pub async fn instance(ctx: &Context, db: &Database) -> Result<Option<ExternalSer
         }))
 }
 
-/// The Database waits for its server (retried soon, never counted towards `Stalled`).
+/// The Database waits for its server, which is starting (looked at again soon; not a failure).
 pub(super) fn waiting(why: String) -> Outcome {
-    Outcome {
-        ready: Desired::no(
-            READY,
-            "WaitingForServer",
-            format!("the managed server is starting ({why})"),
-        ),
-        degraded: None,
-        action: Action::requeue(std::time::Duration::from_secs(5)),
-        retry: false,
-        stalled: false,
-    }
+    let message = format!("the managed server is starting ({why})");
+    Outcome::progressing("WaitingForServer", message).after(std::time::Duration::from_secs(5))
 }
 
 /// Runs the server; once it is ready and accepts connections, how homeplane reaches it;
@@ -209,29 +198,10 @@ pub(super) async fn converge(
     let owner = Owner::of(db);
     let workloads = [workload(db, server)];
     match converge_workloads(&ctx.client, &owner, &workloads, &BTreeSet::new()).await? {
-        Converged::Refused { reason, message } => {
-            let old = db.status.as_ref().map(|s| s.conditions.as_slice());
-            if Converged::refusal_is_news(old.unwrap_or_default(), reason) {
-                ctx.event(db, EventType::Warning, reason, message.clone())
-                    .await;
-            }
-            // A placement that cannot be built is the spec's to fix; a class that is missing
-            // or full may pass.
-            let again = Action::requeue(std::time::Duration::from_secs(60));
-            Ok(Err(match reason {
-                "InvalidPlacement" => Outcome::blocked(reason, message, again),
-                _ => Outcome::waiting(reason, message, again),
-            }))
-        }
+        Converged::Refused { reason, message } => Ok(Err(refused(reason, message))),
         Converged::Applied { rollouts, .. } => {
-            if let Some([ready, degraded, _]) = unschedulable(&rollouts) {
-                return Ok(Err(Outcome {
-                    ready,
-                    degraded: Some(degraded),
-                    action: Action::requeue(std::time::Duration::from_secs(30)),
-                    retry: false,
-                    stalled: false,
-                }));
+            if let Some(outcome) = unschedulable(&rollouts) {
+                return Ok(Err(outcome));
             }
             match rollouts.get(&name(db)) {
                 Some(r) if r.is_ready() => {}
