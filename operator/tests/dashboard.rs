@@ -805,7 +805,7 @@ fn backing_up_and_drilling_now_name_who_asked() {
     let scratch = format!(
         r#"apiVersion: homeplane.dev/v1alpha1
 kind: Database
-metadata: {{name: scratch}}
+metadata: {{name: scratch, labels: {{homeplane.dev/scratch: "true"}}}}
 spec:
   databaseName: scratch_{s}
   server: {{external: {{host: "{host}", port: {port}, adminSecret: pg-admin}}}}

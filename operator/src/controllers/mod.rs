@@ -1,7 +1,5 @@
 //! The controllers, one module per kind, and what they share: the context and the error type.
-//! Controllers run in the reconcile frame (`crate::reconcile`); `error_policy`, `apply_status`
-//! and the failure counts below serve the controllers not moved onto it yet (Database,
-//! StateRegistry, Agent).
+//! Every controller runs in the reconcile frame (`crate::reconcile`).
 
 pub mod agent;
 pub mod agentrun;
@@ -14,13 +12,11 @@ pub mod registry;
 pub mod voice;
 pub mod workflow;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use tracing::warn;
 
 use crate::metrics::Metrics;
@@ -80,8 +76,6 @@ pub struct Context {
     pub retries: crate::reconcile::retry::Retries,
     /// Trust boundaries (registries, correctors, Agents).
     pub trust: Trust,
-    /// Consecutive failures per object (`kind/namespace/name`), for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
 }
 
 /// The operator's released image, run by PVC backup Jobs unless `--image` names another.
@@ -113,7 +107,6 @@ impl Context {
             backup_budget: backup::budget::Budget::default(),
             retries: crate::reconcile::retry::Retries::default(),
             trust: Trust::default(),
-            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -131,25 +124,6 @@ impl Context {
         match &self.watch_namespace {
             Some(ns) => kube::Api::namespaced(self.client.clone(), ns),
             None => kube::Api::all(self.client.clone()),
-        }
-    }
-
-    /// Forgets the failures of an object after it reconciled successfully.
-    pub fn succeeded(&self, key: &str) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.remove(key);
-        }
-    }
-
-    /// Counts one more failure of an object; returns how many in a row.
-    fn failed(&self, key: &str) -> u32 {
-        match self.failures.lock() {
-            Ok(mut failures) => {
-                let n = failures.entry(key.to_string()).or_insert(0);
-                *n = n.saturating_add(1);
-                *n
-            }
-            Err(_) => 1,
         }
     }
 
@@ -270,82 +244,6 @@ impl Error {
     }
 }
 
-/// Server-side applies `status` to the status subresource of `obj`, with homeplane's field
-/// manager. Every controller's status goes out this way.
-pub async fn apply_status<K>(
-    api: &kube::Api<K>,
-    obj: &K,
-    status: impl serde::Serialize,
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    crate::reconcile::status::write(api, obj, &status).await
-}
-
-/// The key of an object for backoff bookkeeping.
-pub fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
-}
-
-/// Backoff after `failures` consecutive failures: 1s, 2s, 4s … capped at 5 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let secs = 1u64 << failures.saturating_sub(1).min(9);
-    Duration::from_secs(secs.min(300))
-}
-
-/// The error policy of every controller: count the error, publish it as a Warning event, and
-/// retry with exponential backoff per object. (An invalid spec is not an error here: the
-/// controllers report it as a `Degraded` condition and wait for the spec to change.)
-pub fn error_policy<K>(
-    controller: &'static str,
-    obj: Arc<K>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action
-where
-    K: Resource<DynamicType = ()> + Send + Sync + 'static,
-{
-    ctx.metrics.failed(controller, error.category());
-    // The whole chain of causes: "failed to create the database: error returned from ...".
-    let mut causes = Vec::new();
-    let mut cause = std::error::Error::source(error);
-    while let Some(c) = cause {
-        causes.push(c.to_string());
-        cause = c.source();
-    }
-    let source = causes.join(": ");
-    warn!(controller, object = %obj.name_any(), error = %error, %source, "reconcile failed");
-    let delay = backoff(ctx.failed(&key(obj.as_ref())));
-    let note = format!("{error}: {source}; retrying in {}s", delay.as_secs());
-    let reason = error.reason();
-    tokio::spawn(async move {
-        ctx.event(obj.as_ref(), EventType::Warning, reason, note)
-            .await
-    });
-    Action::requeue(delay)
-}
-
-/// Logs what a controller's stream yields besides reconcile results: watch failures, objects
-/// that do not deserialize, missing RBAC. (Reconcile errors are logged by [`error_policy`].)
-pub fn log_stream_error<T, E: std::fmt::Display>(
-    controller: &'static str,
-) -> impl FnMut(Result<T, kube::runtime::controller::Error<Error, E>>) -> futures::future::Ready<()>
-{
-    move |result| {
-        match result {
-            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) | Ok(_) => {}
-            Err(error) => warn!(controller, %error, "controller stream error"),
-        }
-        futures::future::ready(())
-    }
-}
-
 /// The outcome of workloads refused before anything was created: a placement that cannot be
 /// built is the spec's to fix; a class that is missing or full may pass (a node joins, another
 /// workload ends) and is retried with the frame's backoff, and when the class's nodes or pods
@@ -430,17 +328,4 @@ pub async fn job_container_end(
         .flatten()
         .filter(|c| c.name == container)
         .find_map(|c| c.state.as_ref()?.terminated.clone()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(40), Duration::from_secs(300));
-    }
 }

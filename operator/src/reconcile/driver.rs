@@ -57,6 +57,10 @@ pub trait Reconciler: Send + Sync + 'static {
         false
     }
 
+    /// Called when an object is found gone (deleted without a finalizer), with its
+    /// [`key`]: what the controller remembers of it can be forgotten.
+    fn gone(&self, _key: &str, _ctx: &Context) {}
+
     /// Runs when an object with the finalizer is deleted; must work even if no pass ran.
     fn cleanup(
         &self,
@@ -118,7 +122,10 @@ pub async fn reconcile<R: Reconciler>(
         .await
     {
         Ok(Some(obj)) => obj,
-        Ok(None) => return Ok(Action::await_change()),
+        Ok(None) => {
+            reconciler.gone(&key(cached.as_ref()), &ctx);
+            return Ok(Action::await_change());
+        }
         Err(kube::Error::SerdeError(error)) => {
             watch::unreadable(&ctx, cached.as_ref(), &error.to_string()).await;
             return Ok(Action::await_change());

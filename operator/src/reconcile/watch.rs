@@ -68,10 +68,7 @@ impl<K: Object> Reporter<K> {
                 return;
             }
         };
-        let unreadable = matches!(
-            &error,
-            watcher::Error::WatchFailed(kube::Error::SerdeError(_))
-        );
+        let unreadable = is_unreadable(&error);
         let category = if unreadable { "unreadable" } else { "watch" };
         self.ctx.metrics.watch_failed(self.controller, category);
         warn!(controller = self.controller, %error, "a watch failed; it resumes with backoff");
@@ -125,6 +122,19 @@ impl<K: Object> Reporter<K> {
                 unreadable_object(&self.ctx, &typed, &error.to_string()).await;
             }
         }
+    }
+}
+
+/// Whether a watch failed on an object it could not read. kube-client tries a line it cannot
+/// parse as an event as a `Status` too, and a line whose object is nested too deep parses as an
+/// empty one: an API error without a code, which no API server sends.
+fn is_unreadable(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchFailed(kube::Error::SerdeError(_)) => true,
+        watcher::Error::WatchFailed(kube::Error::Api(status)) => {
+            status.code == 0 && status.reason.is_empty() && status.message.is_empty()
+        }
+        _ => false,
     }
 }
 
@@ -215,6 +225,26 @@ async fn unreadable_object<K: Object>(ctx: &Context, obj: &Typed<K>, error: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// kube-client reads a watch line it cannot parse as a `Status` when it can: a line whose
+    /// object is nested too deep parses as an empty one (the ignored fields are skipped
+    /// without the depth limit), so the error is an API error with no code.
+    #[test]
+    fn a_watch_line_nested_too_deep_is_unreadable_not_a_watch_failure() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let line = format!("{{\"type\":\"ADDED\",\"object\":{{\"x\":{deep}}}}}");
+        let status: kube::core::Status = serde_json::from_str(&line).unwrap();
+        let as_kube_reads_it = watcher::Error::WatchFailed(kube::Error::Api(Box::new(status)));
+        assert!(is_unreadable(&as_kube_reads_it));
+        let parse = serde_json::from_str::<serde_json::Value>(&line).unwrap_err();
+        assert!(is_unreadable(&watcher::Error::WatchFailed(
+            kube::Error::SerdeError(parse)
+        )));
+        let gone = kube::core::Status::failure("too old", "Expired").with_code(410);
+        assert!(!is_unreadable(&watcher::Error::WatchFailed(
+            kube::Error::Api(Box::new(gone))
+        )));
+    }
 
     #[test]
     fn says_what_is_wrong_with_an_unreadable_object() {

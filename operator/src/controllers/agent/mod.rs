@@ -11,7 +11,7 @@ pub mod rbac;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use homeplane_crds::agent::{Agent, AgentRun, AgentRunPhase, AgentStatus, AgentTier};
@@ -22,29 +22,29 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument};
+use tracing::info;
 
-use super::{Context, Error, FIELD_MANAGER, apply_status, backoff, error_policy, now};
-use crate::conditions::{self, DEGRADED, Desired, READY};
+use super::{Context, Error, FIELD_MANAGER};
+use crate::reconcile::{self, Outcome, Reconciler, watch};
 
-const CONTROLLER: &str = "agent";
 /// How often a converged Agent is checked again (RBAC edited by hand is put back by then).
 const RESYNC: Duration = Duration::from_secs(120);
 /// Finalizer that removes the Agent's Roles in other namespaces and its cluster-wide rights.
 const FINALIZER: &str = "homeplane.dev/agent-rbac";
 
+/// The Agent controller.
+pub struct Agents;
+
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
     let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=homeplane");
-    Controller::new(ctx.watched::<Agent>(), watcher::Config::default())
+    let controller = Controller::new(ctx.watched::<Agent>(), watch::config())
         .owns(ctx.watched::<ServiceAccount>(), owned.clone())
         .owns(ctx.watched::<RoleBinding>(), owned)
         // A run starting or ending changes the Agent's count of running runs.
@@ -55,32 +55,35 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
                 run.namespace()
                     .map(|ns| ObjectRef::<Agent>::new(&run.spec.agent).within(&ns))
             },
-        )
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(
-            reconcile,
-            |agent, error, ctx| error_policy(CONTROLLER, agent, error, ctx),
-            ctx,
-        )
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        );
+    reconcile::run(Agents, controller, ctx, shutdown).await;
 }
 
-#[instrument(skip_all, fields(agent = %agent.name_any(), namespace = agent.namespace().unwrap_or_default()))]
-async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api = agents(&agent, &ctx);
-    finalizer(&api, FINALIZER, agent, |event| async {
-        match event {
-            FinalizerEvent::Apply(agent) => apply(agent, ctx.clone()).await,
-            FinalizerEvent::Cleanup(agent) => cleanup(agent, ctx.clone()).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
-}
+impl Reconciler for Agents {
+    type Object = Agent;
+    const NAME: &'static str = "agent";
+    const RESYNC: Duration = RESYNC;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
 
-fn agents(agent: &Agent, ctx: &Context) -> Api<Agent> {
-    Api::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default())
+    async fn reconcile(
+        &self,
+        agent: &Agent,
+        status: &mut AgentStatus,
+        ctx: &Context,
+    ) -> Result<Outcome, Error> {
+        let outcome = converge(agent, ctx, status).await?;
+        status.running_runs = running_runs(agent, ctx).await?;
+        Ok(outcome)
+    }
+
+    /// Its Roles and bindings everywhere, and its cluster-wide rights, go (the ServiceAccount
+    /// follows through its owner reference).
+    async fn cleanup(&self, agent: &Agent, ctx: &Context) -> Result<(), Error> {
+        let none = BTreeSet::new();
+        prune_all(ctx, agent, &none, &none).await?;
+        info!("removed the Agent's rights");
+        Ok(())
+    }
 }
 
 /// Why an object could not be applied.
@@ -228,56 +231,6 @@ fn forbidden(error: &Error) -> bool {
     matches!(error, Error::Kube { source: kube::Error::Api(e), .. } if e.code == 403)
 }
 
-/// The outcome of one pass, before it becomes status.
-struct Outcome {
-    ready: Desired,
-    degraded: Option<Desired>,
-    retry: bool,
-}
-
-impl Outcome {
-    fn failed(reason: &'static str, message: String, retry: bool) -> Self {
-        Self {
-            ready: Desired::no(READY, reason, message.clone()),
-            degraded: Some(Desired::yes(DEGRADED, reason, message)),
-            retry,
-        }
-    }
-}
-
-async fn apply(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let Some(agent) = agents(&agent, &ctx)
-        .get_opt(&agent.name_any())
-        .await
-        .map_err(Error::kube("read the Agent"))?
-    else {
-        return Ok(Action::await_change());
-    };
-    let mut status = agent.status.clone().unwrap_or_default();
-    let old = status.clone();
-    let generation = agent.metadata.generation;
-    let outcome = converge(&agent, &ctx, &mut status).await?;
-    status.running_runs = running_runs(&agent, &ctx).await?;
-    status.observed_generation = generation;
-    conditions::set(&mut status.conditions, outcome.ready, generation, now());
-    match outcome.degraded {
-        Some(d) => conditions::set(&mut status.conditions, d, generation, now()),
-        None => conditions::remove(&mut status.conditions, DEGRADED),
-    }
-    if status != old || agent.status.is_none() {
-        apply_status(&agents(&agent, &ctx), &agent, &status).await?;
-    }
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    let key = super::key(&agent);
-    if outcome.retry {
-        ctx.metrics.failed(CONTROLLER, "rbac");
-        return Ok(Action::requeue(backoff(ctx.failed(&key))));
-    }
-    ctx.succeeded(&key);
-    Ok(Action::requeue(RESYNC))
-}
-
 /// Runs of this Agent now running.
 async fn running_runs(agent: &Agent, ctx: &Context) -> Result<i32, Error> {
     let runs =
@@ -297,46 +250,39 @@ async fn running_runs(agent: &Agent, ctx: &Context) -> Result<i32, Error> {
 fn refused(what: &str, error: &ApplyError) -> Outcome {
     let error = match error {
         ApplyError::Taken => {
-            return Outcome::failed(
+            return Outcome::blocked(
                 "NameTaken",
                 format!(
                     "{what} exists and was not made by homeplane for this Agent; it is left alone: rename the Agent or remove that object"
                 ),
-                false,
             );
         }
         ApplyError::Api(e) => e,
     };
     match error {
-        kube::Error::Api(e) if e.code == 404 => Outcome::failed(
+        // A namespace about to be created: retried.
+        kube::Error::Api(e) if e.code == 404 => Outcome::retry(
             "NamespaceMissing",
             format!(
                 "cannot create {what}: {}; create the namespace or remove it from scope.namespaces",
                 e.message
             ),
-            true,
         ),
-        kube::Error::Api(e) if e.code == 403 => Outcome::failed(
+        kube::Error::Api(e) if e.code == 403 => Outcome::blocked(
             "RbacForbidden",
             format!(
                 "the API server refused {what}: {}; this homeplane install may not act there (a namespace-scoped install manages its own namespace only)",
                 e.message
             ),
-            true,
         ),
-        kube::Error::Api(e) if e.code == 422 => Outcome::failed(
+        kube::Error::Api(e) if e.code == 422 => Outcome::invalid(
             "InvalidScope",
             format!(
                 "the API server refused {what}: {}; fix spec.scope",
                 e.message
             ),
-            false,
         ),
-        other => Outcome::failed(
-            "ApplyFailed",
-            format!("applying {what} failed: {other}"),
-            true,
-        ),
+        other => Outcome::retry("ApplyFailed", format!("applying {what} failed: {other}")),
     }
 }
 
@@ -490,34 +436,33 @@ async fn converge(
         Ok(plan) => plan,
         Err(message) => {
             revoke(ctx, agent).await?;
-            return Ok(Outcome::failed(
+            return Ok(Outcome::invalid(
                 "InvalidScope",
                 format!("{message}; fix spec.scope"),
-                false,
             ));
         }
     };
     let ns = agent.namespace().unwrap_or_default();
     if !policy_installed(ctx).await? {
         revoke(ctx, agent).await?;
-        return Ok(Outcome::failed(
+        // Installed with the chart, possibly a moment after the Agent: retried.
+        return Ok(Outcome::retry(
             "AdmissionPolicyMissing",
             format!(
                 "the ValidatingAdmissionPolicyBinding {} that records who asks for each Agent is not installed (or does not deny); no Agent gets rights without it: install homeplane's chart",
                 ctx.trust.agent_policy
             ),
-            true,
         ));
     }
     let Some((user, groups)) = requester(agent) else {
         revoke(ctx, agent).await?;
-        return Ok(Outcome::failed(
+        // Any change of the Agent (applying it again) is looked at.
+        return Ok(Outcome::invalid(
             "RequesterUnknown",
             format!(
                 "the Agent has no {} annotation (it predates the admission policy): apply it again so that the policy records who asks for it",
                 rbac::REQUESTED_BY
             ),
-            false,
         ));
     };
     let missing = missing_rights(ctx, &user, &groups, &plan).await?;
@@ -525,7 +470,7 @@ async fn converge(
         revoke(ctx, agent).await?;
         let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
         let more = missing.len().saturating_sub(shown.len());
-        return Ok(Outcome::failed(
+        return Ok(Outcome::blocked(
             "RequesterLacksRights",
             format!(
                 "{user} asked for this Agent but may not {}{}; an Agent gets only rights the person who asks for it holds: narrow spec.scope or have an admin grant them",
@@ -536,19 +481,17 @@ async fn converge(
                     String::new()
                 }
             ),
-            false,
         ));
     }
     let not_grantable = missing_roles(ctx, &plan).await?;
     if !not_grantable.is_empty() {
         revoke(ctx, agent).await?;
-        return Ok(Outcome::failed(
+        return Ok(Outcome::blocked(
             "NotGrantable",
             format!(
                 "no Agent may be given {}: homeplane binds only the ClusterRoles its install provides; an admin adds the resource to the chart value agents.grantable",
                 not_grantable.join(", ")
             ),
-            false,
         ));
     }
 
@@ -622,18 +565,13 @@ async fn converge(
     } else {
         format!("in namespace(s) {}", plan.namespaces.join(", "))
     };
-    Ok(Outcome {
-        ready: Desired::yes(
-            READY,
-            "RbacApplied",
-            format!(
-                "ServiceAccount {sa_name} has {tier} rights ({verbs}) on {} {where_}, as asked by {user}",
-                rbac::describe(&plan.grants)
-            ),
+    Ok(Outcome::ready(
+        "RbacApplied",
+        format!(
+            "ServiceAccount {sa_name} has {tier} rights ({verbs}) on {} {where_}, as asked by {user}",
+            rbac::describe(&plan.grants)
         ),
-        degraded: None,
-        retry: false,
-    })
+    ))
 }
 
 /// Removes every binding of the Agent: what it may not have, it has nothing of.
@@ -644,13 +582,4 @@ async fn revoke(ctx: &Context, agent: &Agent) -> Result<(), Error> {
         info!(?pruned, "removed the Agent's rights");
     }
     Ok(())
-}
-
-/// Runs when an Agent is deleted: its Roles and bindings everywhere, and its cluster-wide
-/// rights, go (the ServiceAccount follows through its owner reference).
-async fn cleanup(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let none = BTreeSet::new();
-    prune_all(&ctx, &agent, &none, &none).await?;
-    info!("removed the Agent's rights");
-    Ok(Action::await_change())
 }
