@@ -1057,7 +1057,7 @@ fn json_200_levels_deep_is_refused_or_reported_while_the_kind_keeps_reconciling(
             "--field-selector",
             "reason=Unreadable",
             "-o",
-            "jsonpath={.items[*].regarding.name}",
+            "jsonpath={.items[*].involvedObject.name}",
         ])
         .unwrap_or_default();
     assert!(
