@@ -87,26 +87,15 @@ fn respond(status: u16, body: &Value) -> Response<Body> {
         .unwrap()
 }
 
+/// Where the answer to one request goes.
+type Reply = mock::SendResponse<Response<Body>>;
+
 impl ApiServer {
     /// Answers the next request that is not an event with `status` and `body`; returns it.
     pub async fn answer(&mut self, status: u16, body: Value) -> Seen {
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request());
-            let (request, send) = next
-                .await
-                .expect("the reconcile to make another request")
-                .expect("the client to be alive");
-            let seen = read(request).await;
-            if seen.uri.contains("/events") {
-                let b = &seen.body;
-                let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
-                self.events.push((s("type"), s("reason"), s("note")));
-                send.send_response(respond(201, &seen.body));
-                continue;
-            }
-            send.send_response(respond(status, &body));
-            return seen;
-        }
+        let (seen, send) = self.next("the reconcile to make another request").await;
+        send.send_response(respond(status, &body));
+        seen
     }
 
     /// Answers the next request with `body` (200) after checking it is `method` on `path`.
@@ -124,28 +113,17 @@ impl ApiServer {
     /// Answers a status patch with what it carried (answering the events before it); returns
     /// it.
     pub async fn expect_status_patch(&mut self, path: &str, object: &Value) -> Seen {
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request());
-            let (request, send) = next.await.expect("a status patch").expect("alive");
-            let seen = read(request).await;
-            if seen.uri.contains("/events") {
-                let b = &seen.body;
-                let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
-                self.events.push((s("type"), s("reason"), s("note")));
-                send.send_response(respond(201, &seen.body));
-                continue;
-            }
-            assert!(
-                seen.is("PATCH", path) && seen.uri.contains("/status"),
-                "expected a status patch of {path}, the reconcile sent {} {}",
-                seen.method,
-                seen.uri
-            );
-            let mut answer = object.clone();
-            answer["status"] = seen.body["status"].clone();
-            send.send_response(respond(200, &answer));
-            return seen;
-        }
+        let (seen, send) = self.next("a status patch").await;
+        assert!(
+            seen.is("PATCH", path) && seen.uri.contains("/status"),
+            "expected a status patch of {path}, the reconcile sent {} {}",
+            seen.method,
+            seen.uri
+        );
+        let mut answer = object.clone();
+        answer["status"] = seen.body["status"].clone();
+        send.send_response(respond(200, &answer));
+        seen
     }
 
     /// Takes the next request and never answers it (an API server that hangs); returns what
@@ -169,17 +147,7 @@ impl ApiServer {
                     let Some((request, send)) = next else {
                         return task.await.expect("the reconcile task");
                     };
-                    let seen = read(request).await;
-                    assert!(
-                        seen.uri.contains("/events"),
-                        "unexpected request {} {}",
-                        seen.method,
-                        seen.uri
-                    );
-                    let b = &seen.body;
-                    let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
-                    self.events.push((s("type"), s("reason"), s("note")));
-                    send.send_response(respond(201, &seen.body));
+                    self.only_events(request, send).await;
                 }
             }
         }
@@ -190,18 +158,40 @@ impl ApiServer {
         while let Ok(Some((request, send))) =
             tokio::time::timeout(Duration::from_millis(200), self.handle.next_request()).await
         {
-            let seen = read(request).await;
-            assert!(
-                seen.uri.contains("/events"),
-                "unexpected request {} {}",
-                seen.method,
-                seen.uri
-            );
-            let b = &seen.body;
-            let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
-            self.events.push((s("type"), s("reason"), s("note")));
-            send.send_response(respond(201, &seen.body));
+            self.only_events(request, send).await;
         }
+    }
+
+    /// The next request that is not an event (events are recorded and accepted), within 5 s.
+    async fn next(&mut self, what: &'static str) -> (Seen, Reply) {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), self.handle.next_request());
+            let (request, send) = next.await.expect(what).expect("the client to be alive");
+            let seen = read(request).await;
+            if let Some(send) = self.event(&seen, send) {
+                return (seen, send);
+            }
+        }
+    }
+
+    /// Records and accepts `request`, which must be an event.
+    async fn only_events(&mut self, request: Request<Body>, send: Reply) {
+        let seen = read(request).await;
+        if self.event(&seen, send).is_some() {
+            panic!("unexpected request {} {}", seen.method, seen.uri);
+        }
+    }
+
+    /// Records and accepts `seen` when it is an event; otherwise gives `send` back.
+    fn event(&mut self, seen: &Seen, send: Reply) -> Option<Reply> {
+        if !seen.uri.contains("/events") {
+            return Some(send);
+        }
+        let b = &seen.body;
+        let s = |k: &str| b[k].as_str().unwrap_or_default().to_string();
+        self.events.push((s("type"), s("reason"), s("note")));
+        send.send_response(respond(201, &seen.body));
+        None
     }
 }
 

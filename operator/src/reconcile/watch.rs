@@ -91,7 +91,10 @@ impl<K: Object> Reporter<K> {
     /// Finds the objects of the kind whose current version is not in the controller's cache
     /// and that cannot be read, and reports each.
     async fn name_unreadable(&self) {
-        let listed = match list_names::<K>(&self.ctx).await {
+        let url = K::url_path(&(), self.ctx.watch_namespace.as_deref());
+        let action = "list the kind's names";
+        let all = ListParams::default();
+        let listed = match super::list::names(&self.ctx.client, &url, all, action).await {
             Ok(listed) => listed,
             Err(error) => {
                 warn!(controller = self.controller, %error, "listing the kind's names failed");
@@ -120,49 +123,6 @@ impl<K: Object> Reporter<K> {
             }
         }
     }
-}
-
-/// The part of an object's metadata that naming an unreadable object needs.
-#[derive(Debug, serde::Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-struct Names {
-    name: String,
-    namespace: Option<String>,
-    uid: Option<String>,
-    resource_version: Option<String>,
-    generation: Option<i64>,
-}
-
-#[derive(serde::Deserialize)]
-struct NamesList {
-    items: Vec<NamesItem>,
-}
-
-#[derive(serde::Deserialize)]
-struct NamesItem {
-    metadata: Names,
-}
-
-/// The names of every object of the kind (metadata list). Read into [`Names`] only: the
-/// managed fields of an object with a deep value are as deep as it, and fields that are
-/// skipped are not held to the parser's depth limit, so the list is read where a typed one
-/// would fail.
-async fn list_names<K: Object>(ctx: &Context) -> Result<Vec<Names>, String> {
-    let url = K::url_path(&(), ctx.watch_namespace.as_deref());
-    let request = kube::core::Request::new(url)
-        .list_metadata(&ListParams::default())
-        .map_err(|e| e.to_string())?;
-    let text = ctx
-        .client
-        .request_text(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    parse_names(&text)
-}
-
-fn parse_names(text: &str) -> Result<Vec<Names>, String> {
-    let list: NamesList = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    Ok(list.items.into_iter().map(|i| i.metadata).collect())
 }
 
 /// Whether a watch failed on an object it could not read. kube-client tries a line it cannot
@@ -284,30 +244,6 @@ mod tests {
         assert!(!is_unreadable(&watcher::Error::WatchFailed(
             kube::Error::Api(Box::new(gone))
         )));
-    }
-
-    /// The managed fields of an object with a 200-deep value are 200 deep too: a typed
-    /// metadata list fails on them; the names are read all the same.
-    #[test]
-    fn names_are_read_from_a_list_whose_managed_fields_are_too_deep() {
-        let deep = format!("{}{{}}{}", "{\"f:x\":".repeat(200), "}".repeat(200));
-        let text = format!(
-            r#"{{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{{}},"items":[{{"metadata":{{"name":"deep","namespace":"ns","uid":"u1","resourceVersion":"7","generation":2,"managedFields":[{{"manager":"kubectl","fieldsV1":{deep}}}]}}}}]}}"#
-        );
-        let typed = serde_json::from_str::<
-            kube::core::ObjectList<kube::core::PartialObjectMeta<homeplane_crds::StateRegistry>>,
-        >(&text);
-        assert!(typed.is_err(), "the typed list fails on the deep fields");
-        assert_eq!(
-            parse_names(&text).unwrap(),
-            vec![Names {
-                name: "deep".into(),
-                namespace: Some("ns".into()),
-                uid: Some("u1".into()),
-                resource_version: Some("7".into()),
-                generation: Some(2),
-            }]
-        );
     }
 
     #[test]

@@ -77,14 +77,18 @@ impl Reconciler for Backups {
     }
 }
 
+/// The BackupPolicy a Backup belongs to, if it exists.
+async fn policy_of(b: &Backup, ctx: &Context) -> Result<Option<BackupPolicy>, Error> {
+    Api::<BackupPolicy>::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default())
+        .get_opt(&b.spec.policy)
+        .await
+        .map_err(Error::kube("read the BackupPolicy"))
+}
+
 /// Starts a run: its policy, bucket and source, then a dump or a volume Job.
 async fn start(b: &Backup, ctx: &Context, status: &mut BackupStatus) -> Result<Outcome, Error> {
     let ns = b.namespace().unwrap_or_default();
-    let Some(policy) = Api::<BackupPolicy>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&b.spec.policy)
-        .await
-        .map_err(Error::kube("read the BackupPolicy"))?
-    else {
+    let Some(policy) = policy_of(b, ctx).await? else {
         let message = format!(
             "BackupPolicy {ns}/{} does not exist; create it (this Backup runs as soon as it does)",
             b.spec.policy
@@ -328,12 +332,7 @@ async fn discard(b: &Backup, ctx: &Context, key: &str) -> Result<&'static str, E
     if key.is_empty() {
         return Ok("");
     }
-    let ns = b.namespace().unwrap_or_default();
-    let Some(policy) = Api::<BackupPolicy>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&b.spec.policy)
-        .await
-        .map_err(Error::kube("read the BackupPolicy"))?
-    else {
+    let Some(policy) = policy_of(b, ctx).await? else {
         return Ok("");
     };
     let Ok(dest) = resolve::destination(ctx, &policy).await? else {

@@ -35,17 +35,7 @@ pub async fn if_due(
     let (Some(verify), Some(spec)) = (&checked.verify, &p.spec.verify) else {
         return Ok(None);
     };
-    let created = p
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(now_ts);
-    let since = status
-        .last_verify_schedule_time
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(created);
+    let since = super::last_run(p, status.last_verify_schedule_time.as_ref(), now_ts);
     // A drill asked for by hand counts as one due at the time it was asked (at most now).
     let asked = p
         .annotations()

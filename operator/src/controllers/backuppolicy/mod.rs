@@ -121,17 +121,7 @@ async fn schedule(
     }
     let ns = p.namespace().unwrap_or_default();
     let name = p.name_any();
-    let created = p
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(now_ts);
-    let since = status
-        .last_schedule_time
-        .as_ref()
-        .map(|t| t.0)
-        .unwrap_or(created);
+    let since = last_run(p, status.last_schedule_time.as_ref(), now_ts);
     if let Some(due) = checked.schedule.due(since, now_ts) {
         let backup_name = plan::scheduled_name(&name, due);
         let backup = Backup {
@@ -157,6 +147,13 @@ async fn schedule(
     }
     status.next_schedule_time = checked.schedule.next_after(now_ts).map(Time);
     Ok(())
+}
+
+/// The scheduled time of the last run, `last`, or before any, the policy's creation (`now`
+/// when it has none yet): runs due after it are made.
+fn last_run(p: &BackupPolicy, last: Option<&Time>, now_ts: jiff::Timestamp) -> jiff::Timestamp {
+    let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    last.map(|t| t.0).or(created).unwrap_or(now_ts)
 }
 
 /// The policy's Backups (by `spec.policy`, a selectable field), oldest first.
