@@ -427,133 +427,24 @@ async fn missing_roles(ctx: &Context, plan: &rbac::Plan) -> Result<Vec<String>, 
     Ok(missing)
 }
 
+/// One pass: what the Agent may be given, then its ServiceAccount and bindings.
 async fn converge(
     agent: &Agent,
     ctx: &Context,
     status: &mut AgentStatus,
 ) -> Result<Outcome, Error> {
-    let plan = match rbac::plan(agent, &ctx.trust.agent_role_prefix) {
-        Ok(plan) => plan,
-        Err(message) => {
+    // Whatever may not be granted, nothing of it is: every right goes first.
+    let (plan, user) = match allowed(agent, ctx).await? {
+        Ok(allowed) => allowed,
+        Err(outcome) => {
             revoke(ctx, agent).await?;
-            return Ok(Outcome::invalid(
-                "InvalidScope",
-                format!("{message}; fix spec.scope"),
-            ));
+            return Ok(outcome);
         }
     };
-    let ns = agent.namespace().unwrap_or_default();
-    if !policy_installed(ctx).await? {
-        revoke(ctx, agent).await?;
-        // Installed with the chart, possibly a moment after the Agent: retried.
-        return Ok(Outcome::retry(
-            "AdmissionPolicyMissing",
-            format!(
-                "the ValidatingAdmissionPolicyBinding {} that records who asks for each Agent is not installed (or does not deny); no Agent gets rights without it: install homeplane's chart",
-                ctx.trust.agent_policy
-            ),
-        ));
+    if let Err(outcome) = bind(agent, ctx, &plan).await? {
+        return Ok(outcome);
     }
-    let Some((user, groups)) = requester(agent) else {
-        revoke(ctx, agent).await?;
-        // Any change of the Agent (applying it again) is looked at.
-        return Ok(Outcome::invalid(
-            "RequesterUnknown",
-            format!(
-                "the Agent has no {} annotation (it predates the admission policy): apply it again so that the policy records who asks for it",
-                rbac::REQUESTED_BY
-            ),
-        ));
-    };
-    let missing = missing_rights(ctx, &user, &groups, &plan).await?;
-    if !missing.is_empty() {
-        revoke(ctx, agent).await?;
-        let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
-        let more = missing.len().saturating_sub(shown.len());
-        return Ok(Outcome::blocked(
-            "RequesterLacksRights",
-            format!(
-                "{user} asked for this Agent but may not {}{}; an Agent gets only rights the person who asks for it holds: narrow spec.scope or have an admin grant them",
-                shown.join(", "),
-                if more > 0 {
-                    format!(" (and {more} more)")
-                } else {
-                    String::new()
-                }
-            ),
-        ));
-    }
-    let not_grantable = missing_roles(ctx, &plan).await?;
-    if !not_grantable.is_empty() {
-        revoke(ctx, agent).await?;
-        return Ok(Outcome::blocked(
-            "NotGrantable",
-            format!(
-                "no Agent may be given {}: homeplane binds only the ClusterRoles its install provides; an admin adds the resource to the chart value agents.grantable",
-                not_grantable.join(", ")
-            ),
-        ));
-    }
-
-    let client = ctx.client.clone();
-    let sa_name = rbac::service_account_name(agent);
-    if let Err(e) = ssa(
-        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-        &plan.service_account,
-        agent,
-        "ServiceAccount",
-    )
-    .await
-    {
-        return Ok(refused(&format!("ServiceAccount {ns}/{sa_name}"), &e));
-    }
-    status.service_account_name = Some(sa_name.clone());
-
-    let mut keep_roles = BTreeSet::new();
-    for binding in &plan.role_bindings {
-        let binding_ns = binding.metadata.namespace.clone().unwrap_or_default();
-        let name = binding.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = ssa(
-            &Api::<RoleBinding>::namespaced(client.clone(), &binding_ns),
-            binding,
-            agent,
-            "RoleBinding",
-        )
-        .await
-        {
-            return Ok(refused(&format!("RoleBinding {binding_ns}/{name}"), &e));
-        }
-        keep_roles.insert(format!("{binding_ns}/{name}"));
-    }
-    let mut keep_cluster = BTreeSet::new();
-    for binding in &plan.cluster_bindings {
-        let name = binding.metadata.name.clone().unwrap_or_default();
-        if let Err(e) = ssa(
-            &Api::<ClusterRoleBinding>::all(client.clone()),
-            binding,
-            agent,
-            "ClusterRoleBinding",
-        )
-        .await
-        {
-            return Ok(refused(&format!("ClusterRoleBinding {name}"), &e));
-        }
-        keep_cluster.insert(name);
-    }
-
-    // Whatever the spec no longer asks for goes: the rights narrow at once.
-    let pruned = prune_all(ctx, agent, &keep_roles, &keep_cluster).await?;
-    if !pruned.is_empty() {
-        info!(?pruned, "removed rights the spec no longer grants");
-        ctx.event(
-            agent,
-            kube::runtime::events::EventType::Normal,
-            "RightsNarrowed",
-            format!("removed {}", pruned.join(", ")),
-        )
-        .await;
-    }
-
+    status.service_account_name = Some(rbac::service_account_name(agent));
     let tier = match agent.spec.tier {
         AgentTier::Observer => "observer",
         AgentTier::Builder => "builder",
@@ -568,10 +459,131 @@ async fn converge(
     Ok(Outcome::ready(
         "RbacApplied",
         format!(
-            "ServiceAccount {sa_name} has {tier} rights ({verbs}) on {} {where_}, as asked by {user}",
+            "ServiceAccount {} has {tier} rights ({verbs}) on {} {where_}, as asked by {user}",
+            rbac::service_account_name(agent),
             rbac::describe(&plan.grants)
         ),
     ))
+}
+
+/// The rights the Agent may have, and who asked for them; the outcome to report when it may
+/// have none: a scope that cannot be planned, no admission policy to record who asks, no
+/// recorded requester, a requester without every right, or a resource no ClusterRole grants.
+async fn allowed(
+    agent: &Agent,
+    ctx: &Context,
+) -> Result<Result<(rbac::Plan, String), Outcome>, Error> {
+    let plan = match rbac::plan(agent, &ctx.trust.agent_role_prefix) {
+        Ok(plan) => plan,
+        Err(message) => {
+            let message = format!("{message}; fix spec.scope");
+            return Ok(Err(Outcome::invalid("InvalidScope", message)));
+        }
+    };
+    if !policy_installed(ctx).await? {
+        // Installed with the chart, possibly a moment after the Agent: retried.
+        return Ok(Err(Outcome::retry(
+            "AdmissionPolicyMissing",
+            format!(
+                "the ValidatingAdmissionPolicyBinding {} that records who asks for each Agent is not installed (or does not deny); no Agent gets rights without it: install homeplane's chart",
+                ctx.trust.agent_policy
+            ),
+        )));
+    }
+    let Some((user, groups)) = requester(agent) else {
+        // Any change of the Agent (applying it again) is looked at.
+        return Ok(Err(Outcome::invalid(
+            "RequesterUnknown",
+            format!(
+                "the Agent has no {} annotation (it predates the admission policy): apply it again so that the policy records who asks for it",
+                rbac::REQUESTED_BY
+            ),
+        )));
+    };
+    let missing = missing_rights(ctx, &user, &groups, &plan).await?;
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
+        let more = missing.len().saturating_sub(shown.len());
+        return Ok(Err(Outcome::blocked(
+            "RequesterLacksRights",
+            format!(
+                "{user} asked for this Agent but may not {}{}; an Agent gets only rights the person who asks for it holds: narrow spec.scope or have an admin grant them",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" (and {more} more)")
+                } else {
+                    String::new()
+                }
+            ),
+        )));
+    }
+    let not_grantable = missing_roles(ctx, &plan).await?;
+    if !not_grantable.is_empty() {
+        return Ok(Err(Outcome::blocked(
+            "NotGrantable",
+            format!(
+                "no Agent may be given {}: homeplane binds only the ClusterRoles its install provides; an admin adds the resource to the chart value agents.grantable",
+                not_grantable.join(", ")
+            ),
+        )));
+    }
+    Ok(Ok((plan, user)))
+}
+
+/// Applies the ServiceAccount and the bindings of `plan`, then deletes the bindings the spec no
+/// longer asks for (the rights narrow at once); the outcome to report when one is refused.
+async fn bind(
+    agent: &Agent,
+    ctx: &Context,
+    plan: &rbac::Plan,
+) -> Result<Result<(), Outcome>, Error> {
+    let ns = agent.namespace().unwrap_or_default();
+    let client = ctx.client.clone();
+    let sa_name = rbac::service_account_name(agent);
+    if let Err(e) = ssa(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        &plan.service_account,
+        agent,
+        "ServiceAccount",
+    )
+    .await
+    {
+        return Ok(Err(refused(&format!("ServiceAccount {ns}/{sa_name}"), &e)));
+    }
+    let mut keep_roles = BTreeSet::new();
+    for binding in &plan.role_bindings {
+        let binding_ns = binding.metadata.namespace.clone().unwrap_or_default();
+        let name = binding.metadata.name.clone().unwrap_or_default();
+        let api = Api::<RoleBinding>::namespaced(client.clone(), &binding_ns);
+        if let Err(e) = ssa(&api, binding, agent, "RoleBinding").await {
+            return Ok(Err(refused(
+                &format!("RoleBinding {binding_ns}/{name}"),
+                &e,
+            )));
+        }
+        keep_roles.insert(format!("{binding_ns}/{name}"));
+    }
+    let mut keep_cluster = BTreeSet::new();
+    for binding in &plan.cluster_bindings {
+        let name = binding.metadata.name.clone().unwrap_or_default();
+        let api = Api::<ClusterRoleBinding>::all(client.clone());
+        if let Err(e) = ssa(&api, binding, agent, "ClusterRoleBinding").await {
+            return Ok(Err(refused(&format!("ClusterRoleBinding {name}"), &e)));
+        }
+        keep_cluster.insert(name);
+    }
+    let pruned = prune_all(ctx, agent, &keep_roles, &keep_cluster).await?;
+    if !pruned.is_empty() {
+        info!(?pruned, "removed rights the spec no longer grants");
+        ctx.event(
+            agent,
+            kube::runtime::events::EventType::Normal,
+            "RightsNarrowed",
+            format!("removed {}", pruned.join(", ")),
+        )
+        .await;
+    }
+    Ok(Ok(()))
 }
 
 /// Removes every binding of the Agent: what it may not have, it has nothing of.
