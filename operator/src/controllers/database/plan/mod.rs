@@ -258,9 +258,25 @@ pub fn build(
     ctx: &Context<'_>,
 ) -> Result<Vec<Statement>, PlanError> {
     let access = desired_access(spec)?;
+    let tier_schemas: BTreeSet<&String> = spec.tiers.iter().flat_map(|t| &t.schemas).collect();
     let mut plan = Vec::new();
+    roles(spec, catalog, ctx, &mut plan)?;
+    schemas(&tier_schemas, catalog, ctx, &mut plan);
+    database(spec, ctx, &mut plan);
+    grants(&access, &tier_schemas, catalog, &mut plan);
+    default_grants(&access, &tier_schemas, catalog, ctx, &mut plan);
+    removed_roles(spec, catalog, ctx, &mut plan)?;
+    Ok(plan)
+}
 
-    // Roles.
+/// The declared roles: created or altered to their login and connection limit, with the
+/// password of a new verifier, and marked as managed (made here) or adopted (there before).
+fn roles(
+    spec: &DatabaseSpec,
+    catalog: &Catalog,
+    ctx: &Context<'_>,
+    plan: &mut Vec<Statement>,
+) -> Result<(), PlanError> {
     for role in &spec.roles {
         if role.name == ctx.admin || role.name.starts_with("pg_") {
             return Err(PlanError::ReservedRole(role.name.clone()));
@@ -316,9 +332,17 @@ pub fn build(
         }
     }
 
-    // Schemas, owned by the admin role.
-    let tier_schemas: BTreeSet<&String> = spec.tiers.iter().flat_map(|t| &t.schemas).collect();
-    for schema in &tier_schemas {
+    Ok(())
+}
+
+/// The tier schemas that do not exist yet, owned by the admin role.
+fn schemas(
+    tier_schemas: &BTreeSet<&String>,
+    catalog: &Catalog,
+    ctx: &Context<'_>,
+    plan: &mut Vec<Statement>,
+) {
+    for schema in tier_schemas {
         if !catalog.schemas.contains(*schema) {
             plan.push(Statement::new(format!(
                 "CREATE SCHEMA {} AUTHORIZATION {}",
@@ -327,8 +351,10 @@ pub fn build(
             )));
         }
     }
+}
 
-    // The database: nobody connects but the declared login roles.
+/// The database: nobody connects but the declared login roles.
+fn database(spec: &DatabaseSpec, ctx: &Context<'_>, plan: &mut Vec<Statement>) {
     let db = ident(ctx.database);
     plan.push(Statement::new(format!(
         "REVOKE ALL ON DATABASE {db} FROM PUBLIC"
@@ -339,10 +365,18 @@ pub fn build(
             ident(&role.name)
         )));
     }
+}
 
-    // Privileges on tier schemas and everything in them: exactly the declared ones.
+/// Privileges on tier schemas and everything in them: exactly the declared ones (what else is
+/// granted there is revoked).
+fn grants(
+    access: &BTreeMap<(String, String), Access>,
+    tier_schemas: &BTreeSet<&String>,
+    catalog: &Catalog,
+    plan: &mut Vec<Statement>,
+) {
     let mut desired: BTreeSet<Grant> = BTreeSet::new();
-    for ((role, schema), level) in &access {
+    for ((role, schema), level) in access {
         for privilege in privileges(ObjectKind::Schema, *level) {
             desired.insert(Grant {
                 grantee: role.clone(),
@@ -386,10 +420,18 @@ pub fn build(
             grantee_sql(&missing.grantee)
         )));
     }
+}
 
-    // Objects created later by the admin role (migrations) follow their tier.
+/// Objects the admin role creates later (migrations) follow their tier: default privileges.
+fn default_grants(
+    access: &BTreeMap<(String, String), Access>,
+    tier_schemas: &BTreeSet<&String>,
+    catalog: &Catalog,
+    ctx: &Context<'_>,
+    plan: &mut Vec<Statement>,
+) {
     let mut desired_defaults: BTreeSet<DefaultGrant> = BTreeSet::new();
-    for ((role, schema), level) in &access {
+    for ((role, schema), level) in access {
         for kind in [ObjectKind::Table, ObjectKind::Sequence, ObjectKind::Routine] {
             for privilege in privileges(kind, *level) {
                 desired_defaults.insert(DefaultGrant {
@@ -424,8 +466,16 @@ pub fn build(
     for missing in desired_defaults.difference(&observed_defaults) {
         plan.push(Statement::new(alter_default(missing, "GRANT", "TO")));
     }
+}
 
-    // Roles this Database managed that the spec no longer declares.
+/// Roles this Database managed that the spec no longer declares: retired, dropped, or (when
+/// adopted) released, by `roleRemovalPolicy`.
+fn removed_roles(
+    spec: &DatabaseSpec,
+    catalog: &Catalog,
+    ctx: &Context<'_>,
+    plan: &mut Vec<Statement>,
+) -> Result<(), PlanError> {
     let declared: BTreeSet<&str> = spec.roles.iter().map(|r| r.name.as_str()).collect();
     let mark = format!("{ROLE_COMMENT_PREFIX}{}", ctx.owner_mark);
     let adopted_mark = format!("{ADOPTED_COMMENT_PREFIX}{}", ctx.owner_mark);
@@ -446,7 +496,8 @@ pub fn build(
         let role = ident(name);
         // Its privileges in tier schemas were revoked above (not declared).
         plan.push(Statement::new(format!(
-            "REVOKE CONNECT ON DATABASE {db} FROM {role}"
+            "REVOKE CONNECT ON DATABASE {} FROM {role}",
+            ident(ctx.database)
         )));
         match spec.role_removal_policy {
             // An adopted role is released, never dropped: it goes back to what it was, minus
@@ -484,7 +535,7 @@ pub fn build(
             }
         }
     }
-    Ok(plan)
+    Ok(())
 }
 
 /// The summaries of the statements that change something: all but the idempotent
