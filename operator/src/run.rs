@@ -118,6 +118,14 @@ async fn lead_and_reconcile(
         }
     };
     let (result, release) = tokio::select! {
+        // Shutdown cancels the controllers too, and one that ends because of it is no failure:
+        // shutdown is looked at first.
+        biased;
+        () = shutdown.cancelled() => {
+            stop.cancel();
+            drain(&mut controllers, elector.as_ref()).await;
+            (Ok(()), true)
+        }
         lost = held => {
             // Fenced: nothing may run once the lease can be taken over.
             controllers.abort_all();
@@ -131,11 +139,6 @@ async fn lead_and_reconcile(
             controllers.abort_all();
             let error = anyhow::anyhow!("{ended}; exiting so that the operator is restarted");
             (Err(error), true)
-        }
-        () = shutdown.cancelled() => {
-            stop.cancel();
-            drain(&mut controllers, elector.as_ref()).await;
-            (Ok(()), true)
         }
     };
     while controllers.join_next().await.is_some() {}

@@ -191,6 +191,11 @@ impl Derivation {
             Severity::Warning,
         );
         let o = match self.condition("Ready") {
+            // homeplane is looking at a new generation and has not concluded yet.
+            Some(c) if c.status == "Unknown" => Observation::failed(format!(
+                "{} {} is being reconciled; Ready is not known yet ({})",
+                self.kind, self.name, c.message
+            )),
             Some(c) => Observation {
                 value: Ok(Value::Bool(c.status == "True")),
                 message: Some(c.message.clone()).filter(|m| !m.is_empty()),
@@ -508,6 +513,19 @@ mod tests {
             let reason = o.value.clone().err().unwrap_or_default();
             assert!(reason.contains("has no status yet"), "{reason}");
         }
+    }
+
+    /// The frame's first look at a new generation (`Ready=Unknown`, Reconciling) is no answer
+    /// yet: Unknown, never a drift of Ready.
+    #[test]
+    fn ready_unknown_while_homeplane_looks_is_not_drift() {
+        let status = json!({"conditions": [condition("Ready", "Unknown", "homeplane has started reconciling this object")]});
+        let wf = object("Workflow", "new", workflow_spec(true), Some(status));
+        let props = properties("Workflow", &[wf], "homelab", now());
+        let (p, o) = &props[0];
+        assert_eq!(p.id, "workflow.new.ready");
+        let reason = o.value.clone().err().unwrap_or_default();
+        assert!(reason.contains("Ready is not known yet"), "{reason}");
     }
 
     #[test]
