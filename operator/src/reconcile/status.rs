@@ -5,6 +5,14 @@
 //! work starts, so Flux never counts it as healthy early. Statuses go out whole, with
 //! server-side apply, and only when they changed.
 
+use homeplane_crds::agent::{AgentRunStatus, AgentStatus};
+use homeplane_crds::backup::{BackupPolicyStatus, BackupStatus};
+use homeplane_crds::database::DatabaseStatus;
+use homeplane_crds::memory::MemoryServerStatus;
+use homeplane_crds::nodeclass::NodeClassStatus;
+use homeplane_crds::registry::StateRegistryStatus;
+use homeplane_crds::voice::VoicePipelineStatus;
+use homeplane_crds::workflow::WorkflowStatus;
 use homeplane_crds::{
     Agent, AgentRun, Backup, BackupPolicy, Database, MemoryServer, NodeClass, StateRegistry,
     VoicePipeline, Workflow,
@@ -67,44 +75,17 @@ macro_rules! kstatus {
     };
 }
 
-kstatus!(
-    NodeClass,
-    homeplane_crds::nodeclass::NodeClassStatus,
-    cluster
-);
-kstatus!(
-    Database,
-    homeplane_crds::database::DatabaseStatus,
-    namespaced
-);
-kstatus!(
-    BackupPolicy,
-    homeplane_crds::backup::BackupPolicyStatus,
-    namespaced
-);
-kstatus!(Backup, homeplane_crds::backup::BackupStatus, namespaced);
-kstatus!(
-    Workflow,
-    homeplane_crds::workflow::WorkflowStatus,
-    namespaced
-);
-kstatus!(Agent, homeplane_crds::agent::AgentStatus, namespaced);
-kstatus!(AgentRun, homeplane_crds::agent::AgentRunStatus, namespaced);
-kstatus!(
-    VoicePipeline,
-    homeplane_crds::voice::VoicePipelineStatus,
-    namespaced
-);
-kstatus!(
-    MemoryServer,
-    homeplane_crds::memory::MemoryServerStatus,
-    namespaced
-);
-kstatus!(
-    StateRegistry,
-    homeplane_crds::registry::StateRegistryStatus,
-    namespaced
-);
+// Every homeplane kind, its status type and its scope.
+kstatus!(NodeClass, NodeClassStatus, cluster);
+kstatus!(Database, DatabaseStatus, namespaced);
+kstatus!(BackupPolicy, BackupPolicyStatus, namespaced);
+kstatus!(Backup, BackupStatus, namespaced);
+kstatus!(Workflow, WorkflowStatus, namespaced);
+kstatus!(Agent, AgentStatus, namespaced);
+kstatus!(AgentRun, AgentRunStatus, namespaced);
+kstatus!(VoicePipeline, VoicePipelineStatus, namespaced);
+kstatus!(MemoryServer, MemoryServerStatus, namespaced);
+kstatus!(StateRegistry, StateRegistryStatus, namespaced);
 
 /// Whether homeplane has yet to look at this generation of the object: no status, or one
 /// written for an older generation.

@@ -30,7 +30,6 @@ impl Scripted {
 impl Reconciler for Scripted {
     type Object = NodeClass;
     const NAME: &'static str = "scripted";
-    const RESYNC: Duration = Duration::from_secs(300);
 
     async fn reconcile(
         &self,

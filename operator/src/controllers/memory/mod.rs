@@ -59,7 +59,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 impl Reconciler for MemoryServers {
     type Object = MemoryServer;
     const NAME: &'static str = "memoryserver";
-    const RESYNC: Duration = Duration::from_secs(300);
 
     async fn reconcile(
         &self,

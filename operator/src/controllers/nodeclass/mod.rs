@@ -59,8 +59,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 impl Reconciler for NodeClasses {
     type Object = NodeClass;
     const NAME: &'static str = "nodeclass";
-    /// A safety net for missed node and pod events.
-    const RESYNC: Duration = Duration::from_secs(300);
 
     async fn reconcile(
         &self,

@@ -57,7 +57,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
 impl Reconciler for VoicePipelines {
     type Object = VoicePipeline;
     const NAME: &'static str = "voicepipeline";
-    const RESYNC: Duration = Duration::from_secs(300);
 
     async fn reconcile(
         &self,
