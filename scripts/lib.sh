@@ -45,3 +45,19 @@ pg_bindir() {
   d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
   [ -n "$d" ] && echo "$d"
 }
+
+# go_binary OUT PKG@VERSION NAME: builds the Go command PKG at VERSION once into OUT (a folder
+# of the cache) as NAME, and prints its path.
+go_binary() {
+  local out="$1" pkg="$2" name="$3" built
+  if [ ! -x "$out/$name" ]; then
+    command -v go >/dev/null || die "go is not installed (the polyglot machine ships Go 1.26)"
+    log "building $pkg (first run on a machine: a minute or a few)"
+    rm -rf "$out.partial" && mkdir -p "$out.partial"
+    GOBIN="$out.partial" go install -ldflags "-s -w" "$pkg" >&2
+    built="$(basename "${pkg%@*}")"
+    [ "$built" = "$name" ] || mv "$out.partial/$built" "$out.partial/$name"
+    rm -rf "$out" && mv "$out.partial" "$out"
+  fi
+  echo "$out/$name"
+}

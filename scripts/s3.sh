@@ -14,16 +14,8 @@ VERSITYGW_VERSION=v1.8.0
 
 # bin prints the path of the versitygw binary, building it on first use.
 bin() {
-  local out="$HOMEPLANE_CACHE/s3/versitygw-$VERSITYGW_VERSION"
-  if [ ! -x "$out/versitygw" ]; then
-    command -v go >/dev/null || die "go is not installed (the polyglot machine ships Go 1.26)"
-    log "building versitygw $VERSITYGW_VERSION (first run on a machine: a few minutes)"
-    rm -rf "$out.partial" && mkdir -p "$out.partial"
-    GOBIN="$out.partial" go install -ldflags "-s -w" \
-      "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" >&2
-    rm -rf "$out" && mv "$out.partial" "$out"
-  fi
-  echo "$out/versitygw"
+  go_binary "$HOMEPLANE_CACHE/s3/versitygw-$VERSITYGW_VERSION" \
+    "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" versitygw
 }
 
 cmd="${1:-}"

@@ -12,17 +12,8 @@ source "$(dirname "$0")/lib.sh"
 TOXIPROXY_VERSION=v2.5.0
 
 bin() {
-  local out="$HOMEPLANE_CACHE/toxiproxy-$TOXIPROXY_VERSION"
-  if [ ! -x "$out/toxiproxy-server" ]; then
-    command -v go >/dev/null || die "go is not installed (the polyglot machine ships Go 1.26)"
-    log "building toxiproxy $TOXIPROXY_VERSION (first run on a machine: about a minute)"
-    rm -rf "$out.partial" && mkdir -p "$out.partial"
-    GOBIN="$out.partial" go install -ldflags "-s -w" \
-      "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" >&2
-    mv "$out.partial/server" "$out.partial/toxiproxy-server"
-    rm -rf "$out" && mv "$out.partial" "$out"
-  fi
-  echo "$out/toxiproxy-server"
+  go_binary "$HOMEPLANE_CACHE/toxiproxy-$TOXIPROXY_VERSION" \
+    "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" toxiproxy-server
 }
 
 cmd="${1:-}"

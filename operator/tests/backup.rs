@@ -27,29 +27,16 @@ struct Fixture {
     recipient: String,
 }
 
-fn get(cluster: &Cluster, ns: &str, kind: &str, name: &str, path: &str) -> String {
-    cluster
-        .kubectl_ok(&[
-            "get",
-            kind,
-            name,
-            "-n",
-            ns,
-            "-o",
-            &format!("jsonpath={{{path}}}"),
-        ])
-        .unwrap_or_default()
-}
-
 fn wait_phase(f: &Fixture, name: &str, phase: &str) -> String {
     eventually(
         Duration::from_secs(120),
         &format!("Backup {name} {phase}"),
         || {
-            let p = get(f.cluster, &f.ns.name, "backup", name, ".status.phase");
+            let p = f
+                .cluster
+                .jsonpath(&f.ns.name, "backup", name, ".status.phase");
             if p == "Succeeded" || p == "Failed" {
-                let message = get(
-                    f.cluster,
+                let message = f.cluster.jsonpath(
                     &f.ns.name,
                     "backup",
                     name,
@@ -67,8 +54,7 @@ fn wait_phase(f: &Fixture, name: &str, phase: &str) -> String {
 /// Waits for Backup `name` to fail with `reason`; its message.
 fn failed_with(f: &Fixture, name: &str, reason: &str) -> String {
     let message = wait_phase(f, name, "Failed");
-    let found = get(
-        f.cluster,
+    let found = f.cluster.jsonpath(
         &f.ns.name,
         "backup",
         name,
@@ -309,8 +295,7 @@ async fn a_backup_decrypts_with_age_and_restores_the_same_rows_and_failures_are_
     .unwrap();
     let message = wait_phase(&f, "ghost", "Failed");
     assert_eq!(
-        get(
-            f.cluster,
+        f.cluster.jsonpath(
             &ns,
             "backup",
             "ghost",
@@ -331,8 +316,10 @@ async fn a_backup_decrypts_with_age_and_restores_the_same_rows_and_failures_are_
     create_backup(&f, "now", "postgres");
     let message = wait_phase(&f, "now", "Succeeded");
     assert!(message.contains("size and SHA-256 checked"), "{message}");
-    let key = get(f.cluster, &ns, "backup", "now", ".status.objectKey");
-    let sha = get(f.cluster, &ns, "backup", "now", ".status.sha256");
+    let key = f
+        .cluster
+        .jsonpath(&ns, "backup", "now", ".status.objectKey");
+    let sha = f.cluster.jsonpath(&ns, "backup", "now", ".status.sha256");
     assert!(
         key.starts_with("homelab/postgres/") && key.ends_with("-now.pgdump.zst.age"),
         "{key}"
@@ -550,8 +537,7 @@ async fn restore_drills_verify_and_retention_keeps_the_newest_verified() {
     wait_phase(&f, "first", "Succeeded");
     // A drill replaces the scratch database's contents: one not labelled as scratch is refused.
     let verified = |field: &str| {
-        get(
-            f.cluster,
+        f.cluster.jsonpath(
             &ns,
             "backuppolicy",
             "postgres",
@@ -591,17 +577,22 @@ async fn restore_drills_verify_and_retention_keeps_the_newest_verified() {
     eventually(
         Duration::from_secs(150),
         "the drill to verify the first backup",
-        || Ok((get(f.cluster, &ns, "backup", "first", ".status.verified") == "true").then_some(())),
+        || {
+            Ok((f
+                .cluster
+                .jsonpath(&ns, "backup", "first", ".status.verified")
+                == "true")
+                .then_some(()))
+        },
     )
     .unwrap();
-    let checks = get(f.cluster, &ns, "backup", "first", ".status.checks");
+    let checks = f.cluster.jsonpath(&ns, "backup", "first", ".status.checks");
     assert!(
         checks.contains("\"value\":500") && checks.contains("\"passed\":true"),
         "{checks}"
     );
     assert_eq!(
-        get(
-            f.cluster,
+        f.cluster.jsonpath(
             &ns,
             "backuppolicy",
             "postgres",
@@ -631,7 +622,9 @@ async fn restore_drills_verify_and_retention_keeps_the_newest_verified() {
         .unwrap();
     create_backup(&f, "second", "postgres");
     wait_phase(&f, "second", "Succeeded");
-    let second_key = get(f.cluster, &ns, "backup", "second", ".status.objectKey");
+    let second_key = f
+        .cluster
+        .jsonpath(&ns, "backup", "second", ".status.objectKey");
     create_backup(&f, "third", "postgres");
     wait_phase(&f, "third", "Succeeded");
     eventually(
@@ -648,7 +641,7 @@ async fn restore_drills_verify_and_retention_keeps_the_newest_verified() {
         "the second backup's object is still there"
     );
     for kept in ["first", "third"] {
-        let key = get(f.cluster, &ns, "backup", kept, ".status.objectKey");
+        let key = f.cluster.jsonpath(&ns, "backup", kept, ".status.objectKey");
         assert!(
             f.store.head(&key).await.unwrap().is_some(),
             "{kept} lost its object"
@@ -687,7 +680,7 @@ spec:
     let (ok, text) = f.cluster.apply(&f.ns.name, &yaml).unwrap();
     assert!(ok, "{text}");
     eventually(Duration::from_secs(60), "the claim Bound", || {
-        Ok((get(f.cluster, &f.ns.name, "pvc", name, ".status.phase") == "Bound").then_some(()))
+        Ok((f.cluster.jsonpath(&f.ns.name, "pvc", name, ".status.phase") == "Bound").then_some(()))
     })
     .unwrap();
     pv
@@ -811,12 +804,15 @@ spec:
 /// The Running pod of a Backup's Job, after checking the Backup says it runs that Job.
 fn backup_pod(f: &Fixture, backup: &str) -> serde_json::Value {
     let job = eventually(Duration::from_secs(60), "the Backup's Job", || {
-        let j = get(f.cluster, &f.ns.name, "backup", backup, ".status.job");
+        let j = f
+            .cluster
+            .jsonpath(&f.ns.name, "backup", backup, ".status.job");
         Ok((!j.is_empty()).then_some(j))
     })
     .unwrap();
     assert_eq!(
-        get(f.cluster, &f.ns.name, "backup", backup, ".status.phase"),
+        f.cluster
+            .jsonpath(&f.ns.name, "backup", backup, ".status.phase"),
         "Running"
     );
     f.cluster
@@ -860,7 +856,7 @@ spec:
     }
     for pod in ["n8n", "vault"] {
         eventually(Duration::from_secs(60), &format!("{pod} Running"), || {
-            Ok((get(f.cluster, &ns, "pod", pod, ".status.phase") == "Running").then_some(()))
+            Ok((f.cluster.jsonpath(&ns, "pod", pod, ".status.phase") == "Running").then_some(()))
         })
         .unwrap();
     }
@@ -880,20 +876,10 @@ spec:
     let ready = |policy: &str| {
         let path = ".status.conditions[?(@.type==\"Ready\")]";
         (
-            get(
-                f.cluster,
-                &ns,
-                "backuppolicy",
-                policy,
-                &format!("{path}.reason"),
-            ),
-            get(
-                f.cluster,
-                &ns,
-                "backuppolicy",
-                policy,
-                &format!("{path}.message"),
-            ),
+            f.cluster
+                .jsonpath(&ns, "backuppolicy", policy, &format!("{path}.reason")),
+            f.cluster
+                .jsonpath(&ns, "backuppolicy", policy, &format!("{path}.message")),
         )
     };
     let mut last = Default::default();
@@ -962,16 +948,13 @@ spec:
         "{message}"
     );
     assert_eq!(
-        get(
-            f.cluster,
-            &ns,
-            "backup",
-            "n8n-data-1",
-            ".status.archive.files"
-        ),
+        f.cluster
+            .jsonpath(&ns, "backup", "n8n-data-1", ".status.archive.files"),
         "4"
     );
-    let key = get(f.cluster, &ns, "backup", "n8n-data-1", ".status.objectKey");
+    let key = f
+        .cluster
+        .jsonpath(&ns, "backup", "n8n-data-1", ".status.objectKey");
     assert!(key.ends_with("-n8n-data-1.tar.zst.age"), "{key}");
 
     // Restore drills of a volume read its whole archive back (checked at the end); a
@@ -1051,7 +1034,9 @@ spec:
     // A container that says it succeeded but never uploaded: the bucket is the judge.
     create_backup(&f, "n8n-data-2", "n8n-data");
     let pod = backup_pod(&f, "n8n-data-2");
-    let key2 = get(f.cluster, &ns, "backup", "n8n-data-2", ".status.objectKey");
+    let key2 = f
+        .cluster
+        .jsonpath(&ns, "backup", "n8n-data-2", ".status.objectKey");
     let lie = format!(r#"{{"objectKey":"{key2}","sha256":"00","encryptedBytes":1}}"#);
     f.cluster.end_pod(&ns, &pod, 0, "Completed", &lie).unwrap();
     let message = failed_with(&f, "n8n-data-2", "NotUploaded");
@@ -1078,7 +1063,9 @@ spec:
     // uploaded is removed.
     create_backup(&f, "n8n-data-4", "n8n-data");
     let pod = backup_pod(&f, "n8n-data-4");
-    let key4 = get(f.cluster, &ns, "backup", "n8n-data-4", ".status.objectKey");
+    let key4 = f
+        .cluster
+        .jsonpath(&ns, "backup", "n8n-data-4", ".status.objectKey");
     f.store
         .client()
         .create_multipart_upload()
@@ -1106,19 +1093,18 @@ spec:
 
     // The drill read the archive of the newest good backup: 4 files, at least 3 wanted.
     let verified = eventually(Duration::from_secs(90), "n8n-data-1 verified", || {
-        let v = get(f.cluster, &ns, "backup", "n8n-data-1", ".status.verified");
+        let v = f
+            .cluster
+            .jsonpath(&ns, "backup", "n8n-data-1", ".status.verified");
         Ok((v == "true").then_some(()))
     });
-    let policy_status = get(f.cluster, &ns, "backuppolicy", "n8n-data", ".status");
+    let policy_status = f
+        .cluster
+        .jsonpath(&ns, "backuppolicy", "n8n-data", ".status");
     verified.unwrap_or_else(|e| panic!("{e}; policy status {policy_status}"));
     assert_eq!(
-        get(
-            f.cluster,
-            &ns,
-            "backup",
-            "n8n-data-1",
-            ".status.checks[0].value"
-        ),
+        f.cluster
+            .jsonpath(&ns, "backup", "n8n-data-1", ".status.checks[0].value"),
         "4"
     );
 

@@ -18,20 +18,6 @@ use support::{Fault, Injector, PrivateN8n, PrivatePostgres, Toxiproxy, result, w
 
 const BINARY: &str = env!("CARGO_BIN_EXE_homeplane");
 
-fn get(cluster: &Cluster, ns: &str, kind: &str, name: &str, path: &str) -> String {
-    cluster
-        .kubectl_ok(&[
-            "get",
-            kind,
-            name,
-            "-n",
-            ns,
-            "-o",
-            &format!("jsonpath={{{path}}}"),
-        ])
-        .unwrap_or_default()
-}
-
 /// (status, reason, message) of condition `type_`.
 fn condition(
     cluster: &Cluster,
@@ -41,8 +27,7 @@ fn condition(
     type_: &str,
 ) -> (String, String, String) {
     let field = |f: &str| {
-        get(
-            cluster,
+        cluster.jsonpath(
             ns,
             kind,
             name,
@@ -156,7 +141,7 @@ fn create_backup(cluster: &Cluster, ns: &str, name: &str, policy: &str) {
 /// Waits for a Backup to finish; its phase and Ready message.
 fn finished(cluster: &Cluster, ns: &str, name: &str, timeout: Duration) -> (String, String) {
     eventually(timeout, &format!("Backup {name} to finish"), || {
-        let phase = get(cluster, ns, "backup", name, ".status.phase");
+        let phase = cluster.jsonpath(ns, "backup", name, ".status.phase");
         let message = condition(cluster, ns, "backup", name, "Ready").2;
         Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then_some((phase, message)))
     })
@@ -167,7 +152,7 @@ fn finished(cluster: &Cluster, ns: &str, name: &str, timeout: Duration) -> (Stri
 /// (no object, no manifest, no staging object, no open upload); one that succeeded leaves its
 /// object and manifest, and the object carries the checksum the Backup reports.
 async fn check_bucket(b: &Bucket, cluster: &Cluster, ns: &str, name: &str, phase: &str) {
-    let key = get(cluster, ns, "backup", name, ".status.objectKey");
+    let key = cluster.jsonpath(ns, "backup", name, ".status.objectKey");
     assert!(!key.is_empty(), "Backup {name} has no object key");
     let keys = b.store.list(&key).await.unwrap();
     let open = b.store.open_uploads(&key).await.unwrap();
@@ -177,7 +162,7 @@ async fn check_bucket(b: &Bucket, cluster: &Cluster, ns: &str, name: &str, phase
     );
     if phase == "Succeeded" {
         let info = b.store.head(&key).await.unwrap().expect("the object");
-        let sha = get(cluster, ns, "backup", name, ".status.sha256");
+        let sha = cluster.jsonpath(ns, "backup", name, ".status.sha256");
         assert_eq!(
             info.metadata.get("sha256"),
             Some(&sha),
@@ -194,6 +179,24 @@ async fn check_bucket(b: &Bucket, cluster: &Cluster, ns: &str, name: &str, phase
     } else {
         assert!(keys.is_empty(), "{name} failed but left {keys:?}");
     }
+}
+
+/// The Database `src` in `ns`: a new database of about `mib` MiB of random rows on `pg`, with
+/// the admin Secret `pg-admin` it needs; returns the database's name.
+fn source_database(cluster: &Cluster, ns: &str, pg: &Postgres, mib: u32) -> String {
+    let src = random_database(pg, mib);
+    secret(
+        cluster,
+        ns,
+        "pg-admin",
+        &[("username", &pg.user), ("password", &pg.password)],
+    );
+    apply(
+        cluster,
+        ns,
+        &database_yaml("src", &src, &pg.host, pg.port, "pg-admin", ""),
+    );
+    src
 }
 
 /// A database of `mib` MiB of random rows (incompressible) in the shared PostgreSQL.
@@ -393,7 +396,7 @@ fn an_admin_secret_created_10s_late_needs_no_change_of_the_spec() {
     })
     .unwrap();
     assert_eq!(
-        get(cluster, &ns.name, "db", "app", ".metadata.generation"),
+        cluster.jsonpath(&ns.name, "db", "app", ".metadata.generation"),
         "1",
         "the spec was not touched"
     );
@@ -416,18 +419,7 @@ async fn s3_errors_resets_and_throttling_end_truthfully() {
     let s3 = S3Server::shared();
     let injector = Injector::start(s3.endpoint.trim_start_matches("http://")).unwrap();
     let endpoint = format!("http://{}", injector.addr);
-    let src = random_database(pg, 12);
-    secret(
-        cluster,
-        &ns.name,
-        "pg-admin",
-        &[("username", &pg.user), ("password", &pg.password)],
-    );
-    apply(
-        cluster,
-        &ns.name,
-        &database_yaml("src", &src, &pg.host, pg.port, "pg-admin", ""),
-    );
+    source_database(cluster, &ns.name, pg, 12);
     apply(
         cluster,
         &ns.name,
@@ -551,18 +543,7 @@ async fn an_operator_sigkilled_mid_backup_leaves_an_interrupted_run_and_the_next
         .unwrap();
     toxi.toxic("s3", "slow", "bandwidth", "upstream", json!({"rate": 64}))
         .unwrap();
-    let src = random_database(pg, 12);
-    secret(
-        cluster,
-        &ns.name,
-        "pg-admin",
-        &[("username", &pg.user), ("password", &pg.password)],
-    );
-    apply(
-        cluster,
-        &ns.name,
-        &database_yaml("src", &src, &pg.host, pg.port, "pg-admin", ""),
-    );
+    source_database(cluster, &ns.name, pg, 12);
     let every_minute = policy_yaml("p", "src", &format!("http://{proxied}"), &b, "")
         .replace("0 3 1 1 *", "* * * * *");
     apply(cluster, &ns.name, &every_minute);
@@ -573,7 +554,7 @@ async fn an_operator_sigkilled_mid_backup_leaves_an_interrupted_run_and_the_next
         Ok(list.lines().next().map(str::to_string))
     })
     .unwrap();
-    let key = get(cluster, &ns.name, "backup", &running, ".status.objectKey");
+    let key = cluster.jsonpath(&ns.name, "backup", &running, ".status.objectKey");
     eventually(
         Duration::from_secs(60),
         "the multipart upload to be open",
@@ -643,18 +624,7 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_expires() {
         .unwrap();
     let dir = std::env::temp_dir();
     let via_proxy = support::kubeconfig_via(cluster, &api, &dir).unwrap();
-    let src = random_database(pg, 12);
-    secret(
-        cluster,
-        &ns.name,
-        "pg-admin",
-        &[("username", &pg.user), ("password", &pg.password)],
-    );
-    apply(
-        cluster,
-        &ns.name,
-        &database_yaml("src", &src, &pg.host, pg.port, "pg-admin", ""),
-    );
+    source_database(cluster, &ns.name, pg, 12);
     apply(
         cluster,
         &ns.name,
@@ -674,7 +644,10 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_expires() {
     .unwrap();
     create_backup(cluster, &ns.name, "long", "p");
     eventually(Duration::from_secs(60), "the long backup to run", || {
-        Ok((get(cluster, &ns.name, "backup", "long", ".status.phase") == "Running").then_some(()))
+        Ok(
+            (cluster.jsonpath(&ns.name, "backup", "long", ".status.phase") == "Running")
+                .then_some(()),
+        )
     })
     .unwrap();
     toxi.enable("api", false).unwrap();
@@ -750,28 +723,16 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_its_lease_expires() {
     );
 }
 
-// About 8 minutes on two cores (three dumps of 140 MiB, one after the other within the budget):
-// run by `bench/faults.sh`, not by `make test`.
+// About 3.5 minutes on two cores (three dumps of 140 MiB, one after the other within the
+// budget).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "8 minutes; bench/faults.sh runs it"]
 async fn three_policies_at_once_on_a_database_larger_than_the_memory_limit() {
     let cluster = Cluster::shared();
     let pg = Postgres::shared();
     let ns = TestNamespace::new(cluster, "fault-mem").unwrap();
     let b = bucket(cluster, &ns.name, "fault-mem").await;
     let s3 = S3Server::shared();
-    let src = random_database(pg, 140);
-    secret(
-        cluster,
-        &ns.name,
-        "pg-admin",
-        &[("username", &pg.user), ("password", &pg.password)],
-    );
-    apply(
-        cluster,
-        &ns.name,
-        &database_yaml("src", &src, &pg.host, pg.port, "pg-admin", ""),
-    );
+    source_database(cluster, &ns.name, pg, 140);
     for p in ["p1", "p2", "p3"] {
         let parts = policy_yaml(p, "src", &s3.endpoint, &b, "")
             .replace("partSizeMiB: 5", "partSizeMiB: 16, concurrency: 2");
@@ -794,7 +755,8 @@ async fn three_policies_at_once_on_a_database_larger_than_the_memory_limit() {
         let (phase, message) = finished(cluster, &ns.name, name, Duration::from_secs(600));
         assert_eq!(phase, "Succeeded", "{name}: {message}");
         check_bucket(&b, cluster, &ns.name, name, &phase).await;
-        let bytes: u64 = get(cluster, &ns.name, "backup", name, ".status.sourceBytes")
+        let bytes: u64 = cluster
+            .jsonpath(&ns.name, "backup", name, ".status.sourceBytes")
             .parse()
             .unwrap();
         assert!(
@@ -886,7 +848,7 @@ fn n8n_restarted_between_a_workflows_update_and_its_activation() {
         )
     })
     .unwrap();
-    let id = get(cluster, &ns.name, "workflow", "hello", ".status.n8nId");
+    let id = cluster.jsonpath(&ns.name, "workflow", "hello", ".status.n8nId");
     // n8n goes away right after it accepted the update, before the activation that follows.
     injector.down_after("PUT", &format!("/api/v1/workflows/{id}"));
     let after = definition(&path, "return [{json: {text: 'after'}}];");
@@ -916,7 +878,8 @@ fn n8n_restarted_between_a_workflows_update_and_its_activation() {
         "active with the new definition",
         || {
             let (ready, reason, _) = condition(cluster, &ns.name, "workflow", "hello", "Ready");
-            let active = get(cluster, &ns.name, "workflow", "hello", ".status.active") == "true";
+            let active =
+                cluster.jsonpath(&ns.name, "workflow", "hello", ".status.active") == "true";
             Ok((ready == "True" && reason == "Synced" && active).then_some(()))
         },
     )
@@ -1126,7 +1089,7 @@ async fn kube_apiserver_and_etcd_restarted_mid_reconcile() {
     create_backup(&cluster, ns, "during", "p");
     eventually(Duration::from_secs(60), "the migration and the backup to be in flight", || {
         let migrating = pg.sql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(10)%' AND pid <> pg_backend_pid()").unwrap_or_default() == "1";
-        let running = get(&cluster, ns, "backup", "during", ".status.phase") == "Running";
+        let running = cluster.jsonpath(ns, "backup", "during", ".status.phase") == "Running";
         Ok((migrating && running).then_some(()))
     })
     .unwrap();
@@ -1148,7 +1111,7 @@ async fn kube_apiserver_and_etcd_restarted_mid_reconcile() {
         "the Database Ready and the Backup finished",
         || {
             let ready = condition(&cluster, ns, "db", "app", "Ready").0 == "True";
-            let phase = get(&cluster, ns, "backup", "during", ".status.phase");
+            let phase = cluster.jsonpath(ns, "backup", "during", ".status.phase");
             Ok((ready && matches!(phase.as_str(), "Succeeded" | "Failed")).then_some(()))
         },
     )
@@ -1158,7 +1121,7 @@ async fn kube_apiserver_and_etcd_restarted_mid_reconcile() {
         "1",
         "the migration ran once"
     );
-    let phase = get(&cluster, ns, "backup", "during", ".status.phase");
+    let phase = cluster.jsonpath(ns, "backup", "during", ".status.phase");
     assert_eq!(
         phase,
         "Succeeded",

@@ -30,16 +30,21 @@ fn lease(holder: &str, renew: &str, rv: &str) -> Value {
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_standby_judges_expiry_on_its_own_clock_not_the_holders() {
-    let (ctx, mut api) = mock::context();
-    let elector = std::sync::Arc::new(Elector::new(
+/// Replica `b`'s elector of lease `hp/homeplane-operator`.
+fn standby_b(ctx: &crate::controllers::Context) -> std::sync::Arc<Elector> {
+    std::sync::Arc::new(Elector::new(
         ctx.client.clone(),
         "hp",
         "homeplane-operator",
         "b",
         timing(),
-    ));
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_judges_expiry_on_its_own_clock_not_the_holders() {
+    let (ctx, mut api) = mock::context();
+    let elector = standby_b(&ctx);
     // The holder's clock is years behind: its renewTime says nothing about expiry.
     let held = lease("a", "2001-01-01T00:00:00.000000Z", "7");
     let e = elector.clone();
@@ -74,13 +79,7 @@ async fn a_standby_judges_expiry_on_its_own_clock_not_the_holders() {
 #[tokio::test(start_paused = true)]
 async fn a_renew_restarts_the_standbys_wait() {
     let (ctx, mut api) = mock::context();
-    let elector = std::sync::Arc::new(Elector::new(
-        ctx.client.clone(),
-        "hp",
-        "homeplane-operator",
-        "b",
-        timing(),
-    ));
+    let elector = standby_b(&ctx);
     for (rv, wait) in [("1", 10), ("2", 10), ("3", 0)] {
         let e = elector.clone();
         let attempt = tokio::spawn(async move { e.try_acquire_or_renew().await });

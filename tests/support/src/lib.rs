@@ -138,6 +138,21 @@ impl Cluster {
         Ok(child.wait_with_output()?)
     }
 
+    /// The JSONPath `path` (e.g. `.status.phase`) of object `kind/name` in `ns`; empty when it
+    /// or the object is not there.
+    pub fn jsonpath(&self, ns: &str, kind: &str, name: &str, path: &str) -> String {
+        self.kubectl_ok(&[
+            "get",
+            kind,
+            name,
+            "-n",
+            ns,
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+        .unwrap_or_default()
+    }
+
     /// Runs kubectl and returns its stdout; fails with its stderr when it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl(args)?;
