@@ -26,7 +26,9 @@ up() {
     log "PostgreSQL already up ($dir)"; return 0
   fi
   local port password listen="${POSTGRES_LISTEN:-127.0.0.1}"
-  port=${POSTGRES_PORT:-$(free_port)}
+  # A server started again keeps its address (what it served is configured with it).
+  port=${POSTGRES_PORT:-$([ -f "$dir/env" ] && sed -n 's|.*@[^:]*:\([0-9]*\)/.*|\1|p' "$dir/env")}
+  port=${port:-$(free_port)}
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     password=${POSTGRES_PASSWORD:-$(openssl rand -hex 16)}
     printf '%s\n' "$password" > "$dir/password"
