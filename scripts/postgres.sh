@@ -27,7 +27,10 @@ up() {
   fi
   local port password listen="${POSTGRES_LISTEN:-127.0.0.1}"
   # A server started again keeps its address (what it served is configured with it).
-  port=${POSTGRES_PORT:-$([ -f "$dir/env" ] && sed -n 's|.*@[^:]*:\([0-9]*\)/.*|\1|p' "$dir/env")}
+  port=${POSTGRES_PORT:-}
+  if [ -z "$port" ] && [ -f "$dir/env" ]; then
+    port=$(sed -n 's|.*@[^:]*:\([0-9]*\)/.*|\1|p' "$dir/env")
+  fi
   port=${port:-$(free_port)}
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     password=${POSTGRES_PASSWORD:-$(openssl rand -hex 16)}
