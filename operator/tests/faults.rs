@@ -744,13 +744,27 @@ async fn three_policies_at_once_on_a_database_larger_than_the_memory_limit() {
         Ok(support::operator_pid(&identity))
     })
     .unwrap();
+    // The operator's own memory once it has settled (the policies reconciled), before any run.
+    eventually(Duration::from_secs(60), "the policies reconciled", || {
+        let ready = ["p1", "p2", "p3"].iter().all(|p| {
+            cluster.jsonpath(
+                &ns.name,
+                "backuppolicy",
+                p,
+                r#".status.conditions[?(@.type=="Ready")].status"#,
+            ) == "True"
+        });
+        Ok(ready.then_some(()))
+    })
+    .unwrap();
+    let idle = support::anon_rss_mib(pid).expect("the operator's memory");
+    let sampled = support::AnonPeak::start(pid);
     let all = "apiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {name: b1}\nspec: {policy: p1}\n---\napiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {name: b2}\nspec: {policy: p2}\n---\napiVersion: homeplane.dev/v1alpha1\nkind: Backup\nmetadata: {name: b3}\nspec: {policy: p3}\n";
     let started = Instant::now();
     let out = cluster
         .kubectl_stdin(&["create", "-n", &ns.name, "-f", "-"], Some(all))
         .unwrap();
     assert!(out.status.success());
-    let mut waited = false;
     for name in ["b1", "b2", "b3"] {
         let (phase, message) = finished(cluster, &ns.name, name, Duration::from_secs(600));
         assert_eq!(phase, "Succeeded", "{name}: {message}");
@@ -764,27 +778,24 @@ async fn three_policies_at_once_on_a_database_larger_than_the_memory_limit() {
             "{name}: the dump ({bytes} bytes) must be larger than the memory limit"
         );
     }
-    let events = cluster
-        .kubectl_ok(&[
-            "get",
-            "events",
-            "-n",
-            &ns.name,
-            "-o",
-            "jsonpath={.items[*].reason}",
-        ])
-        .unwrap_or_default();
-    waited |= events.contains("WaitingForMemory");
-    let peak = support::peak_rss_mib(pid).expect("the operator's peak RSS");
+    let peak = sampled.peak();
+    let hwm = support::peak_rss_mib(pid).expect("the operator's peak RSS");
+    // What a memory limit cannot reclaim is the anonymous memory: the binary's own pages are
+    // page cache (support::anon_rss_mib). The budget's promise is idle + budget; 16 MiB is left
+    // for what it does not count (reconciles, watches, the HTTP server).
+    let budget = 64.0;
+    assert!(
+        peak <= idle + budget + 16.0,
+        "anonymous RSS peaked at {peak:.1} MiB, more than {idle:.1} MiB idle + the {budget} MiB backup budget + 16"
+    );
     assert!(
         peak < 128.0,
-        "peak RSS {peak:.1} MiB is over the chart's 128 MiB limit"
+        "anonymous RSS {peak:.1} MiB is over the chart's 128 MiB limit"
     );
-    let _ = waited;
     result(
         "three BackupPolicies at once, database larger than the memory limit",
         &format!(
-            "all Succeeded (one at a time within the 64 MiB budget); operator peak RSS {peak:.1} MiB (limit 128 MiB)"
+            "all Succeeded (one at a time within the 64 MiB budget); operator anonymous RSS {idle:.1} MiB idle, peak {peak:.1} MiB (limit 128 MiB; VmHWM with the debug binary's pages {hwm:.1} MiB)"
         ),
         Some(started.elapsed()),
     );

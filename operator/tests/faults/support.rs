@@ -205,18 +205,75 @@ pub fn operator_pid(identity: &str) -> Option<u32> {
     None
 }
 
-/// Peak resident memory of a process so far (`VmHWM`), in MiB.
-pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+/// A field of `/proc/PID/status` in kB (`VmHWM`, `RssAnon`, ...), as MiB.
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+/// Peak resident memory of a process so far (`VmHWM`, file-backed pages of the binary
+/// included), in MiB.
+pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmHWM")
+}
+
+/// Anonymous resident memory of a process now (`RssAnon`), in MiB: what a memory limit cannot
+/// reclaim. The pages of the binary itself (`RssFile`: about 60 MiB of a debug build's code,
+/// 10 of a release build's) are page cache, which the kernel takes back before it kills.
+pub fn anon_rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "RssAnon")
+}
+
+/// Samples a process's anonymous memory every 50 ms until dropped; `peak` is the largest seen.
+pub struct AnonPeak {
+    peak: Arc<Mutex<f64>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AnonPeak {
+    /// Starts sampling `pid`.
+    pub fn start(pid: u32) -> Self {
+        let peak = Arc::new(Mutex::new(0.0_f64));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(now) = anon_rss_mib(pid) {
+                    let mut peak = p.lock().unwrap();
+                    *peak = peak.max(now);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The largest anonymous RSS sampled so far, MiB.
+    pub fn peak(&self) -> f64 {
+        *self.peak.lock().unwrap()
+    }
+}
+
+impl Drop for AnonPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A PostgreSQL server of this test alone (`scripts/postgres.sh`), on a fixed port so that it
