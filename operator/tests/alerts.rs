@@ -247,7 +247,8 @@ fn render_and_dry_run(cluster: &Cluster, kubeconfig: &Path, namespace: &str) -> 
         ],
     );
     assert!(ok, "{err}");
-    let out = Command::new(cluster.bin.join("kubectl"))
+    let out = cluster
+        .kubectl_command()
         .args([
             "apply",
             "--server-side",

@@ -948,9 +948,9 @@ fn plugin_path(cluster: &Cluster) -> String {
 }
 
 fn kubectl_plugin(cluster: &Cluster, path: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(cluster.bin.join("kubectl"))
+    let out = cluster
+        .kubectl_command()
         .args(args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
         .env("PATH", path)
         .output()
         .unwrap();

@@ -759,7 +759,8 @@ spec:
     .unwrap();
 
     // What a person runs to watch drift, as a child process whose output is collected.
-    let mut watch = std::process::Command::new(cluster.bin.join("kubectl"))
+    let mut watch = cluster
+        .kubectl_command()
         .args([
             "get",
             "drift",
@@ -768,7 +769,6 @@ spec:
             "-w",
             "--output-watch-events",
         ])
-        .env("KUBECONFIG", &cluster.kubeconfig)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -117,11 +117,16 @@ impl Cluster {
         self.kubectl_stdin(args, None)
     }
 
+    /// kubectl of this cluster, as its admin, with a discovery cache of this cluster's own.
+    pub fn kubectl_command(&self) -> Command {
+        kubectl_command(&self.bin, &self.kubeconfig)
+    }
+
     /// Runs kubectl with `args` and `stdin` as its input.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
-        let mut child = Command::new(self.bin.join("kubectl"))
+        let mut child = self
+            .kubectl_command()
             .args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -573,14 +578,13 @@ impl Install {
 
     /// `kubectl auth can-i …` as the chart's ServiceAccount: whether the API server allows it.
     pub fn can(&self, args: &[&str]) -> Result<bool> {
-        let out = Command::new(self.bin.join("kubectl"))
+        let out = kubectl_command(&self.bin, &self.admin)
             .args(["auth", "can-i"])
             .args(args)
             .arg(format!(
                 "--as=system:serviceaccount:{}:{}",
                 self.namespace, self.release
             ))
-            .env("KUBECONFIG", &self.admin)
             .output()?;
         Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
     }
@@ -600,7 +604,7 @@ impl Drop for Install {
             return;
         }
         let selector = format!("app.kubernetes.io/instance={}", self.release);
-        let _ = Command::new(self.bin.join("kubectl"))
+        let _ = kubectl_command(&self.bin, &self.admin)
             .args([
                 "delete",
                 "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings,mutatingadmissionpolicies,mutatingadmissionpolicybindings",
@@ -608,16 +612,29 @@ impl Drop for Install {
                 &selector,
                 "--wait=false",
             ])
-            .env("KUBECONFIG", &self.admin)
             .output();
         if self.own_namespace {
-            let _ = Command::new(self.bin.join("kubectl"))
+            let _ = kubectl_command(&self.bin, &self.admin)
                 .args(["delete", "namespace", &self.namespace, "--wait=false"])
-                .env("KUBECONFIG", &self.admin)
                 .output();
         }
         let _ = std::fs::remove_file(&self.kubeconfig);
     }
+}
+
+/// kubectl in `bin` with `kubeconfig`, and a discovery cache beside the kubeconfig. kubectl's
+/// default cache is keyed by host and port only, and test clusters come and go on reused
+/// loopback ports: a cache written by an earlier cluster with homeplane's CRDs made kubectl
+/// POST Agents to a fresh cluster without them (NotFound instead of "no matches for kind").
+pub fn kubectl_command(bin: &Path, kubeconfig: &Path) -> Command {
+    let cache = kubeconfig
+        .parent()
+        .map_or_else(|| PathBuf::from("kube-cache"), |d| d.join("kube-cache"));
+    let mut command = Command::new(bin.join("kubectl"));
+    command
+        .env("KUBECONFIG", kubeconfig)
+        .env("KUBECACHEDIR", cache);
+    command
 }
 
 /// A release name for the install of `namespace`: `hp-<namespace>`, hashed when too long
