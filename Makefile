@@ -30,6 +30,7 @@ bench:
 	@bash bench/placement.sh
 	@bash bench/state.sh
 	@bash bench/backup.sh
+	@bash bench/encrypt.sh
 	@bash bench/faults.sh
 	@bash bench/realnode.sh
 	@bash bench/dashboard.sh

@@ -58,4 +58,14 @@ mod tests {
         );
         assert_eq!(restore_mib(), 13);
     }
+
+    #[test]
+    fn the_pipelines_sealing_buffers_fit_in_the_fixed_allowance_with_room_to_spare() {
+        let sealing =
+            crate::crypto::sealing_buffer_bytes(crate::pipeline::PIPELINE_SEALING_THREADS);
+        assert!(
+            sealing <= (RUN_OVERHEAD_MIB << 20) * 7 / 8,
+            "{sealing} bytes of sealing buffers leave too little of {RUN_OVERHEAD_MIB} MiB"
+        );
+    }
 }

@@ -136,6 +136,11 @@ impl BackupError {
     }
 }
 
+/// Threads sealing age's chunks in a pipeline (at most: the CPUs the process may use). Two
+/// keep the sealing buffers inside `memory::RUN_OVERHEAD_MIB` while the upload, compression
+/// and the dump's pipe take the other cores; `homeplane backup encrypt` alone uses them all.
+pub const PIPELINE_SEALING_THREADS: usize = 2;
+
 /// One filled part on its way to the uploader; holds its memory permit.
 struct Part {
     number: i32,
@@ -359,8 +364,14 @@ where
             inner: SyncIoBridge::new_with_handle(source, rt),
             failure: source_failure,
         };
-        let (source_bytes, sink) =
-            crypto::encrypt(reader, &recipients, compress, sink).map_err(|e| e.to_string())?;
+        let (source_bytes, sink) = crypto::encrypt_on(
+            reader,
+            &recipients,
+            compress,
+            sink,
+            PIPELINE_SEALING_THREADS,
+        )
+        .map_err(|e| e.to_string())?;
         let (encrypted_bytes, sha256, parts) = sink.finish().map_err(|e| e.to_string())?;
         Ok(Encoded {
             source_bytes,

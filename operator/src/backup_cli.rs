@@ -417,8 +417,11 @@ pub async fn encrypt(args: EncryptArgs) -> anyhow::Result<()> {
     let recipients = crypto::parse_recipients(&args.recipients)?;
     let compress = compression(args.zstd_level);
     tokio::task::spawn_blocking(move || {
-        let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
-        let output = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        // The stage reads and writes in batches of 512 KiB itself: unbuffered handles on the
+        // same descriptors spare a copy of every byte (stdout's own handle is line-buffered).
+        use std::os::fd::AsFd;
+        let input = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+        let output = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
         crypto::encrypt(input, &recipients, compress, output).map(|_| ())
     })
     .await??;
