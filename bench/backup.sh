@@ -9,6 +9,7 @@
 # Prints the figures and writes them to bench/results/backup.txt. Run with `make bench`.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
+source "$HOMEPLANE_ROOT/bench/lib.sh"
 cd "$HOMEPLANE_ROOT"
 "$HOMEPLANE_ROOT/scripts/setup.sh"
 if [ -z "${HOMEPLANE_BIN:-}" ]; then cargo build --release --locked -q -p homeplane-operator; fi
@@ -39,28 +40,13 @@ rows=${BENCH_ROWS:-3000000}
 
 log "generating a database of $rows messages"
 psql -q -X "$admin" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
-psql -q -X "$db_url" -v ON_ERROR_STOP=1 <<SQL
-CREATE TABLE messages (id bigserial PRIMARY KEY, platform text NOT NULL, sender text NOT NULL,
-  body text NOT NULL, sent_at timestamptz NOT NULL);
-INSERT INTO messages (platform, sender, body, sent_at)
-SELECT (ARRAY['signal','whatsapp','telegram','imessage','email','sms'])[1 + g % 6],
-       'contact-' || (g % 900), repeat(md5(g::text), 1 + g % 4) || ' ' || md5((g * 7)::text),
-       timestamptz '2020-01-01' + g * interval '37 seconds'
-FROM generate_series(1, $rows) g;
-CREATE INDEX ON messages (sent_at);
-SQL
+generate_messages "$db_url" "$rows"
+psql -q -X "$db_url" -c "CREATE INDEX ON messages (sent_at)"
 db_size=$(psql -X -t -A "$db_url" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 keyfile="$work/tmp/key.txt"
 age-keygen -o "$keyfile" 2>/dev/null
 recipient=$(age-keygen -y "$keyfile")
-pg_env() { # libpq variables from the URL, so that no password is on a command line
-  python3 - "$db_url" <<'PY'
-import sys, urllib.parse as u
-p = u.urlparse(sys.argv[1])
-print(f"export PGHOST={p.hostname} PGPORT={p.port} PGUSER={p.username} PGPASSWORD={p.password} PGDATABASE={p.path[1:]}")
-PY
-}
-eval "$(pg_env)"
+eval "$(pg_env "$db_url")"
 
 log "homeplane backup (zstd -1, 16 MiB parts, 2 in flight)"
 read -r hp_wall hp_cpu hp_rss < <(measure "'$homeplane' backup upload --database-url '$db_url' -r $recipient --zstd-level 1 --object homeplane.pgdump.zst.age > '$work/tmp/manifest.json'")
@@ -93,7 +79,6 @@ pv_files=$(python3 -c "import json; print(json.load(open('$work/tmp/volume.json'
 rm -rf "$vol"
 "$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3 rm "s3://$HOMEPLANE_BACKUP_BUCKET/volume.tar.zst.age" --only-show-errors
 
-ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
 result="bench/results/backup.txt"
 {

@@ -29,22 +29,8 @@ admin="$(sed -n 's/^export DATABASE_URL=//p' "$work/postgres/env")"
 log "generating a database of $rows messages and its plain dump"
 psql -q -X "$admin" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
 # The table of bench/backup.sh, so the input is the dump that benchmark encrypts.
-psql -q -X "${admin%/postgres}/bench" -v ON_ERROR_STOP=1 <<SQL
-CREATE TABLE messages (id bigserial PRIMARY KEY, platform text NOT NULL, sender text NOT NULL,
-  body text NOT NULL, sent_at timestamptz NOT NULL);
-INSERT INTO messages (platform, sender, body, sent_at)
-SELECT (ARRAY['signal','whatsapp','telegram','imessage','email','sms'])[1 + g % 6],
-       'contact-' || (g % 900), repeat(md5(g::text), 1 + g % 4) || ' ' || md5((g * 7)::text),
-       timestamptz '2020-01-01' + g * interval '37 seconds'
-FROM generate_series(1, $rows) g;
-SQL
-# libpq variables from the URL, so that no password is on a command line.
-eval "$(python3 - "${admin%/postgres}/bench" <<'PY'
-import sys, urllib.parse as u
-p = u.urlparse(sys.argv[1])
-print(f"export PGHOST={p.hostname} PGPORT={p.port} PGUSER={p.username} PGPASSWORD={p.password} PGDATABASE={p.path[1:]}")
-PY
-)"
+generate_messages "${admin%/postgres}/bench" "$rows"
+eval "$(pg_env "${admin%/postgres}/bench")"
 pg_dump -Fc -Z0 -f "$input"
 "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$work/postgres"
 plain=$(stat -c %s "$input")

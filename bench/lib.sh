@@ -25,3 +25,27 @@ bench_packages() {
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 }
+
+# generate_messages URL ROWS fills the database at URL with the benchmarks' table: ROWS
+# messages of six platforms, 900 senders and bodies of 50 to 130 characters.
+generate_messages() {
+  psql -q -X "$1" -v ON_ERROR_STOP=1 <<SQL
+CREATE TABLE messages (id bigserial PRIMARY KEY, platform text NOT NULL, sender text NOT NULL,
+  body text NOT NULL, sent_at timestamptz NOT NULL);
+INSERT INTO messages (platform, sender, body, sent_at)
+SELECT (ARRAY['signal','whatsapp','telegram','imessage','email','sms'])[1 + g % 6],
+       'contact-' || (g % 900), repeat(md5(g::text), 1 + g % 4) || ' ' || md5((g * 7)::text),
+       timestamptz '2020-01-01' + g * interval '37 seconds'
+FROM generate_series(1, $2) g;
+SQL
+}
+
+# pg_env URL prints `export PG…=` lines for libpq from a postgres:// URL, so that no password is
+# on a command line: eval "$(pg_env URL)".
+pg_env() {
+  python3 - "$1" <<'PY'
+import sys, urllib.parse as u
+p = u.urlparse(sys.argv[1])
+print(f"export PGHOST={p.hostname} PGPORT={p.port} PGUSER={p.username} PGPASSWORD={p.password} PGDATABASE={p.path[1:]}")
+PY
+}

@@ -251,6 +251,8 @@ mod tests {
         }
     }
 
+    use homeplane_testkit::pattern;
+
     /// Plaintext sizes around every boundary of the sealing: chunks, batches, and the
     /// batches a worker has in flight.
     const EDGES: &[usize] = &[
@@ -265,18 +267,6 @@ mod tests {
         40 * stream::CHUNK,
         41 * stream::CHUNK + 77,
     ];
-
-    fn pattern(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     /// The size of an age file of `plain` bytes after a header of `header` bytes: 16 bytes of
     /// tag per 64 KiB chunk, and one chunk for an empty payload.

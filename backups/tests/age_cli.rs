@@ -8,20 +8,9 @@ use std::process::{Command, Stdio};
 use age::secrecy::ExposeSecret;
 use age::x25519;
 use homeplane_backups::crypto::{self, Compress};
+use homeplane_testkit::pattern;
 
 const CHUNK: usize = 64 * 1024;
-
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D ^ len as u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Runs `age` with `args`, `input` on its stdin; returns its stdout.
 fn age(args: &[&str], input: Vec<u8>) -> Vec<u8> {
@@ -61,7 +50,7 @@ fn the_age_cli_decrypts_every_size_on_any_number_of_threads_and_the_reverse() {
         8 * CHUNK + 1,
         51 * CHUNK + 13,
     ] {
-        let plain = pattern(len);
+        let plain = pattern(len, 0x2545_F491_4F6C_DD1D ^ len as u64);
         for threads in [0, 2, 3] {
             let (_, sealed) = crypto::encrypt_on(
                 &plain[..],

@@ -291,6 +291,20 @@ pub fn cluster_bin() -> Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// `len` bytes that look random and are the same for the same `seed` (xorshift64), for data
+/// whose content must not compress or repeat.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// A short random-enough suffix for names.
 pub fn suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
