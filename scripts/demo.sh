@@ -50,12 +50,24 @@ gpu_host_up() {
 
 operator_running() { [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; }
 
+# phase NAME ends a phase of `make demo`: its time since the previous one is printed at the end.
+phases=()
+phase_mark=$(date +%s)
+phase() {
+  local now; now=$(date +%s)
+  phases+=("$1: $((now - phase_mark))s")
+  phase_mark=$now
+}
+
 up() {
   local t0; t0=$(date +%s)
   "$HOMEPLANE_ROOT/scripts/setup.sh"
+  phase "tools (setup.sh)"
   log "building homeplane (release)"
   cargo build --release --locked -q -p homeplane-operator
+  phase "homeplane's release build"
   local bin; bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
+  phase "control plane build"
   local fresh=0
   "$HOMEPLANE_ROOT/scripts/cluster.sh" status "$state/cluster" 2>/dev/null || fresh=1
   "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$state/cluster"
@@ -67,6 +79,7 @@ up() {
     "$HOMEPLANE_ROOT/scripts/n8n.sh" down "$state/n8n" 2>/dev/null; rm -rf "$state/n8n"
   fi
   "$HOMEPLANE_ROOT/scripts/n8n.sh" up "$state/n8n"
+  phase "control plane, PostgreSQL, S3 and n8n up"
   export KUBECONFIG="$state/cluster/kubeconfig"
   local kubectl="$bin/kubectl"
   # Flux runs against this cluster: a fresh cluster gets it restarted (a running Flux would
@@ -74,6 +87,7 @@ up() {
   [ "$fresh" = 1 ] && "$HOMEPLANE_ROOT/scripts/flux.sh" down "$state/flux" >/dev/null 2>&1
   "$HOMEPLANE_ROOT/scripts/flux.sh" up "$state/flux" "$state/cluster/kubeconfig"
   local git_url; git_url="$(sed -n 's/^export FLUX_GIT_URL=//p' "$state/flux/env")/homelab.git"
+  phase "Flux up"
 
   # What Git must not hold: the Secrets the homelab names (created here, never committed).
   local ns
@@ -146,6 +160,7 @@ up() {
   local port; port=$(cat "$state/operator.port")
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
   curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { tail -20 "$state/operator.log"; die "the operator did not become ready"; }
+  phase "Secrets, the homelab in Git, CRDs by Flux, operator ready"
 
   log "waiting for Flux to apply the homelab (Kustomization homelab)"
   for _ in $(seq 1 300); do
@@ -162,6 +177,7 @@ up() {
     || log "the MemoryServer is not Ready yet: kubectl describe memoryserver memory -n data"
   "$kubectl" wait --for=condition=Ready --timeout=90s voicepipeline/assistant -n ai >/dev/null \
     || log "the VoicePipeline is not Ready yet: kubectl describe voicepipeline assistant -n ai"
+  phase "homelab applied by Flux, workloads Ready"
 
   log "taking a backup of the homelab database to the local S3 server"
   if ! "$kubectl" get backup demo -n data >/dev/null 2>&1; then
@@ -186,6 +202,7 @@ up() {
   "$kubectl" wait --for=condition=Ready --timeout=180s kustomization/homelab -n flux-system >/dev/null \
     || log "Flux does not call the homelab Ready yet: kubectl describe kustomization homelab -n flux-system"
   sleep 1 # let the capacity plans catch up with the last pods
+  phase "backups, Workflows, Agents, the AgentRun; Flux Ready"
 
   # A fresh evaluation of the state registry with everything in place: ask twice, so that an
   # evaluation already under way when the world settled is not the one shown.
@@ -201,7 +218,9 @@ up() {
     done
   done
 
+  phase "state registry evaluated"
   alerting_up "$kubectl" "$port" "$n8n_url" "$n8n_key"
+  phase "alerting (Prometheus, Alertmanager, n8n)"
 
   # The binary is also the kubectl plugin (`kubectl homeplane status`), by its name.
   mkdir -p "$state/bin"
@@ -248,7 +267,8 @@ up() {
   echo; echo "== kubectl get gitrepositories,kustomizations -A (Flux, applying .homeplane/demo/homelab)"
   "$kubectl" get gitrepositories,kustomizations -A
   echo
-  echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s). Change the homelab the way you would at"
+  echo "homeplane is running (ready in $(( $(date +%s) - t0 ))s; by phase: $(printf '%s, ' "${phases[@]}" | sed 's/, $//'))."
+  echo "Change the homelab the way you would at"
   echo "home — edit it in Git, commit, push, and watch Flux and homeplane converge:"
   echo "  source .homeplane/demo/env && cd .homeplane/demo/homelab"
   echo "  \$EDITOR homelab/database.yaml         # e.g. under roles: add  - {name: reporting, access: [{tier: convenience, level: read}]}"
