@@ -33,8 +33,29 @@ export PATH="$HOME/.cargo/bin:$PATH"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-# free_port prints a TCP port that is free on 127.0.0.1.
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# free_port prints a TCP port that is free on 127.0.0.1, chosen at random below the kernel's
+# ephemeral range. A port the kernel hands out (to a bind to port 0, or to an outgoing
+# connection) could be handed out again before a slow server binds the one printed here: an n8n
+# that took ten seconds to start found its port taken by another test's listener.
+free_port() {
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(100):
+    port = random.randint(max(1024, low - 12000), low - 1)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])
+PY
+}
 
 # cache_key FILE... prints a short hash of the files' contents.
 cache_key() { cat "$@" | sha256sum | cut -c1-16; }

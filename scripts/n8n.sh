@@ -92,19 +92,11 @@ access() {
   echo "$key"
 }
 
-up() {
-  if is_up; then log "n8n already up ($dir)"; return 0; fi
-  down >/dev/null 2>&1 || true
-  install >/dev/null
+# start: starts n8n on a free port and waits until it answers its REST API as itself; returns
+# 1 if its port was taken by another process before n8n bound it (the caller tries another).
+start() {
   local port; port=$(free_port)
   url="http://127.0.0.1:$port"
-  mkdir -p "$dir/data"
-  [ -f "$dir/encryption-key" ] || { openssl rand -hex 24 > "$dir/encryption-key"; chmod 600 "$dir/encryption-key"; }
-  [ -f "$dir/owner-password" ] || {
-    # n8n wants 8+ characters with a digit and an upper-case letter.
-    echo "Hp1-$(openssl rand -hex 12)" > "$dir/owner-password"; chmod 600 "$dir/owner-password"
-  }
-  local t0; t0=$(date +%s)
   N8N_USER_FOLDER="$dir/data" N8N_PORT="$port" N8N_LISTEN_ADDRESS=127.0.0.1 N8N_HOST=127.0.0.1 \
     N8N_PROTOCOL=http N8N_SECURE_COOKIE=false N8N_ENCRYPTION_KEY="$(cat "$dir/encryption-key")" \
     N8N_DIAGNOSTICS_ENABLED=false N8N_VERSION_NOTIFICATIONS_ENABLED=false \
@@ -116,13 +108,37 @@ up() {
     setsid "$node_dir/bin/node" "$app_dir/node_modules/n8n/bin/n8n" start \
     > "$dir/n8n.log" 2>&1 < /dev/null &
   echo $! > "$dir/pid"
-  # /healthz answers before the REST routes exist; /rest/settings answers once they do.
-  for _ in $(seq 1 600); do
-    curl -sf "$url/rest/settings" >/dev/null 2>&1 && break
-    kill -0 "$(cat "$dir/pid")" 2>/dev/null || { tail -n 30 "$dir/n8n.log" >&2; die "n8n exited (log: $dir/n8n.log)"; }
+  # /healthz answers before the REST routes exist; /rest/settings answers once they do. Only
+  # an answer naming this port comes from this n8n (a test's listener once took its port while
+  # it started, and answered).
+  local deadline=$((SECONDS + 180)) settings
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    if ! kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+      grep -q 'is already in use' "$dir/n8n.log" && { rm -f "$dir/pid"; return 1; }
+      tail -n 30 "$dir/n8n.log" >&2; die "n8n exited while starting (log: $dir/n8n.log)"
+    fi
+    settings=$(curl -sf "$url/rest/settings" 2>/dev/null) && [[ $settings == *"127.0.0.1:$port"* ]] && return 0
     sleep 0.2
   done
-  curl -sf "$url/rest/settings" >/dev/null || fail "n8n did not become ready in 120s"
+  fail "n8n did not answer on $url within 180s"
+}
+
+up() {
+  if is_up; then log "n8n already up ($dir)"; return 0; fi
+  down >/dev/null 2>&1 || true
+  install >/dev/null
+  mkdir -p "$dir/data"
+  [ -f "$dir/encryption-key" ] || { openssl rand -hex 24 > "$dir/encryption-key"; chmod 600 "$dir/encryption-key"; }
+  [ -f "$dir/owner-password" ] || {
+    # n8n wants 8+ characters with a digit and an upper-case letter.
+    echo "Hp1-$(openssl rand -hex 12)" > "$dir/owner-password"; chmod 600 "$dir/owner-password"
+  }
+  local t0 attempt; t0=$(date +%s)
+  for attempt in 1 2 3; do
+    start && break
+    log "n8n's port was taken while it started; trying another"
+    [ "$attempt" -lt 3 ] || die "n8n found its port taken three times (log: $dir/n8n.log)"
+  done
 
   # The owner and the API key; n8n answers before it is quite ready, so try a few times.
   local key="" tries

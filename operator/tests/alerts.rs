@@ -196,17 +196,10 @@ fn dashboard_queries(dashboard: &Value) -> Vec<String> {
 }
 
 fn helm(cluster: &Cluster, kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cluster.bin.join("helm"))
+    let out = cluster
+        .helm_command()
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("homeplane-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("homeplane-helm-config"),
-        )
         .output()
         .unwrap();
     (

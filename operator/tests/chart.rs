@@ -8,17 +8,9 @@ use homeplane_testkit::{Cluster, TestNamespace, repo_root};
 
 fn helm(args: &[&str]) -> std::process::Output {
     let cluster = Cluster::shared();
-    std::process::Command::new(cluster.bin.join("helm"))
+    cluster
+        .helm_command()
         .args(args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("homeplane-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("homeplane-helm-config"),
-        )
         .output()
         .expect("helm runs")
 }

@@ -11,7 +11,6 @@
 mod dashboard_support;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::process::Command;
 
 use dashboard_support::{BINARY, Dash, Demo, Part, ROLES, WAIT, curl};
 use homeplane_testkit::{Cluster, Postgres, S3Server, TestNamespace, eventually, suffix};
@@ -591,7 +590,8 @@ spec:
   scope: {resources: [{resource: configmaps}]}
   budget: {cpu: "1", memory: 1Gi, maxRunSeconds: 600}
 "#;
-    assert!(cluster.apply(&ns.name, agent).unwrap().0);
+    let (ok, out) = cluster.apply(&ns.name, agent).unwrap();
+    assert!(ok, "{out}");
     let dash = Dash::start(
         cluster,
         &ns.name,
@@ -814,7 +814,8 @@ spec:
         host = pg.host,
         port = pg.port
     );
-    assert!(demo.cluster.apply(&ns, &scratch).unwrap().0);
+    let (ok, out) = demo.cluster.apply(&ns, &scratch).unwrap();
+    assert!(ok, "{out}");
     demo.cluster
         .kubectl_ok(&[
             "create",
@@ -1081,19 +1082,7 @@ fn kubectl_homeplane_reports_status_and_traces_to_the_first_broken_link() {
 }
 
 fn helm(cluster: &Cluster, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cluster.bin.join("helm"))
-        .args(args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("homeplane-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("homeplane-helm-config"),
-        )
-        .output()
-        .unwrap();
+    let out = cluster.helm_command().args(args).output().unwrap();
     (
         out.status.success(),
         format!(

@@ -94,19 +94,7 @@ fn port_of(url: &str) -> u16 {
 }
 
 fn helm(cluster: &Cluster, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cluster.bin.join("helm"))
-        .args(args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("homeplane-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("homeplane-helm-config"),
-        )
-        .output()
-        .unwrap();
+    let out = cluster.helm_command().args(args).output().unwrap();
     (
         out.status.success(),
         format!(

@@ -50,6 +50,7 @@ impl Cluster {
             }
         };
         cluster.install_crds()?;
+        cluster.record_requesters()?;
         Ok(cluster)
     }
 
@@ -110,6 +111,108 @@ impl Cluster {
             &dir.to_string_lossy(),
         ])?;
         Ok(())
+    }
+
+    /// Installs, for the whole test run, the chart's MutatingAdmissionPolicy that records who
+    /// asks for each Agent (release `hp-tests-requester`), and waits until it takes effect.
+    ///
+    /// Every operator a test starts installs the chart's admission policies cluster-wide and
+    /// removes them when it stops, and the API server's mutating and validating admission
+    /// plugins each learn of a policy on their own schedule. An Agent created by one test while
+    /// another test's ValidatingAdmissionPolicy had taken effect and no MutatingAdmissionPolicy
+    /// had was refused ("who asks for this Agent could not be recorded"). One recorder that
+    /// lives as long as the cluster closes that window; it records exactly what each release's
+    /// own would. Install's probe Agent is left to the release's own policy (by its label).
+    fn record_requesters(&self) -> Result<()> {
+        let chart = repo_root().join("charts/homeplane");
+        let rendered = self
+            .helm_command()
+            .args(["template", "hp-tests-requester"])
+            .arg(&chart)
+            .args(["--namespace", "default", "--kube-version", "v1.37.2"])
+            .args(["--show-only", "templates/agent-admission.yaml"])
+            .output()
+            .context("failed to run helm")?;
+        if !rendered.status.success() {
+            bail!(
+                "helm template failed: {}",
+                String::from_utf8_lossy(&rendered.stderr)
+            );
+        }
+        let as_json = self.kubectl_stdin(
+            &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+            Some(&String::from_utf8_lossy(&rendered.stdout)),
+        )?;
+        if !as_json.status.success() {
+            bail!(
+                "kubectl could not read the chart's admission policies: {}",
+                String::from_utf8_lossy(&as_json.stderr)
+            );
+        }
+        // One JSON object per document, one after the other.
+        let mut items = Vec::new();
+        for object in serde_json::Deserializer::from_slice(&as_json.stdout).into_iter() {
+            let object: serde_json::Value = object?;
+            if object["kind"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("MutatingAdmissionPolicy"))
+            {
+                items.push(object);
+            }
+        }
+        for item in &mut items {
+            if item["kind"] == "MutatingAdmissionPolicy" {
+                let conditions = item["spec"]["matchConditions"]
+                    .as_array_mut()
+                    .context("the chart's MutatingAdmissionPolicy has no matchConditions")?;
+                conditions.push(serde_json::json!({
+                    "name": "not-an-install-probe",
+                    "expression": format!("object.metadata.?labels[?'{PROBE_LABEL}'].orValue('') == ''"),
+                }));
+            }
+        }
+        if items.len() != 2 {
+            bail!(
+                "the chart's agent-admission.yaml no longer holds one MutatingAdmissionPolicy and its binding"
+            );
+        }
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        self.kubectl_stdin(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(&list.to_string()),
+        )
+        .and_then(|out| {
+            if out.status.success() {
+                Ok(())
+            } else {
+                bail!(
+                    "installing the requester recorder failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            }
+        })?;
+        let probe = "apiVersion: homeplane.dev/v1alpha1\nkind: Agent\nmetadata: {name: requester-probe, namespace: default}\nspec:\n  tier: observer\n  image: probe\n  scope: {resources: [{resource: configmaps}]}\n  budget: {cpu: \"1\", memory: 1Gi, maxRunSeconds: 60}\n";
+        eventually(
+            Duration::from_secs(60),
+            "the requester recorder to take effect",
+            || {
+                let out = self.kubectl_stdin(
+                    &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                    Some(probe),
+                )?;
+                Ok(String::from_utf8_lossy(&out.stdout)
+                    .contains("homeplane.dev/requested-by")
+                    .then_some(()))
+            },
+        )
+    }
+
+    /// helm of this cluster, as its admin, with its cache and configuration in the temporary
+    /// folder (not in the user's home).
+    pub fn helm_command(&self) -> Command {
+        let mut helm = Command::new(self.bin.join("helm"));
+        helm.env("KUBECONFIG", &self.kubeconfig).envs(helm_env());
+        helm
     }
 
     /// Runs kubectl with `args`.
@@ -469,14 +572,7 @@ impl Install {
             .args(["--show-only", "templates/rbac.yaml"])
             .args(["--show-only", "templates/agent-roles.yaml"])
             .args(["--show-only", "templates/agent-admission.yaml"])
-            .env(
-                "HELM_CACHE_HOME",
-                std::env::temp_dir().join("homeplane-helm-cache"),
-            )
-            .env(
-                "HELM_CONFIG_HOME",
-                std::env::temp_dir().join("homeplane-helm-config"),
-            );
+            .envs(helm_env());
         for value in values {
             helm.args(["--set", value]);
         }
@@ -495,7 +591,7 @@ impl Install {
         // Admission policies take effect a moment after they are created: wait until a dry run
         // of an Agent comes back with the requester recorded (when homeplane's CRDs are there).
         let probe = format!(
-            "apiVersion: homeplane.dev/v1alpha1\nkind: Agent\nmetadata: {{name: install-probe, namespace: {namespace}}}\nspec:\n  tier: observer\n  image: probe\n  scope: {{resources: [{{resource: configmaps}}]}}\n  budget: {{cpu: \"1\", memory: 1Gi, maxRunSeconds: 60}}\n"
+            "apiVersion: homeplane.dev/v1alpha1\nkind: Agent\nmetadata: {{name: install-probe, namespace: {namespace}, labels: {{{PROBE_LABEL}: \"true\"}}}}\nspec:\n  tier: observer\n  image: probe\n  scope: {{resources: [{{resource: configmaps}}]}}\n  budget: {{cpu: \"1\", memory: 1Gi, maxRunSeconds: 60}}\n"
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -634,6 +730,24 @@ impl Drop for Install {
         }
         let _ = std::fs::remove_file(&self.kubeconfig);
     }
+}
+
+/// The label of the Agent [`Install::new`] dry-runs to see its release's policies take effect
+/// (the run-wide requester recorder leaves it alone).
+const PROBE_LABEL: &str = "homeplane.dev/install-probe";
+
+/// Helm's cache and configuration in the temporary folder, not in the user's home.
+fn helm_env() -> [(&'static str, PathBuf); 2] {
+    [
+        (
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("homeplane-helm-cache"),
+        ),
+        (
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("homeplane-helm-config"),
+        ),
+    ]
 }
 
 /// kubectl in `bin` with `kubeconfig`, and a discovery cache beside the kubeconfig. kubectl's
@@ -877,8 +991,27 @@ impl Drop for Operator {
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, chosen at random below the kernel's ephemeral range (as
+/// `free_port` in scripts/lib.sh does): a port the kernel hands out to a bind to port 0 or to
+/// an outgoing connection could be handed out again before the process it is meant for binds it.
 pub fn free_port() -> Result<u16> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let first = low.saturating_sub(12_000).max(1024);
+    if first < low {
+        for _ in 0..100 {
+            let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+            random.write_u32(std::process::id());
+            let port = first + (random.finish() % u64::from(low - first)) as u32;
+            let port = u16::try_from(port)?;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
