@@ -143,7 +143,7 @@ up() {
     local port; port=$(free_port)
     echo "$port" > "$state/operator.port"
     # The status dashboard, on this machine only, with its actions on (it is the demo).
-    local dport; dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    local dport; dport=$(free_port)
     echo "$dport" > "$state/dashboard.port"
     # homeplane's own database (drift and backup history) lives on the demo PostgreSQL.
     psql "$pg_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \

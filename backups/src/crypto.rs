@@ -130,8 +130,7 @@ pub fn encrypt_on<R: Read, W: Write>(
 ) -> Result<(u64, W), StreamError> {
     let payload = stream::Payload::begin(recipients)?;
     output.write_all(payload.header())?;
-    let threads = threads.min(sealing_threads());
-    let workers = if threads > 1 { threads } else { 0 };
+    let workers = workers(threads.min(sealing_threads()));
     let (read, mut output) = std::thread::scope(|scope| -> io::Result<(u64, W)> {
         let mut sealer = stream::Sealer::new(payload.key(), output, workers, scope);
         let read = match compress {
@@ -159,7 +158,12 @@ pub fn sealing_threads() -> usize {
 
 /// The most the sealing of one stream holds in buffers on `threads` threads, in bytes.
 pub fn sealing_buffer_bytes(threads: usize) -> u64 {
-    stream::buffer_bytes(if threads > 1 { threads } else { 0 })
+    stream::buffer_bytes(workers(threads))
+}
+
+/// Sealing threads for `threads`: none (the caller's thread seals) unless more than one.
+fn workers(threads: usize) -> usize {
+    if threads > 1 { threads } else { 0 }
 }
 
 /// Decrypts the age file read from `input` with `identities`, decompresses it if it was

@@ -783,7 +783,7 @@ async fn three_policies_at_once_on_a_database_larger_than_the_memory_limit() {
     // What a memory limit cannot reclaim is the anonymous memory: the binary's own pages are
     // page cache (support::anon_rss_mib). The budget's promise is idle + budget; 16 MiB is left
     // for what it does not count (reconciles, watches, the HTTP server).
-    let budget = 64.0;
+    let budget = f64::from(homeplane_operator::controllers::backup::budget::DEFAULT_MIB);
     assert!(
         peak <= idle + budget + 16.0,
         "anonymous RSS peaked at {peak:.1} MiB, more than {idle:.1} MiB idle + the {budget} MiB backup budget + 16"
@@ -795,7 +795,7 @@ async fn three_policies_at_once_on_a_database_larger_than_the_memory_limit() {
     result(
         "three BackupPolicies at once, database larger than the memory limit",
         &format!(
-            "all Succeeded (one at a time within the 64 MiB budget); operator anonymous RSS {idle:.1} MiB idle, peak {peak:.1} MiB (limit 128 MiB; VmHWM with the debug binary's pages {hwm:.1} MiB)"
+            "all Succeeded (one at a time within the {budget} MiB budget); operator anonymous RSS {idle:.1} MiB idle, peak {peak:.1} MiB (limit 128 MiB; VmHWM with the debug binary's pages {hwm:.1} MiB)"
         ),
         Some(started.elapsed()),
     );
