@@ -4,7 +4,9 @@
 //! it changed → an event when the news is bad → the next wake-up from the retry policy.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -107,13 +109,30 @@ pub fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 /// One reconciliation: the object re-read as stored (the cache may predate the last status
-/// write), its finalizer, the pass.
+/// write), its finalizer, the pass; one that passed is counted with its time and the part of
+/// it spent computing.
 pub async fn reconcile<R: Reconciler>(
     reconciler: Arc<R>,
     cached: Arc<R::Object>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     let started = Instant::now();
+    let metrics = Arc::clone(&ctx.metrics);
+    let (result, busy) = Busy::new(reconcile_stored(reconciler, cached, ctx)).await;
+    let (action, passed) = result?;
+    if passed {
+        metrics.reconciled(R::NAME, started.elapsed(), busy);
+    }
+    Ok(action)
+}
+
+/// [`reconcile`]'s work; says whether the object was passed over (not gone, unreadable or
+/// settled).
+async fn reconcile_stored<R: Reconciler>(
+    reconciler: Arc<R>,
+    cached: Arc<R::Object>,
+    ctx: Arc<Context>,
+) -> Result<(Action, bool), Error> {
     let span = info_span!("reconcile", controller = R::NAME, object = %key(cached.as_ref()));
     let api = R::Object::api(ctx.client.clone(), cached.namespace().as_deref());
     let fresh = match api
@@ -124,16 +143,16 @@ pub async fn reconcile<R: Reconciler>(
         Ok(Some(obj)) => obj,
         Ok(None) => {
             reconciler.gone(&key(cached.as_ref()), &ctx);
-            return Ok(Action::await_change());
+            return Ok((Action::await_change(), false));
         }
         Err(kube::Error::SerdeError(error)) => {
             watch::unreadable(&ctx, cached.as_ref(), &error.to_string()).await;
-            return Ok(Action::await_change());
+            return Ok((Action::await_change(), false));
         }
         Err(source) => return Err(Error::kube("read the object")(source)),
     };
     if reconciler.settled(&fresh) {
-        return Ok(Action::await_change());
+        return Ok((Action::await_change(), false));
     }
     let action = match R::FINALIZER {
         None => {
@@ -154,8 +173,7 @@ pub async fn reconcile<R: Reconciler>(
         .await
         .map_err(|e| Error::Finalizer(Box::new(e)))?,
     };
-    ctx.metrics.reconciled(R::NAME, started.elapsed());
-    Ok(action)
+    Ok((action, true))
 }
 
 /// The pass over one stored object: first look, the controller's work, status, event, action.
@@ -259,4 +277,53 @@ pub fn error_policy<R: Reconciler>(
             .await;
     });
     Action::requeue(retry.delay)
+}
+
+/// A future and the time spent in its polls: what a reconciliation costs on the async runtime,
+/// without the time it waits for the API server, PostgreSQL or n8n. Work it hands to the
+/// blocking pool (template rendering) is waited for, so not counted.
+struct Busy<F> {
+    inner: Pin<Box<F>>,
+    busy: Duration,
+}
+
+impl<F: Future> Busy<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            busy: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future> Future for Busy<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let started = Instant::now();
+        let polled = self.inner.as_mut().poll(cx);
+        self.busy += started.elapsed();
+        let busy = self.busy;
+        polled.map(|out| (out, busy))
+    }
+}
+
+#[cfg(test)]
+mod busy_tests {
+    use super::*;
+
+    /// Time spent waiting is not counted; time spent computing in a poll is.
+    #[tokio::test]
+    async fn counts_the_polls_not_the_waits() {
+        let (_, busy) = Busy::new(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let spun = Instant::now();
+            while spun.elapsed() < Duration::from_millis(20) {
+                std::hint::spin_loop();
+            }
+        })
+        .await;
+        assert!(busy >= Duration::from_millis(20), "{busy:?}");
+        assert!(busy < Duration::from_millis(400), "{busy:?}");
+    }
 }
