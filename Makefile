@@ -26,6 +26,7 @@ fmt:
 ## Benchmarks (not tests): print figures and write them to bench/results/.
 bench:
 	@bash bench/foundation.sh
+	@bash bench/memory.sh
 	@bash bench/migrate.sh
 	@bash bench/placement.sh
 	@bash bench/state.sh
@@ -34,6 +35,7 @@ bench:
 	@bash bench/faults.sh
 	@bash bench/realnode.sh
 	@bash bench/dashboard.sh
+	@bash bench/reconcile.sh
 
 ## Fuzz every parser of untrusted input: 1,000,000 executions per target (or 15 minutes).
 fuzz:

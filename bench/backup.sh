@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Benchmark of backups (not a test). On one generated database, homeplane's backup
-# (`homeplane backup upload`: pg_dump -Fc -Z0 → zstd -1 → age → S3 multipart, the operator's
-# pipeline) against `pg_dump -Fc -Z1 | age -r … | aws s3 cp - s3://…` (awscli from PyPI) for
-# wall time, CPU seconds and peak RSS of the whole process tree; the encryption stage alone
-# against the `age` CLI on the same input; and a ≥2 GiB stream through homeplane's pipeline to
-# show its peak RSS stays within part size × concurrency plus the process's own baseline; and a
-# 2 GiB volume archived by `homeplane backup pvc` (what a PVC backup Job runs), same bound.
-# Prints the figures and writes them to bench/results/backup.txt. Run with `make bench`.
+# Benchmark of backups (not a test), in one run on one generated database of at least 1 GB on
+# disk and one S3 server (versitygw on loopback):
+# 1. Full backups, each timed as a whole process tree (wall, CPU seconds, peak RSS), with the
+#    bytes it left in the bucket and the time to restore until the data can be queried:
+#    homeplane (`homeplane backup upload`: pg_dump -Fc -Z0 -> zstd -1 -> age -> S3 multipart,
+#    the operator's pipeline), the shell pipeline `pg_dump -Fc -Z1 | age | aws s3 cp -`,
+#    restic (`pg_dump -Fc -Z0 | restic backup --stdin`: its own compression and encryption;
+#    the engine of k8up and Velero's file-system backups) and pgBackRest (a full physical
+#    backup, zstd level 1, aes-256-cbc, to an S3 repository; over TLS, which is all pgBackRest
+#    speaks: a second versitygw on the same storage).
+# 2. homeplane's memory bound: a >= 2 GiB stream and a 2 GiB volume archive (what a PVC backup
+#    Job runs) through the pipeline: peak RSS stays within the parts in flight plus the process.
+# Encryption alone is bench/encrypt.sh. Prints the figures and writes them to
+# bench/results/backup.txt. Run with `make bench`.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 source "$HOMEPLANE_ROOT/bench/lib.sh"
 cd "$HOMEPLANE_ROOT"
 "$HOMEPLANE_ROOT/scripts/setup.sh"
+bench_packages restic pgbackrest
 if [ -z "${HOMEPLANE_BIN:-}" ]; then cargo build --release --locked -q -p homeplane-operator; fi
 homeplane="${HOMEPLANE_BIN:-$CARGO_TARGET_DIR/release/homeplane}"
 work="$HOMEPLANE_ROOT/.homeplane/bench/backup"
@@ -28,40 +35,134 @@ if [ ! -f "$venv/.complete" ]; then
 fi
 aws="$venv/bin/aws"
 
+tls_pid=""
+cleanup() {
+  [ -n "$tls_pid" ] && kill "$tls_pid" 2>/dev/null
+  "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$work/restored-pgbackrest" >/dev/null 2>&1 || true
+  "$HOMEPLANE_ROOT/scripts/postgres.sh" down "$work/postgres" || true
+  "$HOMEPLANE_ROOT/scripts/s3.sh" down "$work/s3" || true
+  rm -rf "$work/tmp" "$work/restored-pgbackrest"
+}
+trap cleanup EXIT
 "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$work/postgres"
 "$HOMEPLANE_ROOT/scripts/s3.sh" up "$work/s3"
-trap '"$HOMEPLANE_ROOT/scripts/postgres.sh" down "$work/postgres"; "$HOMEPLANE_ROOT/scripts/s3.sh" down "$work/s3"; rm -rf "$work/tmp"' EXIT
 source "$work/s3/env"
 export AWS_DEFAULT_REGION=auto HOMEPLANE_BACKUP_BUCKET="bench-$(date +%s)"
 "$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3api create-bucket --bucket "$HOMEPLANE_BACKUP_BUCKET" >/dev/null
 admin="$(sed -n 's/^export DATABASE_URL=//p' "$work/postgres/env")"
 db_url="${admin%/postgres}/bench"
-rows=${BENCH_ROWS:-3000000}
+bucket_dir="$work/s3/data/$HOMEPLANE_BACKUP_BUCKET"
+pg_password=$(cat "$work/postgres/password")
+pg_port=$(python3 -c "import urllib.parse as u, sys; print(u.urlparse(sys.argv[1]).port)" "$admin")
+bindir="$(pg_bindir)"
+# 7,000,000 messages are about 1.05 GB on disk with the index.
+rows=${BENCH_ROWS:-7000000}
 
 log "generating a database of $rows messages"
 psql -q -X "$admin" -c "DROP DATABASE IF EXISTS bench" -c "CREATE DATABASE bench"
 generate_messages "$db_url" "$rows"
-psql -q -X "$db_url" -c "CREATE INDEX ON messages (sent_at)"
+psql -q -X "$db_url" -c "CREATE INDEX ON messages (sent_at)" -c "VACUUM ANALYZE messages"
+db_bytes=$(psql -X -t -A "$db_url" -c "SELECT pg_database_size('bench')")
 db_size=$(psql -X -t -A "$db_url" -c "SELECT pg_size_pretty(pg_database_size('bench'))")
 keyfile="$work/tmp/key.txt"
 age-keygen -o "$keyfile" 2>/dev/null
 recipient=$(age-keygen -y "$keyfile")
 eval "$(pg_env "$db_url")"
 
-log "homeplane backup (zstd -1, 16 MiB parts, 2 in flight)"
-read -r hp_wall hp_cpu hp_rss < <(measure "'$homeplane' backup upload --database-url '$db_url' -r $recipient --zstd-level 1 --object homeplane.pgdump.zst.age > '$work/tmp/manifest.json'")
-hp_bytes=$(python3 -c "import json; print(json.load(open('$work/tmp/manifest.json'))['encryptedBytes'])")
+prefix_bytes() { du -sb "$bucket_dir/$1" 2>/dev/null | awk '{print $1}'; }
+restored_rows() { psql -X -t -A "${admin%/postgres}/$1" -c "SELECT count(*) FROM messages"; }
+fresh_db() { psql -q -X "$admin" -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1"; }
+plain=$(pg_dump -Fc -Z0 | wc -c)
 
-log "pg_dump -Fc -Z1 | age | aws s3 cp -"
-read -r sh_wall sh_cpu sh_rss < <(measure "pg_dump -Fc -Z1 | age -r $recipient | '$aws' --endpoint-url '$AWS_ENDPOINT_URL' s3 cp - s3://$HOMEPLANE_BACKUP_BUCKET/shell.pgdump.age --only-show-errors")
-sh_bytes=$("$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3api head-object --bucket "$HOMEPLANE_BACKUP_BUCKET" --key shell.pgdump.age --query ContentLength --output text)
+log "homeplane backup (zstd -1, 16 MiB parts, 2 in flight) and restore"
+read -r hp_wall hp_cpu hp_rss < <(measure "'$homeplane' backup upload --database-url '$db_url' -r $recipient --zstd-level 1 --object homeplane/db.pgdump.zst.age > '$work/tmp/manifest.json'")
+hp_bytes=$(prefix_bytes homeplane)
+fresh_db restored_hp
+read -r hp_restore _ _ < <(measure "'$homeplane' restore --object homeplane/db.pgdump.zst.age --identity '$keyfile' --into '${admin%/postgres}/restored_hp' > /dev/null")
+[ "$(restored_rows restored_hp)" = "$rows" ] || die "homeplane's restore does not hold $rows rows"
 
-log "encryption alone on the same input (the plain dump)"
-pg_dump -Fc -Z0 > "$work/tmp/plain.dump"
-plain_size=$(stat -c %s "$work/tmp/plain.dump")
-read -r he_wall he_cpu he_rss < <(measure "'$homeplane' backup encrypt -r $recipient < '$work/tmp/plain.dump' > /dev/null")
-read -r ae_wall ae_cpu ae_rss < <(measure "age -r $recipient < '$work/tmp/plain.dump' > /dev/null")
-rm -f "$work/tmp/plain.dump"
+log "pg_dump -Fc -Z1 | age | aws s3 cp - and back"
+read -r sh_wall sh_cpu sh_rss < <(measure "pg_dump -Fc -Z1 | age -r $recipient | '$aws' --endpoint-url '$AWS_ENDPOINT_URL' s3 cp - s3://$HOMEPLANE_BACKUP_BUCKET/shell/db.pgdump.age --only-show-errors")
+sh_bytes=$(prefix_bytes shell)
+fresh_db restored_sh
+read -r sh_restore _ _ < <(measure "'$aws' --endpoint-url '$AWS_ENDPOINT_URL' s3 cp s3://$HOMEPLANE_BACKUP_BUCKET/shell/db.pgdump.age - | age -d -i '$keyfile' | pg_restore --single-transaction -d '${admin%/postgres}/restored_sh'")
+[ "$(restored_rows restored_sh)" = "$rows" ] || die "the shell pipeline's restore does not hold $rows rows"
+
+log "pg_dump -Fc -Z0 | restic backup --stdin, and restic dump | pg_restore"
+export RESTIC_REPOSITORY="s3:$AWS_ENDPOINT_URL/$HOMEPLANE_BACKUP_BUCKET/restic" RESTIC_PASSWORD="bench-$(openssl rand -hex 8)"
+export RESTIC_CACHE_DIR="$work/tmp/restic-cache"
+restic -q -o s3.region=auto init >/dev/null
+rs_init=$(prefix_bytes restic)
+read -r rs_wall rs_cpu rs_rss < <(measure "pg_dump -Fc -Z0 | restic -q -o s3.region=auto backup --stdin --stdin-filename db.pgdump > /dev/null")
+rs_bytes=$(( $(prefix_bytes restic) - rs_init ))
+fresh_db restored_restic
+read -r rs_restore _ _ < <(measure "restic -q -o s3.region=auto dump latest db.pgdump | pg_restore --single-transaction -d '${admin%/postgres}/restored_restic'")
+[ "$(restored_rows restored_restic)" = "$rows" ] || die "restic's restore does not hold $rows rows"
+
+log "pgBackRest: a full backup to an S3 repository over TLS (zstd 1, aes-256-cbc), and a restore"
+read -r s3_access s3_secret < "$work/s3/credentials"
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+  -keyout "$work/tmp/tls.key" -out "$work/tmp/tls.crt" 2>/dev/null
+tls_port=$(free_port)
+ROOT_ACCESS_KEY_ID="$s3_access" ROOT_SECRET_ACCESS_KEY="$s3_secret" setsid "$("$HOMEPLANE_ROOT/scripts/s3.sh" bin)" --quiet \
+  --port "127.0.0.1:$tls_port" --region auto --cert "$work/tmp/tls.crt" --key "$work/tmp/tls.key" \
+  posix "$work/s3/data" > "$work/tmp/s3-tls.log" 2>&1 < /dev/null &
+tls_pid=$!
+for _ in $(seq 1 100); do curl -sk -o /dev/null "https://127.0.0.1:$tls_port/" && break; sleep 0.1; done
+pgbr="$work/tmp/pgbackrest"; mkdir -p "$pgbr"/{log,lock,spool}
+cat > "$pgbr/pgbackrest.conf" <<CONF
+[global]
+repo1-type=s3
+repo1-path=/pgbackrest
+repo1-s3-bucket=$HOMEPLANE_BACKUP_BUCKET
+repo1-s3-endpoint=127.0.0.1
+repo1-storage-port=$tls_port
+repo1-storage-ca-file=$work/tmp/tls.crt
+repo1-s3-region=auto
+repo1-s3-uri-style=path
+repo1-s3-key=$s3_access
+repo1-s3-key-secret=$s3_secret
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=$(openssl rand -hex 24)
+repo1-retention-full=1
+compress-type=zst
+compress-level=1
+start-fast=y
+log-path=$pgbr/log
+lock-path=$pgbr/lock
+spool-path=$pgbr/spool
+log-level-console=warn
+log-level-file=off
+
+[bench]
+pg1-path=$work/postgres/data
+pg1-port=$pg_port
+pg1-socket-path=$work/postgres
+pg1-user=postgres
+CONF
+chown -R postgres "$pgbr" "$work/tmp/tls.crt"; chmod 600 "$pgbr/pgbackrest.conf"; chmod 755 "$work/tmp"
+pgbackrest_cmd="runuser -u postgres -- env PGPASSWORD=$pg_password pgbackrest --config=$pgbr/pgbackrest.conf --stanza=bench"
+psql -q -X "$admin" -c "ALTER SYSTEM SET archive_mode = on" \
+  -c "ALTER SYSTEM SET archive_command = 'pgbackrest --config=$pgbr/pgbackrest.conf --stanza=bench archive-push %p'"
+runuser -u postgres -- "$bindir/pg_ctl" -D "$work/postgres/data" -m fast -w restart >/dev/null
+$pgbackrest_cmd stanza-create >/dev/null
+pb_init=$(prefix_bytes pgbackrest)
+read -r pb_wall pb_cpu pb_rss < <(measure "$pgbackrest_cmd --type=full backup")
+pb_bytes=$(( $(prefix_bytes pgbackrest) - pb_init ))
+restore_dir="$work/restored-pgbackrest"
+rm -rf "$restore_dir" && mkdir -p "$restore_dir/data" && chown -R postgres "$restore_dir" && chmod 700 "$restore_dir/data"
+pb_port=$(free_port)
+# Restored, started (archiving off, or it would push into the same repository) and recovered to
+# the end of the archive: then it answers queries.
+read -r pb_restore _ _ < <(measure "$pgbackrest_cmd --pg1-path=$restore_dir/data restore >/dev/null \
+  && runuser -u postgres -- '$bindir/pg_ctl' -D '$restore_dir/data' -l '$restore_dir/postgres.log' -w -t 600 start \
+     -o '-c port=$pb_port -c unix_socket_directories=$restore_dir -c archive_mode=off -c listen_addresses=127.0.0.1' >/dev/null \
+  && until [ \"\$(PGPASSWORD=$pg_password psql -X -tA -h 127.0.0.1 -p $pb_port -U postgres -d bench -c 'SELECT NOT pg_is_in_recovery()' 2>/dev/null)\" = t ]; do sleep 0.1; done")
+pb_rows=$(PGPASSWORD=$pg_password psql -X -tA -h 127.0.0.1 -p "$pb_port" -U postgres -d bench -c "SELECT count(*) FROM messages")
+runuser -u postgres -- "$bindir/pg_ctl" -D "$restore_dir/data" -m fast -w stop >/dev/null
+[ "$pb_rows" = "$rows" ] || die "pgBackRest's restore does not hold $rows rows"
+psql -q -X "$admin" -c "ALTER SYSTEM RESET archive_mode" -c "ALTER SYSTEM RESET archive_command"
+runuser -u postgres -- "$bindir/pg_ctl" -D "$work/postgres/data" -m fast -w restart >/dev/null
 
 stream_mib=${BENCH_STREAM_MIB:-2100}
 log "streaming $stream_mib MiB of random bytes through homeplane's pipeline"
@@ -80,20 +181,30 @@ rm -rf "$vol"
 "$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3 rm "s3://$HOMEPLANE_BACKUP_BUCKET/volume.tar.zst.age" --only-show-errors
 
 mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
+row() { printf '%-44s %7s %7s %9s %14s %10s\n' "$@"; }
 result="bench/results/backup.txt"
 {
-  echo "# homeplane backup benchmark ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores; local PostgreSQL $(psql -X -t -A "$admin" -c 'SHOW server_version') and versitygw on loopback)"
-  echo "database: $rows rows, $db_size on disk; plain pg_dump -Fc -Z0: $plain_size bytes"
+  echo "# homeplane backup vs the tools people use instead — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(machine)"
+  echo "# local PostgreSQL $(psql -X -t -A "$admin" -c 'SHOW server_version'), versitygw on loopback (pgBackRest through a second versitygw on the same storage, over TLS)"
+  echo "database: $rows rows, $db_size on disk ($db_bytes bytes); plain pg_dump -Fc -Z0: $plain bytes"
+  echo "whole process trees (the PostgreSQL server's own work not counted); restore: into an empty database (pg_restore),"
+  echo "for pgBackRest a new data directory started and recovered; until the data can be queried. One run each."
   echo
-  echo "full backup                          wall_s  cpu_s  peak_rss_MiB  uploaded_bytes"
-  printf "homeplane (pg_dump -Z0|zstd-1|age|S3) %6s %6s %13s  %s\n" "$hp_wall" "$hp_cpu" "$(mib "$hp_rss")" "$hp_bytes"
-  printf "pg_dump -Fc -Z1 | age | aws s3 cp -   %6s %6s %13s  %s\n" "$sh_wall" "$sh_cpu" "$(mib "$sh_rss")" "$sh_bytes"
-  echo "ratio homeplane/shell: wall $(ratio "$hp_wall" "$sh_wall"), cpu $(ratio "$hp_cpu" "$sh_cpu"), peak RSS $(ratio "$hp_rss" "$sh_rss"), size $(ratio "$hp_bytes" "$sh_bytes")"
+  row "full backup" "wall_s" "cpu_s" "peak_MiB" "bytes_in_bucket" "restore_s"
+  row "homeplane (pg_dump -Z0 | zstd -1 | age | S3)" "$hp_wall" "$hp_cpu" "$(mib "$hp_rss")" "$hp_bytes" "$hp_restore"
+  row "pg_dump -Fc -Z1 | age | aws s3 cp -" "$sh_wall" "$sh_cpu" "$(mib "$sh_rss")" "$sh_bytes" "$sh_restore"
+  row "pg_dump -Fc -Z0 | restic backup --stdin" "$rs_wall" "$rs_cpu" "$(mib "$rs_rss")" "$rs_bytes" "$rs_restore"
+  row "pgBackRest full (zst 1, aes-256-cbc, S3)" "$pb_wall" "$pb_cpu" "$(mib "$pb_rss")" "$pb_bytes" "$pb_restore"
   echo
-  echo "encryption alone ($plain_size bytes)  wall_s  cpu_s  peak_rss_MiB"
-  printf "homeplane backup encrypt              %6s %6s %13s\n" "$he_wall" "$he_cpu" "$(mib "$he_rss")"
-  printf "age -r                                %6s %6s %13s\n" "$ae_wall" "$ae_cpu" "$(mib "$ae_rss")"
-  echo "ratio homeplane/age: wall $(ratio "$he_wall" "$ae_wall"), cpu $(ratio "$he_cpu" "$ae_cpu")"
+  echo "ratios homeplane/it            wall   cpu   peak  bytes  restore"
+  for t in sh rs pb; do
+    case $t in sh) name="shell pipeline";; rs) name="restic";; pb) name="pgBackRest";; esac
+    w=${t}_wall c=${t}_cpu r=${t}_rss b=${t}_bytes r2=${t}_restore
+    printf '%-30s %5s %5s %6s %6s %8s\n' "$name" "$(ratio "$hp_wall" "${!w}")" "$(ratio "$hp_cpu" "${!c}")" \
+      "$(ratio "$hp_rss" "${!r}")" "$(ratio "$hp_bytes" "${!b}")" "$(ratio "$hp_restore" "${!r2}")"
+  done
+  echo "(restic $(restic version | awk '{print $2}'), repository v2 with its default compression; pgBackRest $(pgbackrest version | awk '{print $2}'), one process;"
+  echo " pgBackRest's bytes include the WAL archived during the backup, which a physical backup needs)"
   echo
   echo "bounded memory: $stream_mib MiB of random bytes streamed (16 MiB parts, 2 in flight: parts hold at most 32 MiB)"
   echo "  peak RSS $(mib "$st_rss") MiB for $stream_mib MiB in ${st_wall}s; the same command on 1 MiB peaks at $(mib "$idle_rss") MiB"

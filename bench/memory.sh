@@ -7,7 +7,8 @@
 # it in its first lists. RSS is the median of 10 readings a second apart; "peak" is VmHWM.
 # Last, homeplane runs once more under heaptrack (a build with symbols) with everything in the
 # cluster, and the heap's peak by allocation site goes to bench/results/memory-heap.txt, so
-# what the memory is made of is on record.
+# what the memory is made of is on record (BENCH_HEAP=0 leaves it out). Beside RSS, the
+# anonymous part (RssAnon: heap and stacks, what a memory limit cannot reclaim) of each.
 # Prints the figures and writes them to bench/results/memory.txt. Run with `make bench`.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -57,6 +58,7 @@ rss() { # rss PID -> median VmRSS (KiB) of 10 readings a second apart
   for i in $(seq 1 10); do awk '/^VmRSS/ {print $2}' "/proc/$1/status"; sleep 1; done | median
 }
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+anon() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; } # what a memory limit cannot reclaim
 mib() { python3 -c "print(f'{$1 / 1024:.1f}')"; }
 leads() { # leads LEASE IDENTITY-PREFIX: whether the Lease is held by that identity
   "$kubectl" get lease "$1" -n homeplane-system -o jsonpath='{.spec.holderIdentity}' 2>/dev/null | grep -q "^$2"
@@ -76,10 +78,11 @@ hp_leader=$hp_a hp_standby=$hp_b peer_leader=$peer_a peer_standby=$peer_b
 leads homeplane-operator hp-a || { hp_leader=$hp_b; hp_standby=$hp_a; }
 grep -qi "successfully acquired lease" "$work/peer-a.log" || { peer_leader=$peer_b; peer_standby=$peer_a; }
 
-sample() { # sample PHASE: the four RSS figures of this moment
+sample() { # sample PHASE: the four RSS figures of this moment, then the four anonymous ones
   local a b c d
   a=$(rss "$hp_leader") b=$(rss "$peer_leader") c=$(rss "$hp_standby") d=$(rss "$peer_standby")
-  printf '%s %s %s %s %s\n' "$1" "$a" "$b" "$c" "$d" | tee -a "$work/samples.txt" >&2
+  printf '%s %s %s %s %s %s %s %s %s\n' "$1" "$a" "$b" "$c" "$d" "$(anon "$hp_leader")" \
+    "$(anon "$peer_leader")" "$(anon "$hp_standby")" "$(anon "$peer_standby")" | tee -a "$work/samples.txt" >&2
 }
 : > "$work/samples.txt"
 log "idle: both operators on an empty cluster"
@@ -124,6 +127,8 @@ hp_peak=$(hwm "$hp_new") peer_peak=$(hwm "$peer_new")
 kill "$hp_new" "$peer_new"; wait "$hp_new" "$peer_new" 2>/dev/null || true
 pids=()
 
+heap_file=""
+if [ "${BENCH_HEAP:-1}" = 1 ]; then
 log "homeplane under heaptrack (a build with symbols), everything in the cluster"
 cargo build --profile profiling --locked -q -p homeplane-operator
 profiled="$CARGO_TARGET_DIR/profiling/homeplane"
@@ -137,8 +142,10 @@ for child in $(pgrep -P "$heap_pid"); do kill -TERM "$child" 2>/dev/null || true
 wait "$heap_pid" 2>/dev/null || true
 pids=()
 heap_file=$(ls "$work"/heap.*.zst "$work"/heap.*.gz 2>/dev/null | head -n 1)
+fi
 
-read_phase() { awk -v p="$1" '$1 == p {print $2, $3, $4, $5}' "$work/samples.txt"; }
+anon_rows=()
+read_phase() { awk -v p="$1" '$1 == p {print $2, $3, $4, $5, $6, $7, $8, $9}' "$work/samples.txt"; }
 mkdir -p bench/results
 {
   echo "# homeplane vs a controller-runtime operator with the same watches — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(machine)"
@@ -147,7 +154,7 @@ mkdir -p bench/results
   echo "#   control plane at the same time, leader and standby each. RSS: median of 10 readings, MiB."
   printf '%-46s %10s %10s %8s\n' "phase" "homeplane" "peer" "ratio"
   for phase in idle homelab scale; do
-    read -r a b c d < <(read_phase "$phase")
+    read -r a b c d e f g h < <(read_phase "$phase")
     case $phase in
       idle) what="idle, empty cluster";;
       homelab) what="example homelab applied";;
@@ -155,9 +162,13 @@ mkdir -p bench/results
     esac
     printf '%-46s %10s %10s %8s\n' "$what (leader)" "$(mib "$a")" "$(mib "$b")" "$(ratio "$a" "$b")"
     printf '%-46s %10s %10s %8s\n' "$what (standby)" "$(mib "$c")" "$(mib "$d")" "$(ratio "$c" "$d")"
+    anon_rows+=("$(printf '%-46s %10s %10s %8s' "$what (leader)" "$(mib "$e")" "$(mib "$f")" "$(ratio "$e" "$f")")")
+    anon_rows+=("$(printf '%-46s %10s %10s %8s' "$what (standby)" "$(mib "$g")" "$(mib "$h")" "$(ratio "$g" "$h")")")
   done
   printf '%-46s %10s %10s %8s\n' "restarted with all of it (RSS after 45 s)" "$(mib "$hp_restart")" "$(mib "$peer_restart")" "$(ratio "$hp_restart" "$peer_restart")"
   printf '%-46s %10s %10s %8s\n' "restarted with all of it (peak)" "$(mib "$hp_peak")" "$(mib "$peer_peak")" "$(ratio "$hp_peak" "$peer_peak")"
+  echo "anonymous memory (RssAnon: heap and stacks, without the program's own pages), one reading, MiB:"
+  printf '%s\n' "${anon_rows[@]}"
   echo "objects created in ${created_s}s; settled ${settle}s before each reading"
 } | tee bench/results/memory.txt
 if [ -n "$heap_file" ]; then

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark of a reconciliation that changes nothing, per kind (issue 17), on the demo: the
 # writes the API server receives because of it (its own request metrics) and the time it spends
-# computing (homeplane_reconcile_busy_seconds, round trips left out). Starts `make demo` when it
-# is not running (and leaves it running). Details in bench/reconcile.py.
+# computing (homeplane_reconcile_busy_seconds, round trips left out). Uses the running demo, or
+# starts one (`make demo`) and stops it after. Details in bench/reconcile.py.
 # Prints the figures and writes them to bench/results/reconcile.txt. Run with `make bench`.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -11,6 +11,7 @@ cd "$HOMEPLANE_ROOT"
 state="$HOMEPLANE_ROOT/.homeplane/demo"
 if ! { [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; }; then
   log "starting the demo (make demo)"
+  trap 'bash "$HOMEPLANE_ROOT/scripts/demo.sh" down >/dev/null 2>&1 || true' EXIT
   bash scripts/demo.sh up > "$HOMEPLANE_ROOT/.homeplane/bench-reconcile-demo.log" 2>&1
 fi
 bin="$("$HOMEPLANE_ROOT/scripts/build-cluster.sh")"
