@@ -141,7 +141,7 @@ sleep 60
 for child in $(pgrep -P "$heap_pid"); do kill -TERM "$child" 2>/dev/null || true; done
 wait "$heap_pid" 2>/dev/null || true
 pids=()
-heap_file=$(ls "$work"/heap.*.zst "$work"/heap.*.gz 2>/dev/null | head -n 1)
+heap_file=$(ls "$work"/heap*.zst "$work"/heap*.gz 2>/dev/null | head -n 1 || true)
 fi
 
 anon_rows=()
@@ -175,8 +175,10 @@ if [ -n "$heap_file" ]; then
   {
     echo "# homeplane's heap with the example homelab, $homeplane_objects homeplane and $objects owned objects"
     echo "# heaptrack $(heaptrack --version 2>&1 | awk '{print $NF}'), $(date -u +%Y-%m-%dT%H:%M:%SZ), $(machine); 60 s after a start"
+    echo "# each line: what the allocation site held at the heap's peak, its calls, its first frames outside the allocator, std and the async plumbing"
     heaptrack_print --print-peaks 1 --print-allocators 0 --print-temporary 0 --print-leaks 0 \
-      --peak-limit 25 --sub-peak-limit 4 "$heap_file" 2>/dev/null | sed -n '/PEAK MEMORY CONSUMERS/,$p' | head -n 200
+      --peak-limit 1 --sub-peak-limit 25 "$heap_file" 2>/dev/null | sed -n '/PEAK MEMORY CONSUMERS/,$p' \
+      | python3 "$HOMEPLANE_ROOT/bench/heap_summary.py"
   } > bench/results/memory-heap.txt
   log "heap profile summary in bench/results/memory-heap.txt"
 fi
