@@ -10,7 +10,6 @@ use std::time::Duration;
 use homeplane_crds::nodeclass::{NodeClass, NodeClassStatus};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::runtime::controller::Config;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -51,13 +50,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) {
             Api::<Pod>::all(client),
             watcher::Config::default(),
             move |_| every_class(),
-        )
-        .with_config(Config::default().debounce(Duration::from_millis(500)));
+        );
     reconcile::run(NodeClasses, controller, ctx, shutdown).await;
 }
 
 impl Reconciler for NodeClasses {
     type Object = NodeClass;
+    // A node or pod event re-plans every class: let a burst settle first.
+    const DEBOUNCE: Duration = Duration::from_millis(500);
     const NAME: &'static str = "nodeclass";
 
     async fn reconcile(
