@@ -108,7 +108,9 @@ pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
 
 impl JobReport {
     /// The report as JSON that fits a termination message: the named paths are dropped first
-    /// (their counts stay), then the message is shortened.
+    /// (their counts stay), then the message is shortened, then the longest text is halved
+    /// until it fits (JSON writes a control character as six bytes, so no length in
+    /// characters is safe by itself).
     pub fn to_termination_message(&self) -> String {
         let mut report = self.clone();
         let fits = |r: &JobReport| {
@@ -136,8 +138,32 @@ impl JobReport {
             m.truncate(keep);
             m.push_str("...");
         }
-        report.object_key.truncate(1024);
-        serde_json::to_string(&report).unwrap_or_default()
+        report.object_key.truncate(
+            report
+                .object_key
+                .char_indices()
+                .nth(1024)
+                .map_or(report.object_key.len(), |(i, _)| i),
+        );
+        loop {
+            if let Some(json) = fits(&report) {
+                return json;
+            }
+            let mut texts: Vec<&mut String> = vec![&mut report.object_key];
+            texts.extend(report.sha256.as_mut());
+            texts.extend(report.reason.as_mut());
+            texts.extend(report.message.as_mut());
+            let Some(longest) = texts
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .max_by_key(|t| t.len())
+            else {
+                return serde_json::to_string(&report).unwrap_or_default();
+            };
+            let half = longest.chars().count() / 2;
+            let keep = longest.char_indices().nth(half).map_or(0, |(i, _)| i);
+            longest.truncate(keep);
+        }
     }
 }
 
@@ -645,6 +671,24 @@ mod tests {
         let back: JobReport = serde_json::from_str(&text).unwrap();
         assert_eq!(back.archive.unwrap().changed.count, NAMED as u64);
         assert_eq!(back.reason.as_deref(), Some("SourceFailed"));
+    }
+
+    /// Found by the fuzzer: a reason of 3,297 characters with control characters in it, which
+    /// JSON writes as six bytes each, overflowed the limit when only the message was shortened.
+    #[test]
+    fn every_text_is_shortened_until_the_report_fits() {
+        let controls = "\u{1}\t\u{7f}G".repeat(1200);
+        let report = JobReport {
+            object_key: controls.clone(),
+            sha256: Some(controls.clone()),
+            reason: Some(controls.clone()),
+            message: Some(controls),
+            ..JobReport::default()
+        };
+        let text = report.to_termination_message();
+        assert!(text.len() <= TERMINATION_MESSAGE_LIMIT, "{}", text.len());
+        let back: JobReport = serde_json::from_str(&text).unwrap();
+        assert!(back.reason.is_some_and(|r| !r.is_empty()));
     }
 
     #[test]
