@@ -1088,13 +1088,16 @@ async fn kube_apiserver_and_etcd_restarted_mid_reconcile() {
         ns,
         &policy_yaml("p", "src", &format!("http://{s3_proxy}"), &b, ""),
     );
-    // A lease longer than a restart of the API server: the leader keeps leading through it.
+    // A lease longer than a restart of the API server and etcd: the leader keeps leading
+    // through it. Under a full test run the restarted API server refused the operator (RBAC not
+    // yet loaded, then etcd's restart) for over 30 s, the renew deadline of a 45 s lease, and
+    // the operator rightly stopped all work.
     let _op = Operator::start(
         BINARY,
         &cluster,
         ns,
         "fault-cp",
-        &["--lease-duration-seconds", "45"],
+        &["--lease-duration-seconds", "120"],
     )
     .unwrap();
     create_backup(&cluster, ns, "during", "p");
