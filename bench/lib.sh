@@ -49,3 +49,16 @@ p = u.urlparse(sys.argv[1])
 print(f"export PGHOST={p.hostname} PGPORT={p.port} PGUSER={p.username} PGPASSWORD={p.password} PGDATABASE={p.path[1:]}")
 PY
 }
+
+# apply_homelab KUBECTL applies the example homelab with its Database pointed at the PostgreSQL
+# of $DATABASE_URL (its admin in Secret pg-admin), and waits until that Database is Ready.
+apply_homelab() {
+  local kubectl=$1 pg_user pg_password pg_port
+  "$kubectl" apply --server-side -k manifests/homelab >/dev/null
+  read -r pg_user pg_password pg_port < <(python3 -c "import urllib.parse,os; u=urllib.parse.urlparse(os.environ['DATABASE_URL']); print(u.username, u.password, u.port)")
+  "$kubectl" create secret generic pg-admin -n data --from-literal=username="$pg_user" \
+    --from-literal=password="$pg_password" >/dev/null
+  "$kubectl" patch database homelab -n data --type merge \
+    -p "{\"spec\":{\"server\":{\"external\":{\"host\":\"127.0.0.1\",\"port\":$pg_port,\"sslMode\":\"disable\"}}}}" >/dev/null
+  "$kubectl" wait --for=condition=Ready --timeout=120s database/homelab -n data >/dev/null
+}

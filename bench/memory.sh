@@ -90,15 +90,7 @@ sleep 30
 sample idle
 
 log "the example homelab"
-"$kubectl" apply --server-side -k manifests/homelab >/dev/null
-pg_user=$(python3 -c "import urllib.parse,os; print(urllib.parse.urlparse(os.environ['DATABASE_URL']).username)")
-pg_password=$(python3 -c "import urllib.parse,os; print(urllib.parse.urlparse(os.environ['DATABASE_URL']).password)")
-pg_port=$(python3 -c "import urllib.parse,os; print(urllib.parse.urlparse(os.environ['DATABASE_URL']).port)")
-"$kubectl" create secret generic pg-admin -n data --from-literal=username="$pg_user" \
-  --from-literal=password="$pg_password" >/dev/null
-"$kubectl" patch database homelab -n data --type merge \
-  -p "{\"spec\":{\"server\":{\"external\":{\"host\":\"127.0.0.1\",\"port\":$pg_port,\"sslMode\":\"disable\"}}}}" >/dev/null
-"$kubectl" wait --for=condition=Ready --timeout=120s database/homelab -n data >/dev/null
+apply_homelab "$kubectl"
 sleep "$settle"
 sample homelab
 

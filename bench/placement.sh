@@ -7,6 +7,7 @@
 # Prints the figures and writes them to bench/results/placement.txt. Run with `make bench`.
 set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
+source "$HOMEPLANE_ROOT/bench/lib.sh"
 cd "$HOMEPLANE_ROOT"
 "$HOMEPLANE_ROOT/scripts/setup.sh"
 cargo build --release --locked -q -p homeplane-operator
@@ -38,15 +39,7 @@ RUST_LOG=warn "$homeplane" run --http-addr "127.0.0.1:$port" --leader-election-n
 op=$!
 
 # The example homelab, its Database pointed at the bench PostgreSQL.
-"$kubectl" apply --server-side -k manifests/homelab >/dev/null
-pg_user=$(python3 -c "import urllib.parse,os; print(urllib.parse.urlparse(os.environ['DATABASE_URL']).username)")
-pg_password=$(python3 -c "import urllib.parse,os; print(urllib.parse.urlparse(os.environ['DATABASE_URL']).password)")
-pg_port=$(python3 -c "import urllib.parse,os; print(urllib.parse.urlparse(os.environ['DATABASE_URL']).port)")
-"$kubectl" create secret generic pg-admin -n data --from-literal=username="$pg_user" \
-  --from-literal=password="$pg_password" >/dev/null
-"$kubectl" patch database homelab -n data --type merge \
-  -p "{\"spec\":{\"server\":{\"external\":{\"host\":\"127.0.0.1\",\"port\":$pg_port,\"sslMode\":\"disable\"}}}}" >/dev/null
-"$kubectl" wait --for=condition=Ready --timeout=120s database/homelab -n data >/dev/null
+apply_homelab "$kubectl"
 "$kubectl" wait --for=condition=Ready --timeout=120s memoryserver/memory -n data voicepipeline/assistant -n ai >/dev/null 2>&1 \
   || "$kubectl" wait --for=condition=Ready --timeout=120s memoryserver/memory -n data >/dev/null
 sleep 20
