@@ -312,6 +312,11 @@ impl Default for Metrics {
         registry.register_collector(Box::new(objects.clone()));
         let cached = Arc::new(cached::CachedState::default());
         registry.register_collector(Box::new(cached.clone()));
+        registry.register(
+            "owned_applies",
+            "Objects homeplane owns that a reconciliation applied (a write request) or found already as asked (unchanged: read, not written), by kind",
+            crate::workload::ssa::APPLIES.clone(),
+        );
         let leader_acquisitions = Counter::default();
         registry.register(
             "leader_acquisitions",

@@ -143,7 +143,7 @@ spec:
     );
     let (ok, out) = cluster.apply("default", &classes).unwrap();
     assert!(ok, "{out}");
-    let _op = Operator::start(BINARY, cluster, &ns.name, &format!("voice-{s}"), &[]).unwrap();
+    let op = Operator::start(BINARY, cluster, &ns.name, &format!("voice-{s}"), &[]).unwrap();
     let pipeline = |tts: bool| {
         let tts = if tts {
             format!(
@@ -318,6 +318,68 @@ spec:
         "Ready",
     );
 
+    // A pass that finds everything as asked writes nothing: the stages' Deployments and
+    // Services and the chain ConfigMap are read and found unchanged, not applied again.
+    let owned_applies = |result: &str| -> f64 {
+        ["Deployment", "Service", "ConfigMap"]
+            .iter()
+            .map(|kind| {
+                op.metric(&format!(
+                    "homeplane_owned_applies_total{{kind=\"{kind}\",result=\"{result}\"}}"
+                ))
+                .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    let (applied, unchanged) = (owned_applies("applied"), owned_applies("unchanged"));
+    assert!(applied >= 6.0, "the first pass applied them: {applied}");
+    cluster
+        .kubectl_ok(&[
+            "annotate",
+            "voicepipeline",
+            "assistant",
+            "-n",
+            &ns.name,
+            &format!("example.com/poke={}", suffix()),
+        ])
+        .unwrap();
+    eventually(Duration::from_secs(60), "a pass after the poke", || {
+        Ok((owned_applies("unchanged") >= unchanged + 6.0).then_some(()))
+    })
+    .unwrap();
+    assert_eq!(
+        owned_applies("applied"),
+        applied,
+        "a no-op pass applied something"
+    );
+
+    // What a person changes by hand in what homeplane owns is put back.
+    cluster
+        .kubectl_ok(&[
+            "patch",
+            "deployment",
+            "assistant-router",
+            "-n",
+            &ns.name,
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"example/edited:9"}]"#,
+        ])
+        .unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the router's image put back",
+        || {
+            let d = get(cluster, "deployment", "assistant-router", &ns.name);
+            Ok(
+                (d["spec"]["template"]["spec"]["containers"][0]["image"] == "example/router:1")
+                    .then_some(()),
+            )
+        },
+    )
+    .unwrap();
+    assert!(owned_applies("applied") > applied);
+
     // A stage removed from the spec is pruned, with its Service.
     let (ok, out) = cluster.apply(&ns.name, &pipeline(false)).unwrap();
     assert!(ok, "{out}");
@@ -336,7 +398,7 @@ spec:
             .contains("tts")
     );
 
-    drop(_op);
+    drop(op);
     let _ = cluster.kubectl(&[
         "delete",
         "namespace",

@@ -8,16 +8,14 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{DeleteParams, ListParams, PropagationPolicy};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::info;
 
 use super::rollout::{self, Rollout};
-use super::{
-    FIELD_MANAGER, INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Objects, Runner,
-};
+use super::{INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Objects, Runner};
 use crate::conditions::{DEGRADED, Desired, PROGRESSING, READY};
 
 /// Why sending workloads to the cluster failed.
@@ -53,7 +51,8 @@ impl Error {
     }
 }
 
-/// Server-side applies one namespaced object with homeplane's field manager.
+/// Server-side applies one namespaced object with homeplane's field manager, unless it already
+/// holds what is asked (read first: see [`super::ssa`]).
 pub async fn apply_one<K>(client: &Client, obj: &K) -> Result<K, Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -63,19 +62,13 @@ where
         + DeserializeOwned,
 {
     let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
-    let mut body = serde_json::to_value(obj).map_err(|source| Error::Serialize {
-        what: "a workload object",
-        source,
-    })?;
-    body["apiVersion"] = K::api_version(&()).into();
-    body["kind"] = K::kind(&()).into();
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(Error::kube("apply a workload object"))
+    let live = api
+        .get_opt(&obj.name_any())
+        .await
+        .map_err(Error::kube("read a workload object"))?;
+    super::ssa::apply(&api, obj, live)
+        .await
+        .map_err(Error::kube("apply a workload object"))
 }
 
 /// Applies the objects of one workload; returns the runner as the API server has it.

@@ -10,6 +10,7 @@ pub mod apply;
 pub mod capacity;
 pub mod pods;
 pub mod rollout;
+pub mod ssa;
 
 use std::collections::BTreeMap;
 
