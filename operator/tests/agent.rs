@@ -621,11 +621,15 @@ fn nobody_gains_a_right_through_an_agent() {
             "helper",
             "-n",
             h,
-            &format!("homeplane.dev/evaluate={}", homeplane_testkit::suffix()),
+            &format!(
+                "homeplane.dev/evaluate-requested={}",
+                homeplane_testkit::suffix()
+            ),
         ])
         .unwrap();
     // (The annotation by the admin does not change the requester: only spec changes and the
-    // requester annotations are stamped.)
+    // requester annotations are stamped. It asks for a new SubjectAccessReview: without it the
+    // requester's rights are checked again within the answer's 100 s.)
     wait_rights(cluster, h, "helper", &[("create", "configmaps", h, false)]);
 
     // Another namespace needs its admin's consent (and the rights there).

@@ -76,6 +76,8 @@ pub struct Context {
     pub retries: crate::reconcile::retry::Retries,
     /// Trust boundaries (registries, correctors, Agents).
     pub trust: Trust,
+    /// The API server's recent answers that an Agent's requester holds its rights.
+    pub agent_reviews: agent::reviews::Reviews,
 }
 
 /// The operator's released image, run by PVC backup Jobs unless `--image` names another.
@@ -107,6 +109,7 @@ impl Context {
             backup_budget: backup::budget::Budget::default(),
             retries: crate::reconcile::retry::Retries::default(),
             trust: Trust::default(),
+            agent_reviews: agent::reviews::Reviews::default(),
         }
     }
 

@@ -8,6 +8,7 @@
 //! the Agent's namespace. The status counts the Agent's running runs.
 
 pub mod rbac;
+pub mod reviews;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -30,7 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error};
 use crate::reconcile::{self, Outcome, Reconciler, watch};
 
 /// How often a converged Agent is checked again (RBAC edited by hand is put back by then).
@@ -79,6 +80,7 @@ impl Reconciler for Agents {
     /// Its Roles and bindings everywhere, and its cluster-wide rights, go (the ServiceAccount
     /// follows through its owner reference).
     async fn cleanup(&self, agent: &Agent, ctx: &Context) -> Result<(), Error> {
+        ctx.agent_reviews.forget(&agent.uid().unwrap_or_default());
         let none = BTreeSet::new();
         prune_all(ctx, agent, &none, &none).await?;
         info!("removed the Agent's rights");
@@ -95,7 +97,8 @@ enum ApplyError {
 }
 
 /// Server-side applies `obj` with homeplane's field manager, unless an object of that name
-/// exists that was not made for `agent` (someone else's is never forced over).
+/// exists that was not made for `agent` (someone else's is never forced over) or it already
+/// holds what is asked (see [`crate::workload::ssa`]).
 async fn ssa<K>(
     api: &Api<K>,
     obj: &K,
@@ -106,37 +109,16 @@ where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    if let Some(existing) = api.get_opt(&name).await.map_err(ApplyError::Api)?
+    let existing = api.get_opt(&name).await.map_err(ApplyError::Api)?;
+    if let Some(existing) = &existing
         && !rbac::is_ours(agent, existing.labels())
     {
         return Err(ApplyError::Taken);
     }
-    server_side_apply(api, obj, action)
+    crate::workload::ssa::apply(api, obj, existing)
         .await
+        .map(|_| tracing::debug!(action, %name, "as asked"))
         .map_err(ApplyError::Api)
-}
-
-/// Server-side applies `obj` with homeplane's field manager.
-async fn server_side_apply<K>(
-    api: &Api<K>,
-    obj: &K,
-    action: &'static str,
-) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
-{
-    let mut value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
-    value["apiVersion"] = K::api_version(&()).into();
-    value["kind"] = K::kind(&()).into();
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&value),
-    )
-    .await
-    .map(|_| ())
-    .inspect(|()| tracing::debug!(action, %name, "applied"))
 }
 
 /// Deletes the objects of kind `K` carrying the Agent's labels that `keep` does not name
@@ -500,8 +482,30 @@ async fn allowed(
             ),
         )));
     };
-    let missing = missing_rights(ctx, &user, &groups, &plan).await?;
+    let question = reviews::Question {
+        uid: agent.uid().unwrap_or_default(),
+        generation: agent.metadata.generation.unwrap_or_default(),
+        requested: agent
+            .annotations()
+            .get(crate::controllers::registry::EVALUATE_ANNOTATION)
+            .cloned(),
+        user: user.clone(),
+        groups: groups.clone(),
+    };
+    let now = std::time::Instant::now();
+    // A fresh answer is not asked again, nor made fresher: it is believed for FRESH from
+    // when the API server gave it.
+    let missing = if ctx.agent_reviews.held(&question, now) {
+        Vec::new()
+    } else {
+        let missing = missing_rights(ctx, &user, &groups, &plan).await?;
+        if missing.is_empty() {
+            ctx.agent_reviews.record_held(question.clone(), now);
+        }
+        missing
+    };
     if !missing.is_empty() {
+        ctx.agent_reviews.forget(&question.uid);
         let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
         let more = missing.len().saturating_sub(shown.len());
         return Ok(Err(Outcome::blocked(
