@@ -241,11 +241,18 @@ async fn last_execution(client: &N8n<'_>, id: &str) -> Option<Execution> {
     let last = client.last_execution(id).await.ok()??;
     Some(Execution {
         status: last.status,
-        finished_at: last
-            .stopped_at
-            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-            .map(Time),
+        finished_at: last.stopped_at.as_deref().and_then(whole_second),
     })
+}
+
+/// n8n's time of an execution (`2026-12-01T09:20:17.123Z`) as Kubernetes stores it: in whole
+/// seconds. Kept finer, it would differ from the stored status on every pass and be written
+/// again each time.
+fn whole_second(text: &str) -> Option<Time> {
+    let t = text.parse::<k8s_openapi::jiff::Timestamp>().ok()?;
+    k8s_openapi::jiff::Timestamp::from_second(t.as_second())
+        .ok()
+        .map(Time)
 }
 
 /// Runs when a Workflow object is deleted. `Retain` leaves the workflow in n8n as it is;
@@ -277,4 +284,17 @@ async fn cleanup(wf: &Workflow, ctx: &Context) -> Result<(), Error> {
         })?;
     info!(n8n_id = %id, "deleted the workflow from n8n (deletionPolicy Delete)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_executions_time_is_kept_as_the_api_server_keeps_it() {
+        let time = super::whole_second("2026-12-01T09:20:17.987Z").unwrap();
+        let stored: super::Time =
+            serde_json::from_value(serde_json::to_value(&time).unwrap()).unwrap();
+        assert_eq!(time, stored);
+        assert_eq!(serde_json::to_value(&time).unwrap(), "2026-12-01T09:20:17Z");
+        assert_eq!(super::whole_second("yesterday"), None);
+    }
 }
