@@ -211,6 +211,12 @@ spec:
   - id: db.settings.mode
     desired: strict
     observe: {{sql: {{database: homelab, query: "SELECT v FROM settings WHERE k = 'mode'"}}}}
+  - id: db.broken.query
+    desired: 1
+    observe: {{sql: {{database: homelab, query: "SELECT 1 / (SELECT count(*) - 1 FROM settings)"}}}}
+  - id: db.settings.rows
+    desired: 1
+    observe: {{sql: {{database: homelab, query: "SELECT count(*) FROM settings"}}}}
   - id: n8n.health
     desired: ok
     observe: {{http: {{url: "http://127.0.0.1:{hp}/healthz", jsonPointer: /status}}}}
@@ -235,17 +241,28 @@ spec:
     // In sync: no Drift; the failing observer is Unknown, not drift.
     let st = eventually(WAIT, "a first evaluation in sync", || {
         let st = status(cluster, &ns.name, "homelab");
-        Ok((st["properties"] == 7 && st["inSync"] == 6 && st["unknown"] == 1).then_some(st))
+        Ok((st["properties"] == 9 && st["inSync"] == 7 && st["unknown"] == 2).then_some(st))
     })
     .unwrap_or_else(|e| panic!("{e}; status {}", status(cluster, &ns.name, "homelab")));
     assert_eq!(st["drifted"], 0, "{st}");
-    let unknown = &st["unknownProperties"][0];
-    assert_eq!(unknown["property"], "broken.endpoint", "{st}");
-    assert!(
-        unknown["reason"]
-            .as_str()
+    let reason = |property: &str| -> String {
+        st["unknownProperties"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["property"] == property)
+            .and_then(|u| u["reason"].as_str())
             .unwrap_or_default()
-            .contains("Connection refused"),
+            .to_string()
+    };
+    assert!(
+        reason("broken.endpoint").contains("Connection refused"),
+        "{st}"
+    );
+    // A query that fails is Unknown with PostgreSQL's reason, and the queries after it are
+    // still observed (db.settings.rows is in sync).
+    assert!(
+        reason("db.broken.query").contains("division by zero"),
         "{st}"
     );
     assert!(drifts(cluster, &ns.name).is_empty());
@@ -388,7 +405,7 @@ spec:
     let st = status(cluster, &ns.name, "homelab");
     assert_eq!(
         (st["inSync"].clone(), st["unknown"].clone()),
-        (6.into(), 1.into()),
+        (7.into(), 2.into()),
         "{st}"
     );
     assert!(events(cluster, &ns.name).contains("Resolved"));

@@ -290,6 +290,36 @@ async fn extensions(
     Ok(Ok(missing))
 }
 
+/// The pool the state registry's `sql` observer runs its read-only transactions on: the
+/// Database controller's own pool for its admin credentials, so connections are kept between
+/// evaluations. The error says why the Database cannot be read.
+pub async fn observer_pool(ctx: &Context, db: &Database) -> Result<sqlx::PgPool, String> {
+    let ns = db.namespace().unwrap_or_default();
+    let Some(server) = server(ctx, db).await.map_err(|e| e.to_string())? else {
+        return Err(format!(
+            "Database {} has no server to read yet (a managed server without a running pod)",
+            db.name_any()
+        ));
+    };
+    match admin_credentials(ctx, &ns, &server).await {
+        Ok(Some((user, password))) => Ok(connect::pool(
+            ctx,
+            &server,
+            &user,
+            &password,
+            &database_name(db),
+        )),
+        Ok(None) => Err(format!(
+            "Secret {ns}/{} with username and password is missing",
+            server.admin_secret
+        )),
+        Err(e) => Err(format!(
+            "failed to read Secret {ns}/{}: {e}",
+            server.admin_secret
+        )),
+    }
+}
+
 /// How the state registry's `sql` observer reaches a Database: its admin credentials, which
 /// the observer narrows to a read-only transaction under the read-only role
 /// `pg_read_all_data`. The error says why the Database cannot be read.

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use futures::StreamExt;
 use homeplane_crds::database::Database;
 use homeplane_crds::registry::{KubernetesObserver, Observer};
 use homeplane_state::observation::aggregate;
@@ -134,11 +135,24 @@ pub async fn observe_all(
             docker.push((p.id.as_str(), d));
         }
     }
-    let (k, s, h, d) = futures::join!(
-        observe_kubernetes(ctx, scope, &kubernetes, resources),
-        observe_sql(ctx, &sql),
-        homeplane_state::observe::http::observe(&http),
-        homeplane_state::observe::docker::observe(&docker),
+    // Each observer's own time, for the debug log: where an evaluation's time goes.
+    async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, u128) {
+        let start = std::time::Instant::now();
+        let out = f.await;
+        (out, start.elapsed().as_millis())
+    }
+    let ((k, k_ms), (s, s_ms), (h, h_ms), (d, d_ms)) = futures::join!(
+        timed(observe_kubernetes(ctx, scope, &kubernetes, resources)),
+        timed(observe_sql(ctx, &sql)),
+        timed(homeplane_state::observe::http::observe(&http)),
+        timed(homeplane_state::observe::docker::observe(&docker)),
+    );
+    tracing::debug!(
+        kubernetes_ms = k_ms,
+        sql_ms = s_ms,
+        http_ms = h_ms,
+        docker_ms = d_ms,
+        "observed"
     );
     let mut all = k;
     all.extend(s);
@@ -147,6 +161,9 @@ pub async fn observe_all(
     all.extend(refused);
     all
 }
+
+/// How many lists of one evaluation are in flight at once.
+const LISTS_AT_ONCE: usize = 8;
 
 /// The list call a Kubernetes property needs: kind, namespace and selectors.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -164,9 +181,9 @@ async fn observe_kubernetes(
     properties: &[(&str, &KubernetesObserver)],
     resources: &mut Resources,
 ) -> HashMap<String, Observation> {
-    let mut lists: HashMap<ListKey, Result<Vec<Value>, String>> = HashMap::new();
     // The list each property reads, or why it may not read one.
     let mut keys: Vec<Result<ListKey, String>> = Vec::with_capacity(properties.len());
+    let mut wanted: HashMap<ListKey, ApiResource> = HashMap::new();
     for (_, k) in properties {
         let key = match resource(ctx, resources, &k.api_version, &k.kind).await {
             Ok(found) => scope
@@ -183,15 +200,21 @@ async fn observe_kubernetes(
         };
         match key {
             Ok((key, found)) => {
-                if !lists.contains_key(&key) {
-                    let listed = list(ctx, &found.ar, &key).await;
-                    lists.insert(key.clone(), listed);
-                }
+                wanted.entry(key.clone()).or_insert(found.ar);
                 keys.push(Ok(key));
             }
             Err(why) => keys.push(Err(why)),
         }
     }
+    // Each distinct list once, several at a time.
+    let lists: HashMap<ListKey, Result<Vec<Value>, String>> = futures::stream::iter(wanted)
+        .map(|(key, ar)| async move {
+            let listed = list(ctx, &ar, &key).await;
+            (key, listed)
+        })
+        .buffer_unordered(LISTS_AT_ONCE)
+        .collect()
+        .await;
     properties
         .iter()
         .zip(keys)
@@ -286,7 +309,7 @@ async fn observe_sql(
     for ((namespace, name), queries) in by_database {
         let databases: Api<Database> = Api::namespaced(ctx.client.clone(), namespace);
         let options = match databases.get_opt(name).await {
-            Ok(Some(db)) => crate::controllers::database::observer_options(ctx, &db).await,
+            Ok(Some(db)) => crate::controllers::database::observer_pool(ctx, &db).await,
             Ok(None) => Err(format!("Database {namespace}/{name} does not exist")),
             Err(e) => Err(format!("failed to read Database {namespace}/{name}: {e}")),
         };
