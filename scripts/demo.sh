@@ -61,8 +61,8 @@ phase() {
 
 up() {
   local t0; t0=$(date +%s)
-  "$HOMEPLANE_ROOT/scripts/setup.sh"
-  phase "tools (setup.sh)"
+  "$HOMEPLANE_ROOT/scripts/setup.sh" demo
+  phase "tools (setup.sh demo)"
   log "building homeplane (release)"
   cargo build --release --locked -q -p homeplane-operator
   phase "homeplane's release build"
