@@ -27,6 +27,7 @@ KINDS = {  # resource -> controller
     "stateregistries": "stateregistry",
 }
 WRITES = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "DELETECOLLECTION"}
+READS = {"GET", "LIST"}
 # Written on a timer by everyone, not by a reconciliation: leader and node heartbeats.
 HEARTBEATS = {"leases", "nodes"}
 SAMPLE = re.compile(r'^(\w+)\{([^}]*)\} ([0-9.e+-]+)$')
@@ -40,16 +41,21 @@ def series(text, name):
             yield dict(LABEL.findall(m.group(2))), float(m.group(3))
 
 
-def api_writes(kubectl):
+def api_requests(kubectl):
+    """The API server's request counts: (writes, reads) by (group, resource, subresource, verb)."""
     text = subprocess.run([kubectl, "get", "--raw", "/metrics"], check=True,
                           capture_output=True, text=True).stdout
-    writes = Counter()
+    writes, reads = Counter(), Counter()
     for labels, value in series(text, "apiserver_request_total"):
-        if labels.get("verb") in WRITES and labels.get("resource") not in HEARTBEATS:
-            key = (labels.get("group", ""), labels["resource"], labels.get("subresource", ""),
-                   labels["verb"])
+        if labels.get("resource") in HEARTBEATS:
+            continue
+        key = (labels.get("group", ""), labels.get("resource", ""), labels.get("subresource", ""),
+               labels.get("verb", ""))
+        if labels.get("verb") in WRITES:
             writes[key] += value
-    return writes
+        elif labels.get("verb") in READS:
+            reads[key] += value
+    return writes, reads
 
 
 def operator(url):
@@ -57,7 +63,14 @@ def operator(url):
     busy = defaultdict(Counter)  # controller -> le -> cumulative count
     for labels, value in series(text, "homeplane_reconcile_busy_seconds_bucket"):
         busy[labels["controller"]][labels["le"]] += value
-    return busy
+    applies = Counter()  # (kind, result) -> count
+    for labels, value in series(text, "homeplane_owned_applies_total"):
+        applies[(labels["kind"], labels["result"])] += value
+    return busy, applies
+
+
+def delta(after, before):
+    return Counter({k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > 0})
 
 
 def objects(kubectl):
@@ -90,16 +103,15 @@ def unpoke(kubectl, found):
 
 
 def window(kubectl, url, seconds, found=None, rounds=0):
-    w0, b0 = api_writes(kubectl), operator(url)
+    (w0, r0), (b0, a0) = api_requests(kubectl), operator(url)
     start = time.monotonic()
     for r in range(rounds):
         poke(kubectl, found, f"{int(time.time())}-{r}")
         time.sleep(max(0.0, start + seconds * (r + 1) / rounds - time.monotonic()))
     time.sleep(max(0.0, start + seconds - time.monotonic()))
-    w1, b1 = api_writes(kubectl), operator(url)
-    writes = Counter({k: w1[k] - w0.get(k, 0) for k in w1 if w1[k] - w0.get(k, 0) > 0})
+    (w1, r1), (b1, a1) = api_requests(kubectl), operator(url)
     busy = {c: Counter({le: b1[c][le] - b0.get(c, Counter())[le] for le in b1[c]}) for c in b1}
-    return writes, busy
+    return delta(w1, w0), delta(r1, r0), busy, delta(a1, a0)
 
 
 def quantile(buckets, q):
@@ -124,9 +136,9 @@ def main():
     kubectl, url, rounds, seconds, output = sys.argv[1], sys.argv[2], int(sys.argv[3]), \
         float(sys.argv[4]), sys.argv[5]
     found = objects(kubectl)
-    quiet_writes, _ = window(kubectl, url, seconds)
+    quiet_writes, quiet_reads, _, _ = window(kubectl, url, seconds)
     try:
-        poked_writes, busy = window(kubectl, url, seconds, found, rounds)
+        poked_writes, poked_reads, busy, applies = window(kubectl, url, seconds, found, rounds)
     finally:
         unpoke(kubectl, found)
     annotations = Counter()
@@ -159,6 +171,20 @@ def main():
                      f"{annotations.get(key, 0):>7.0f}{caused.get(key, 0):>7.0f}")
     lines.append(f"writes caused by the no-op reconciliations (poked - annotations - quiet): "
                  f"{sum(caused.values()):.0f}")
+    lines.append("")
+    lines.append("owned objects the operator looked at in the poked window (homeplane_owned_applies_total):")
+    for kind in sorted({k for k, _ in applies}):
+        lines.append(f"  {kind:<24} applied {applies[(kind, 'applied')]:>5.0f}   unchanged (read only) "
+                     f"{applies[(kind, 'unchanged')]:>5.0f}")
+    reads = Counter()
+    for key in set(poked_reads) | set(quiet_reads):
+        extra = poked_reads.get(key, 0) - quiet_reads.get(key, 0)
+        if extra > 0:
+            reads[key] = extra
+    lines.append(f"reads caused (GET and LIST, poked - quiet): {sum(reads.values()):.0f}; the largest:")
+    for key, n in reads.most_common(8):
+        g, r, s_, verb = key
+        lines.append(f"  {(g or 'core') + '/' + r + ('/' + s_ if s_ else '') + ' ' + verb:<58}{n:>7.0f}")
     text = "\n".join(lines)
     print(text)
     with open(output, "a") as f:
