@@ -44,6 +44,9 @@ cleanup() {
   rm -rf "$work/tmp" "$work/restored-pgbackrest"
 }
 trap cleanup EXIT
+# A new server each run: the pgBackRest step changes its settings (archive_mode).
+"$HOMEPLANE_ROOT/scripts/postgres.sh" down "$work/postgres" >/dev/null 2>&1 || true
+rm -rf "$work/postgres"
 "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$work/postgres"
 "$HOMEPLANE_ROOT/scripts/s3.sh" up "$work/s3"
 source "$work/s3/env"
@@ -101,7 +104,9 @@ read -r rs_restore _ _ < <(measure "restic -q -o s3.region=auto dump latest db.p
 
 log "pgBackRest: a full backup to an S3 repository over TLS (zstd 1, aes-256-cbc), and a restore"
 read -r s3_access s3_secret < "$work/s3/credentials"
-openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=127.0.0.1" -addext "subjectAltName=IP:127.0.0.1" \
+# pgBackRest speaks only TLS to S3 and checks the server's name against DNS names alone (not
+# an IP address); on loopback its verification is turned off (repo1-storage-verify-tls=n).
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
   -keyout "$work/tmp/tls.key" -out "$work/tmp/tls.crt" 2>/dev/null
 tls_port=$(free_port)
 ROOT_ACCESS_KEY_ID="$s3_access" ROOT_SECRET_ACCESS_KEY="$s3_secret" setsid "$("$HOMEPLANE_ROOT/scripts/s3.sh" bin)" --quiet \
@@ -116,6 +121,7 @@ repo1-type=s3
 repo1-path=/pgbackrest
 repo1-s3-bucket=$HOMEPLANE_BACKUP_BUCKET
 repo1-s3-endpoint=127.0.0.1
+repo1-storage-verify-tls=n
 repo1-storage-port=$tls_port
 repo1-storage-ca-file=$work/tmp/tls.crt
 repo1-s3-region=auto
