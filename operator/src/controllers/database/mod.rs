@@ -294,6 +294,29 @@ async fn extensions(
 /// Database controller's own pool for its admin credentials, so connections are kept between
 /// evaluations. The error says why the Database cannot be read.
 pub async fn observer_pool(ctx: &Context, db: &Database) -> Result<sqlx::PgPool, String> {
+    let (server, user, password) = observer_login(ctx, db).await?;
+    Ok(connect::pool(
+        ctx,
+        &server,
+        &user,
+        &password,
+        &database_name(db),
+    ))
+}
+
+/// How a reader outside the controller (the dashboard) reaches a Database: its admin
+/// credentials, which the reader narrows to a read-only transaction under the read-only role
+/// `pg_read_all_data`. The error says why the Database cannot be read.
+pub async fn observer_options(ctx: &Context, db: &Database) -> Result<PgConnectOptions, String> {
+    let (server, user, password) = observer_login(ctx, db).await?;
+    Ok(connect_options(&server, &user, &password).database(&database_name(db)))
+}
+
+/// The server of a Database and its admin user and password, or why they cannot be had.
+async fn observer_login(
+    ctx: &Context,
+    db: &Database,
+) -> Result<(ExternalServer, String, String), String> {
     let ns = db.namespace().unwrap_or_default();
     let Some(server) = server(ctx, db).await.map_err(|e| e.to_string())? else {
         return Err(format!(
@@ -302,40 +325,7 @@ pub async fn observer_pool(ctx: &Context, db: &Database) -> Result<sqlx::PgPool,
         ));
     };
     match admin_credentials(ctx, &ns, &server).await {
-        Ok(Some((user, password))) => Ok(connect::pool(
-            ctx,
-            &server,
-            &user,
-            &password,
-            &database_name(db),
-        )),
-        Ok(None) => Err(format!(
-            "Secret {ns}/{} with username and password is missing",
-            server.admin_secret
-        )),
-        Err(e) => Err(format!(
-            "failed to read Secret {ns}/{}: {e}",
-            server.admin_secret
-        )),
-    }
-}
-
-/// How the state registry's `sql` observer reaches a Database: its admin credentials, which
-/// the observer narrows to a read-only transaction under the read-only role
-/// `pg_read_all_data`. The error says why the Database cannot be read.
-pub async fn observer_options(ctx: &Context, db: &Database) -> Result<PgConnectOptions, String> {
-    let ns = db.namespace().unwrap_or_default();
-    let Some(server) = server(ctx, db).await.map_err(|e| e.to_string())? else {
-        return Err(format!(
-            "Database {} has no server to read yet (a managed server without a running pod)",
-            db.name_any()
-        ));
-    };
-    let server = &server;
-    match admin_credentials(ctx, &ns, server).await {
-        Ok(Some((user, password))) => {
-            Ok(connect_options(server, &user, &password).database(&database_name(db)))
-        }
+        Ok(Some((user, password))) => Ok((server, user, password)),
         Ok(None) => Err(format!(
             "Secret {ns}/{} with username and password is missing",
             server.admin_secret
