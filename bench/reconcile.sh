@@ -25,7 +25,7 @@ out=bench/results/reconcile.txt
 {
   echo "# homeplane: a reconciliation that changes nothing — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(machine)"
   echo "# on the demo (make demo: the example homelab applied by Flux, real PostgreSQL, n8n, S3); release build"
-  echo "# busy: homeplane_reconcile_busy_seconds, the time a reconciliation spends in its polls (no round trips),"
+  echo "# busy: homeplane_reconcile_busy_seconds, the CPU time a reconciliation spends in its polls (no round trips),"
   echo "#   as the upper bound of its histogram bucket; writes: apiserver_request_total, the API server's own count"
 } > "$out"
 python3 bench/reconcile.py "$bin/kubectl" "http://127.0.0.1:$port/metrics" "$rounds" "$seconds" "$out"

@@ -252,7 +252,7 @@ impl Default for Metrics {
         );
         registry.register(
             "reconcile_busy_seconds",
-            "Time one reconciliation spent computing on the async runtime, without the time it waited for the API server or another server, per controller",
+            "CPU time one reconciliation spent computing on the async runtime (its thread's CPU clock during its polls), without the time it waited for the API server or another server, per controller",
             busy.clone(),
         );
         registry.register(
