@@ -9,27 +9,23 @@ use crate::controllers::database::migrate::{self, Options};
 
 /// Runs the migrations of `args.dir` against `args.database_url` and prints what happened.
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
-    let mut files = Vec::new();
-    let entries = std::fs::read_dir(&args.dir)
-        .with_context(|| format!("failed to read {}", args.dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(String::from) else {
-            continue;
-        };
-        if !name.ends_with(".sql") {
-            continue;
-        }
-        let sql = std::fs::read_to_string(&path)
-            .with_context(|| format!("failed to read {}", path.display()))?;
-        files.push(migrate::parse(&name, &sql)?);
-    }
-    let migrations = migrate::order(files)?;
     let options = crate::controllers::database::quiet_options(&args.database_url)
         .context("--database-url is not a PostgreSQL URL")?;
-    let mut conn = PgConnection::connect_with(&options)
-        .await
-        .context("failed to connect to --database-url")?;
+    // The folder is read while the connection is made (its round trips and SCRAM's key
+    // stretching): for a run with nothing to apply, these two are most of its time.
+    // The first error of either ends the wait for the other.
+    let dir = args.dir.clone();
+    let read = async {
+        tokio::task::spawn_blocking(move || read_folder(&dir))
+            .await
+            .context("reading the migrations folder stopped")?
+    };
+    let connect = async {
+        PgConnection::connect_with(&options)
+            .await
+            .context("failed to connect to --database-url")
+    };
+    let (migrations, mut conn) = futures::future::try_join(read, connect).await?;
     let options = Options {
         table: args.table,
         target: args.target,
@@ -73,6 +69,26 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         bail!(error);
     }
     Ok(())
+}
+
+/// The migrations of `dir` (its `.sql` files), in order.
+fn read_folder(dir: &std::path::Path) -> anyhow::Result<Vec<migrate::Migration>> {
+    let mut files = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("failed to read {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(String::from) else {
+            continue;
+        };
+        if !name.ends_with(".sql") {
+            continue;
+        }
+        let sql = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        files.push(migrate::parse(&name, &sql)?);
+    }
+    Ok(migrate::order(files)?)
 }
 
 fn whoami() -> String {
