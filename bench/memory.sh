@@ -45,7 +45,8 @@ source "$work/postgres/env"
 
 start_homeplane() { # start_homeplane NAME [BINARY_PREFIX...] -> pid
   local name=$1; shift
-  RUST_LOG=warn "$@" "$homeplane" run --http-addr "127.0.0.1:$(free_port)" \
+  # MALLOC_ARENA_MAX as the chart runs it (BENCH_MALLOC_ARENA_MAX= leaves glibc's default).
+  RUST_LOG=warn MALLOC_ARENA_MAX=${BENCH_MALLOC_ARENA_MAX-2} "$@" "$homeplane" run --http-addr "127.0.0.1:$(free_port)" \
     --leader-election-namespace homeplane-system --identity "$name" > "$work/$name.log" 2>&1 &
   echo $!
 }
@@ -125,7 +126,7 @@ log "homeplane under heaptrack (a build with symbols), everything in the cluster
 cargo build --profile profiling --locked -q -p homeplane-operator
 profiled="$CARGO_TARGET_DIR/profiling/homeplane"
 rm -f "$work"/heap.*
-RUST_LOG=warn heaptrack -o "$work/heap" "$profiled" run --http-addr "127.0.0.1:$(free_port)" \
+RUST_LOG=warn MALLOC_ARENA_MAX=${BENCH_MALLOC_ARENA_MAX-2} heaptrack -o "$work/heap" "$profiled" run --http-addr "127.0.0.1:$(free_port)" \
   --leader-election-namespace homeplane-system --identity hp-heap > "$work/hp-heap.log" 2>&1 &
 heap_pid=$!; pids+=("$heap_pid")
 sleep 60
