@@ -70,24 +70,31 @@ up() {
   phase "control plane build"
   local fresh=0
   "$HOMEPLANE_ROOT/scripts/cluster.sh" status "$state/cluster" 2>/dev/null || fresh=1
-  "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$state/cluster"
-  "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$state/postgres"
-  "$HOMEPLANE_ROOT/scripts/s3.sh" up "$state/s3"
+  # PostgreSQL, S3 and n8n (its start-up is the longest) start while the control plane and
+  # Flux do: none needs another to start.
   # n8n's data goes with the cluster's: a fresh cluster gets a fresh n8n (the install stays
   # cached), or the Workflows of an earlier demo would still hold their webhook paths there.
   if [ "$fresh" = 1 ]; then
     "$HOMEPLANE_ROOT/scripts/n8n.sh" down "$state/n8n" 2>/dev/null; rm -rf "$state/n8n"
   fi
-  "$HOMEPLANE_ROOT/scripts/n8n.sh" up "$state/n8n"
-  phase "control plane, PostgreSQL, S3 and n8n up"
+  local servers=() names=() i
+  "$HOMEPLANE_ROOT/scripts/postgres.sh" up "$state/postgres" & servers+=($!); names+=(PostgreSQL)
+  "$HOMEPLANE_ROOT/scripts/s3.sh" up "$state/s3" & servers+=($!); names+=("the S3 server")
+  "$HOMEPLANE_ROOT/scripts/n8n.sh" up "$state/n8n" & servers+=($!); names+=(n8n)
+  "$HOMEPLANE_ROOT/scripts/cluster.sh" up "$state/cluster"
+  phase "control plane up"
   export KUBECONFIG="$state/cluster/kubeconfig"
   local kubectl="$bin/kubectl"
   # Flux runs against this cluster: a fresh cluster gets it restarted (a running Flux would
   # still talk to the cluster of an earlier demo).
   [ "$fresh" = 1 ] && "$HOMEPLANE_ROOT/scripts/flux.sh" down "$state/flux" >/dev/null 2>&1
   "$HOMEPLANE_ROOT/scripts/flux.sh" up "$state/flux" "$state/cluster/kubeconfig"
-  local git_url; git_url="$(sed -n 's/^export FLUX_GIT_URL=//p' "$state/flux/env")/homelab.git"
   phase "Flux up"
+  for i in "${!servers[@]}"; do
+    wait "${servers[$i]}" || die "${names[$i]} did not start (its messages are above)"
+  done
+  phase "PostgreSQL, S3 and n8n up"
+  local git_url; git_url="$(sed -n 's/^export FLUX_GIT_URL=//p' "$state/flux/env")/homelab.git"
 
   # What Git must not hold: the Secrets the homelab names (created here, never committed).
   local ns
@@ -149,7 +156,8 @@ up() {
     psql "$pg_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'homeplane'" | grep -q 1 \
       || psql "$pg_url" -qc "CREATE DATABASE homeplane" >/dev/null
     log "starting the operator (log: .homeplane/demo/operator.log)"
-    HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info \
+    # MALLOC_ARENA_MAX as the chart runs it (charts/homeplane/templates/deployment.yaml).
+    HOMEPLANE_NAMESPACE=homeplane-system RUST_LOG=info MALLOC_ARENA_MAX=2 \
       HOMEPLANE_HISTORY_DATABASE_URL="${pg_url%/*}/homeplane" setsid \
       "$CARGO_TARGET_DIR/release/homeplane" run --http-addr "127.0.0.1:$port" --identity demo \
       --trusted-registry-namespace monitoring \
@@ -178,6 +186,7 @@ up() {
   "$kubectl" wait --for=condition=Ready --timeout=90s voicepipeline/assistant -n ai >/dev/null \
     || log "the VoicePipeline is not Ready yet: kubectl describe voicepipeline assistant -n ai"
   phase "homelab applied by Flux, workloads Ready"
+  alerting_start "$port" "$n8n_url"
 
   log "taking a backup of the homelab database to the local S3 server"
   if ! "$kubectl" get backup demo -n data >/dev/null 2>&1; then
@@ -219,8 +228,8 @@ up() {
   done
 
   phase "state registry evaluated"
-  alerting_up "$kubectl" "$port" "$n8n_url" "$n8n_key"
-  phase "alerting (Prometheus, Alertmanager, n8n)"
+  alerting_wait "$kubectl" "$n8n_url" "$n8n_key"
+  phase "the first alert in n8n"
 
   # The binary is also the kubectl plugin (`kubectl homeplane status`), by its name.
   mkdir -p "$state/bin"
@@ -449,17 +458,23 @@ down() {
   "$HOMEPLANE_ROOT/scripts/cluster.sh" down "$state/cluster"
 }
 
-# alerting_up KUBECTL OPERATOR-PORT N8N-URL N8N-KEY: a real Prometheus and Alertmanager
-# (Debian's) scraping the operator with alerts/homeplane.rules.yaml — every `for:` cut to 15 s
-# so that the demo does not wait minutes — and posting to n8n's alert-notifications workflow
-# (manifests/homelab/alerting.yaml). Started once the homelab has settled, so that what fires is
-# what is true of it: the drift. Waits (at most 2 minutes) for the first message in n8n.
-alerting_up() {
-  local kubectl=$1 port=$2 n8n_url=$3 n8n_key=$4 id="" am
+# alerting_start OPERATOR-PORT N8N-URL: a real Prometheus and Alertmanager (Debian's) scraping
+# the operator with alerts/homeplane.rules.yaml — every `for:` cut to 15 s so that the demo
+# does not wait minutes — and posting to n8n's alert-notifications workflow
+# (manifests/homelab/alerting.yaml). Started once the homelab's workloads are Ready, so that what
+# fires is what is true of it (the drift), and while the demo goes on: an alert takes half a
+# minute from the drift to n8n (a scrape, the 15 s, Alertmanager's group_wait).
+alerting_start() {
+  local port=$1 n8n_url=$2
   log "starting Prometheus and Alertmanager with homeplane's alert rules"
   PROMETHEUS_TARGETS="127.0.0.1:$port" PROMETHEUS_INTERVAL=5s PROMETHEUS_RULES_FOR=15s \
     ALERTMANAGER_WEBHOOKS="$n8n_url/webhook/homeplane-alerts" ALERTMANAGER_GROUP_WAIT=5s \
     ALERTMANAGER_GROUP_INTERVAL=30s "$HOMEPLANE_ROOT/scripts/prometheus.sh" up "$state/prometheus"
+}
+
+# alerting_wait KUBECTL N8N-URL N8N-KEY: waits (at most 2 minutes) for the first message in n8n.
+alerting_wait() {
+  local kubectl=$1 n8n_url=$2 n8n_key=$3 id="" am
   am=$(sed -n 's/^export ALERTMANAGER_URL=//p' "$state/prometheus/env")
   "$kubectl" wait --for=condition=Ready --timeout=60s workflow/alert-notifications -n automation >/dev/null \
     || { log "the alert-notifications Workflow is not Ready: kubectl describe workflow alert-notifications -n automation"; return 0; }

@@ -65,6 +65,10 @@ up() {
   command -v prometheus >/dev/null || die "Prometheus is not installed; run scripts/setup.sh"
   local interval="${PROMETHEUS_INTERVAL:-15s}" prom_port am_port
   prom_port=$(free_port); am_port=$(free_port)
+  # New ones remember nothing of the last: Alertmanager's notification log would keep it from
+  # telling the new n8n about an alert it told the last one about (for repeat_interval, 4 h),
+  # and its silences and Prometheus's series belong to the homelab they watched before.
+  rm -rf "$dir/prometheus-data" "$dir/alertmanager-data"
   mkdir -p "$dir/prometheus-data" "$dir/alertmanager-data"
 
   # The rules as committed, or with every `for:` cut for a short test or demo.
