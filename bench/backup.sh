@@ -77,29 +77,50 @@ restored_rows() { psql -X -t -A "${admin%/postgres}/$1" -c "SELECT count(*) FROM
 fresh_db() { psql -q -X "$admin" -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1"; }
 plain=$(pg_dump -Fc -Z0 | wc -c)
 
-log "homeplane backup (zstd -1, 16 MiB parts, 2 in flight) and restore"
-read -r hp_wall hp_cpu hp_rss < <(measure "'$homeplane' backup upload --database-url '$db_url' -r $recipient --zstd-level 1 --object homeplane/db.pgdump.zst.age > '$work/tmp/manifest.json'")
+runs=${BENCH_RUNS:-5}
+# repeated SETUP CMD prints "wall_s cpu_s peak_rss_kib", each the median of $runs runs of CMD
+# (each well under a minute), SETUP run untimed before each.
+repeated() {
+  local setup=$1 cmd=$2 i w c r walls=() cpus=() rsss=()
+  for i in $(seq 1 "$runs"); do
+    eval "$setup"
+    read -r w c r < <(measure "$cmd")
+    walls+=("$w"); cpus+=("$c"); rsss+=("$r")
+  done
+  echo "$(printf '%s\n' "${walls[@]}" | median) $(printf '%s\n' "${cpus[@]}" | median) $(printf '%s\n' "${rsss[@]}" | median)"
+}
+
+log "homeplane backup (zstd -1, 16 MiB parts, 2 in flight) and restore, $runs runs each"
+# homeplane never overwrites an object: the last run's goes before the next.
+hp_clear() { "$aws" --endpoint-url "$AWS_ENDPOINT_URL" s3 rm "s3://$HOMEPLANE_BACKUP_BUCKET/homeplane/" --recursive --only-show-errors; }
+read -r hp_wall hp_cpu hp_rss < <(repeated hp_clear "'$homeplane' backup upload --database-url '$db_url' -r $recipient --zstd-level 1 --object homeplane/db.pgdump.zst.age > '$work/tmp/manifest.json'")
 hp_bytes=$(prefix_bytes homeplane)
-fresh_db restored_hp
-read -r hp_restore _ _ < <(measure "'$homeplane' restore --object homeplane/db.pgdump.zst.age --identity '$keyfile' --into '${admin%/postgres}/restored_hp' > /dev/null")
+read -r hp_restore _ _ < <(repeated "fresh_db restored_hp" "'$homeplane' restore --object homeplane/db.pgdump.zst.age --identity '$keyfile' --into '${admin%/postgres}/restored_hp' > /dev/null")
 [ "$(restored_rows restored_hp)" = "$rows" ] || die "homeplane's restore does not hold $rows rows"
 
-log "pg_dump -Fc -Z1 | age | aws s3 cp - and back"
-read -r sh_wall sh_cpu sh_rss < <(measure "pg_dump -Fc -Z1 | age -r $recipient | '$aws' --endpoint-url '$AWS_ENDPOINT_URL' s3 cp - s3://$HOMEPLANE_BACKUP_BUCKET/shell/db.pgdump.age --only-show-errors")
+log "pg_dump -Fc -Z1 | age | aws s3 cp - and back, $runs runs each"
+read -r sh_wall sh_cpu sh_rss < <(repeated : "pg_dump -Fc -Z1 | age -r $recipient | '$aws' --endpoint-url '$AWS_ENDPOINT_URL' s3 cp - s3://$HOMEPLANE_BACKUP_BUCKET/shell/db.pgdump.age --only-show-errors")
 sh_bytes=$(prefix_bytes shell)
-fresh_db restored_sh
-read -r sh_restore _ _ < <(measure "'$aws' --endpoint-url '$AWS_ENDPOINT_URL' s3 cp s3://$HOMEPLANE_BACKUP_BUCKET/shell/db.pgdump.age - | age -d -i '$keyfile' | pg_restore --single-transaction -d '${admin%/postgres}/restored_sh'")
+read -r sh_restore _ _ < <(repeated "fresh_db restored_sh" "'$aws' --endpoint-url '$AWS_ENDPOINT_URL' s3 cp s3://$HOMEPLANE_BACKUP_BUCKET/shell/db.pgdump.age - | age -d -i '$keyfile' | pg_restore --single-transaction -d '${admin%/postgres}/restored_sh'")
 [ "$(restored_rows restored_sh)" = "$rows" ] || die "the shell pipeline's restore does not hold $rows rows"
 
-log "pg_dump -Fc -Z0 | restic backup --stdin, and restic dump | pg_restore"
-export RESTIC_REPOSITORY="s3:$AWS_ENDPOINT_URL/$HOMEPLANE_BACKUP_BUCKET/restic" RESTIC_PASSWORD="bench-$(openssl rand -hex 8)"
-export RESTIC_CACHE_DIR="$work/tmp/restic-cache"
-restic -q -o s3.region=auto init >/dev/null
-rs_init=$(prefix_bytes restic)
-read -r rs_wall rs_cpu rs_rss < <(measure "pg_dump -Fc -Z0 | restic -q -o s3.region=auto backup --stdin --stdin-filename db.pgdump > /dev/null")
-rs_bytes=$(( $(prefix_bytes restic) - rs_init ))
-fresh_db restored_restic
-read -r rs_restore _ _ < <(measure "restic -q -o s3.region=auto dump latest db.pgdump | pg_restore --single-transaction -d '${admin%/postgres}/restored_restic'")
+log "pg_dump -Fc -Z0 | restic backup --stdin, and restic dump | pg_restore, $runs runs each"
+# A new repository before each backup: a second backup of the same dump into the same
+# repository would upload nothing (restic deduplicates), which is not the cost of a first one.
+export RESTIC_PASSWORD="bench-$(openssl rand -hex 8)" RESTIC_CACHE_DIR="$work/tmp/restic-cache"
+rs_repo=0
+restic_init() {
+  rs_repo=$((rs_repo + 1))
+  export RESTIC_REPOSITORY="s3:$AWS_ENDPOINT_URL/$HOMEPLANE_BACKUP_BUCKET/restic-$rs_repo"
+  restic -q -o s3.region=auto init >/dev/null
+}
+read -r rs_wall rs_cpu rs_rss < <(repeated restic_init "pg_dump -Fc -Z0 | restic -q -o s3.region=auto backup --stdin --stdin-filename db.pgdump > /dev/null")
+# (the runs are in a subshell: the last repository is named again here); what its backup
+# uploaded: its data packs, index and snapshot, not the keys and config made by init.
+export RESTIC_REPOSITORY="s3:$AWS_ENDPOINT_URL/$HOMEPLANE_BACKUP_BUCKET/restic-$runs"
+rs_bytes=0
+for part in data index snapshots; do rs_bytes=$(( rs_bytes + $(prefix_bytes "restic-$runs/$part") )); done
+read -r rs_restore _ _ < <(repeated "fresh_db restored_restic" "restic -q -o s3.region=auto dump latest db.pgdump | pg_restore --single-transaction -d '${admin%/postgres}/restored_restic'")
 [ "$(restored_rows restored_restic)" = "$rows" ] || die "restic's restore does not hold $rows rows"
 
 log "pgBackRest: a full backup to an S3 repository over TLS (zstd 1, aes-256-cbc), and a restore"
@@ -194,7 +215,9 @@ result="bench/results/backup.txt"
   echo "# local PostgreSQL $(psql -X -t -A "$admin" -c 'SHOW server_version'), versitygw on loopback (pgBackRest through a second versitygw on the same storage, over TLS)"
   echo "database: $rows rows, $db_size on disk ($db_bytes bytes); plain pg_dump -Fc -Z0: $plain bytes"
   echo "whole process trees (the PostgreSQL server's own work not counted); restore: into an empty database (pg_restore),"
-  echo "for pgBackRest a new data directory started and recovered; until the data can be queried. One run each."
+  echo "for pgBackRest a new data directory started and recovered; until the data can be queried."
+  echo "homeplane, the shell pipeline and restic: medians of $runs runs each (restic into a new repository each time);"
+  echo "pgBackRest: one run (a backup and a restore take over a minute each)."
   echo
   row "full backup" "wall_s" "cpu_s" "peak_MiB" "bytes_in_bucket" "restore_s"
   row "homeplane (pg_dump -Z0 | zstd -1 | age | S3)" "$hp_wall" "$hp_cpu" "$(mib "$hp_rss")" "$hp_bytes" "$hp_restore"
