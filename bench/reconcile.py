@@ -27,6 +27,9 @@ KINDS = {  # resource -> controller
     "stateregistries": "stateregistry",
 }
 WRITES = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "DELETECOLLECTION"}
+# Resources whose POST is a question: the API server answers it and keeps nothing.
+QUESTIONS = {"subjectaccessreviews", "selfsubjectaccessreviews", "localsubjectaccessreviews",
+             "tokenreviews", "selfsubjectrulesreviews"}
 READS = {"GET", "LIST"}
 # Written on a timer by everyone, not by a reconciliation: leader and node heartbeats.
 HEARTBEATS = {"leases", "nodes"}
@@ -169,8 +172,11 @@ def main():
         name = f"{g or 'core'}/{r}{'/' + s if s else ''} {verb}"
         lines.append(f"  {name:<58}{quiet_writes.get(key, 0):>7.0f}{poked_writes.get(key, 0):>7.0f}"
                      f"{annotations.get(key, 0):>7.0f}{caused.get(key, 0):>7.0f}")
+    asked = sum(v for (g, r, s, verb), v in caused.items() if r in QUESTIONS)
     lines.append(f"writes caused by the no-op reconciliations (poked - annotations - quiet): "
-                 f"{sum(caused.values()):.0f}")
+                 f"{sum(caused.values()) - asked:.0f}, and {asked:.0f} access reviews (a POST the API server")
+    lines.append("  answers and stores nowhere: an Agent's requester is asked about again once the last answer is")
+    lines.append("  100 s old, so they fall in whichever window that moment does)")
     lines.append("")
     lines.append("owned objects the operator looked at in the poked window (homeplane_owned_applies_total):")
     for kind in sorted({k for k, _ in applies}):
