@@ -206,3 +206,64 @@ fn adopts_sqlx_history_and_baselines() {
     assert!(ok && out.contains("applied 0003_c"), "{out}");
     assert_eq!(hand.sql("SELECT string_agg(applied_by, ',' ORDER BY version) LIKE 'baseline%,baseline%,homeplane migrate%' FROM schema_migrations"), "t");
 }
+
+/// The folder is read while the connection is made: a folder that cannot be read is reported
+/// at once, also when the server holds the connection without answering (a listener on
+/// loopback that never speaks), and a refused connection is reported as such.
+#[test]
+fn a_bad_folder_or_a_server_that_refuses_is_reported_without_waiting_for_the_other() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let missing = std::env::temp_dir().join(format!("hp_cli_missing_{}", suffix()));
+    let mut child = Command::new(BINARY)
+        .args(["migrate", "--dir", &missing.to_string_lossy()])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://u:p@127.0.0.1:{port}/db"),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A run that waited for the silent server would never end: it is stopped after 60 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let ended = child.try_wait().unwrap().is_some();
+    if !ended {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        ended,
+        "waited on the silent server instead of reporting the folder: {stderr}"
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("failed to read") && stderr.contains("hp_cli_missing_"),
+        "{stderr}"
+    );
+    drop(silent);
+
+    // A server that refuses: the connection's error, after the folder was read.
+    let scratch_dir = std::env::temp_dir().join(format!("hp_cli_refused_{}", suffix()));
+    std::fs::create_dir_all(&scratch_dir).unwrap();
+    std::fs::write(scratch_dir.join("0001_a.sql"), "SELECT 1;").unwrap();
+    let out = Command::new(BINARY)
+        .args(["migrate", "--dir", &scratch_dir.to_string_lossy()])
+        .env(
+            "DATABASE_URL",
+            format!("postgres://u:p@127.0.0.1:{port}/db"),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("failed to connect to --database-url"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&scratch_dir).unwrap();
+}
