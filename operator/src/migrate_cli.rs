@@ -11,21 +11,10 @@ use crate::controllers::database::migrate::{self, Options};
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let options = crate::controllers::database::quiet_options(&args.database_url)
         .context("--database-url is not a PostgreSQL URL")?;
-    // The folder is read while the connection is made (its round trips and SCRAM's key
-    // stretching): for a run with nothing to apply, these two are most of its time.
-    // The first error of either ends the wait for the other.
-    let dir = args.dir.clone();
-    let read = async {
-        tokio::task::spawn_blocking(move || read_folder(&dir))
-            .await
-            .context("reading the migrations folder stopped")?
-    };
-    let connect = async {
-        PgConnection::connect_with(&options)
-            .await
-            .context("failed to connect to --database-url")
-    };
-    let (migrations, mut conn) = futures::future::try_join(read, connect).await?;
+    let migrations = read_folder(&args.dir)?;
+    let mut conn = PgConnection::connect_with(&options)
+        .await
+        .context("failed to connect to --database-url")?;
     let options = Options {
         table: args.table,
         target: args.target,

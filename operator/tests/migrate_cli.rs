@@ -207,9 +207,9 @@ fn adopts_sqlx_history_and_baselines() {
     assert_eq!(hand.sql("SELECT string_agg(applied_by, ',' ORDER BY version) LIKE 'baseline%,baseline%,homeplane migrate%' FROM schema_migrations"), "t");
 }
 
-/// The folder is read while the connection is made: a folder that cannot be read is reported
-/// at once, also when the server holds the connection without answering (a listener on
-/// loopback that never speaks), and a refused connection is reported as such.
+/// A folder that cannot be read is reported at once, also when the server would hold the
+/// connection without answering (a listener on loopback that never speaks), and a refused
+/// connection is reported as such.
 #[test]
 fn a_bad_folder_or_a_server_that_refuses_is_reported_without_waiting_for_the_other() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
