@@ -526,6 +526,52 @@ spec:
         "True",
         "Ready",
     );
+
+    // Room is checked for a change, not for what already runs as asked: with less room left
+    // in the class (a bigger reserve: 1500m free), a bigger ask is refused and changes nothing,
+    // and going back to the running spec is Ready again without a check it would now fail.
+    let deployment_cpu = || {
+        get(cluster, "deployment", "local-llm", &ns.name)
+            .pointer("/spec/template/spec/containers/0/resources/limits/cpu")
+            .cloned()
+    };
+    test_class(
+        cluster,
+        &class,
+        &node,
+        "  architecture: arm64\n  reserved: {cpu: 2500m, memory: 1Gi}\n",
+    );
+    let (ok, out) = cluster.apply(&ns.name, &yaml("3")).unwrap();
+    assert!(ok, "{out}");
+    let message = wait_condition(
+        cluster,
+        "voicepipeline",
+        "local",
+        &ns.name,
+        "Ready",
+        "False",
+        "Unschedulable",
+    );
+    assert!(message.contains("only cpu 1500m"), "{message}");
+    assert_eq!(deployment_cpu(), Some(Value::from("2")), "nothing changed");
+    let (ok, out) = cluster.apply(&ns.name, &yaml("2")).unwrap();
+    assert!(ok, "{out}");
+    wait_condition(
+        cluster,
+        "voicepipeline",
+        "local",
+        &ns.name,
+        "Ready",
+        "True",
+        "Ready",
+    );
+    test_class(
+        cluster,
+        &class,
+        &node,
+        "  architecture: arm64\n  reserved: {cpu: 500m, memory: 1Gi}\n",
+    );
+
     cluster
         .kubectl_ok(&[
             "taint",

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use tracing::info;
 
 use super::rollout::{self, Rollout};
+use super::ssa::Pending;
 use super::{INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_LABEL, Objects, Runner};
 use crate::conditions::{DEGRADED, Desired, PROGRESSING, READY};
 
@@ -61,27 +62,88 @@ where
         + Serialize
         + DeserializeOwned,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
-    let live = api
-        .get_opt(&obj.name_any())
-        .await
-        .map_err(Error::kube("read a workload object"))?;
-    super::ssa::apply(&api, obj, live)
-        .await
-        .map_err(Error::kube("apply a workload object"))
+    Staged::read(client, obj).await?.apply().await
 }
 
-/// Applies the objects of one workload; returns the runner as the API server has it.
-pub async fn apply(client: &Client, objects: &Objects) -> Result<Runner, Error> {
-    if let Some(service) = &objects.service {
-        apply_one(client, service).await?;
+/// One object of a workload beside the live one, read before anything is decided.
+struct Staged<K> {
+    api: Api<K>,
+    pending: Pending<K>,
+}
+
+impl<K> Staged<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    async fn read(client: &Client, obj: &K) -> Result<Self, Error> {
+        let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+        let live = api
+            .get_opt(&obj.name_any())
+            .await
+            .map_err(Error::kube("read a workload object"))?;
+        let pending = Pending::new(obj, live).map_err(Error::kube("apply a workload object"))?;
+        Ok(Self { api, pending })
     }
-    Ok(match &objects.runner {
-        Runner::Deployment(d) => Runner::Deployment(Box::new(apply_one(client, d.as_ref()).await?)),
-        Runner::StatefulSet(s) => {
-            Runner::StatefulSet(Box::new(apply_one(client, s.as_ref()).await?))
+
+    async fn apply(self) -> Result<K, Error> {
+        self.pending
+            .apply(&self.api)
+            .await
+            .map_err(Error::kube("apply a workload object"))
+    }
+}
+
+/// The objects of one workload beside the live ones.
+struct StagedWorkload {
+    service: Option<Staged<Service>>,
+    runner: StagedRunner,
+}
+
+enum StagedRunner {
+    Deployment(Staged<Deployment>),
+    StatefulSet(Staged<StatefulSet>),
+}
+
+impl StagedWorkload {
+    async fn read(client: &Client, objects: &Objects) -> Result<Self, Error> {
+        let service = match &objects.service {
+            Some(service) => Some(Staged::read(client, service).await?),
+            None => None,
+        };
+        let runner = match &objects.runner {
+            Runner::Deployment(d) => {
+                StagedRunner::Deployment(Staged::read(client, d.as_ref()).await?)
+            }
+            Runner::StatefulSet(s) => {
+                StagedRunner::StatefulSet(Staged::read(client, s.as_ref()).await?)
+            }
+        };
+        Ok(Self { service, runner })
+    }
+
+    /// Whether every object already holds what is asked: applying changes nothing.
+    fn holds(&self) -> bool {
+        let runner = match &self.runner {
+            StagedRunner::Deployment(d) => d.pending.holds(),
+            StagedRunner::StatefulSet(s) => s.pending.holds(),
+        };
+        runner && self.service.as_ref().is_none_or(|s| s.pending.holds())
+    }
+
+    /// Applies what does not hold yet; returns the runner as the API server has it.
+    async fn apply(self) -> Result<Runner, Error> {
+        if let Some(service) = self.service {
+            service.apply().await?;
         }
-    })
+        Ok(match self.runner {
+            StagedRunner::Deployment(d) => Runner::Deployment(Box::new(d.apply().await?)),
+            StagedRunner::StatefulSet(s) => Runner::StatefulSet(Box::new(s.apply().await?)),
+        })
+    }
 }
 
 fn owned(owner_label: &str) -> ListParams {
@@ -104,14 +166,15 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let mut pruned = Vec::new();
+    // Names and deletion marks are all pruning reads: metadata only, not the whole objects.
     let list = api
-        .list(&owned(owner_label))
+        .list_metadata(&owned(owner_label))
         .await
         .map_err(Error::kube("list objects to prune"))?;
     for obj in list.items {
         let name = obj.name_any();
         let id = format!("{}/{name}", K::kind(&()));
-        if keep.contains(&id) || obj.meta().deletion_timestamp.is_some() {
+        if keep.contains(&id) || obj.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let params = DeleteParams {
@@ -263,9 +326,14 @@ pub async fn converge(
             .or_default()
             .push(w);
     }
-    let mut built = Vec::new();
+    let mut staged = Vec::new();
     for (class, ws) in by_class {
-        let Some((nc, room)) = room(client, class, Some(&label)).await? else {
+        let api: Api<homeplane_crds::nodeclass::NodeClass> = Api::all(client.clone());
+        let Some(nc) = api
+            .get_opt(class)
+            .await
+            .map_err(Error::kube("read a NodeClass"))?
+        else {
             let users: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
             return Ok(Converged::Refused {
                 reason: "NodeClassNotFound",
@@ -280,6 +348,7 @@ pub async fn converge(
             spec: &nc.spec,
         };
         let mut demands = Vec::new();
+        let mut read = Vec::new();
         for w in ws {
             let objects = match super::build(w, owner, class_ref) {
                 Ok(o) => o,
@@ -295,24 +364,32 @@ pub async fn converge(
                 asks: objects.asks,
                 replicas: w.replicas,
             });
-            built.push(objects);
+            read.push(StagedWorkload::read(client, &objects).await?);
         }
-        if let Err(e) = capacity::fit(&room, &demands) {
-            return Ok(Converged::Refused {
-                reason: "Unschedulable",
-                message: e.0,
-            });
+        // Room only matters for a change: what already runs as asked was placed when it was
+        // applied, and the class's nodes and their pods are the costliest reads of a pass.
+        if !read.iter().all(StagedWorkload::holds) {
+            let (nodes, pods) = class_members(&nc, client).await?;
+            let room = capacity::room(class, &nc.spec, &nodes, &pods, Some(&label))?;
+            if let Err(e) = capacity::fit(&room, &demands) {
+                return Ok(Converged::Refused {
+                    reason: "Unschedulable",
+                    message: e.0,
+                });
+            }
         }
+        staged.extend(read);
     }
     let mut rollouts = BTreeMap::new();
     let mut names: BTreeSet<String> = keep.clone();
-    for objects in &built {
-        let runner = apply(client, objects).await?;
+    for workload in staged {
+        let has_service = workload.service.is_some();
+        let runner = workload.apply().await?;
         let (kind, name) = match &runner {
             Runner::Deployment(d) => ("Deployment", d.name_any()),
             Runner::StatefulSet(s) => ("StatefulSet", s.name_any()),
         };
-        if objects.service.is_some() {
+        if has_service {
             names.insert(format!("Service/{name}"));
         }
         names.insert(format!("{kind}/{name}"));

@@ -52,35 +52,76 @@ pub async fn apply<K>(api: &Api<K>, obj: &K, live: Option<K>) -> Result<K, kube:
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
-    let kind = K::kind(&());
-    let body = body(obj, &K::api_version(&()), &kind).map_err(kube::Error::SerdeError)?;
-    let count = |result| {
-        APPLIES
-            .get_or_create(&ApplyLabels {
-                kind: kind.to_string(),
-                result,
-            })
-            .inc();
-    };
-    if let Some(live) = live
-        && holds(
-            &body,
-            &serde_json::to_value(&live).map_err(kube::Error::SerdeError)?,
-        )
-    {
-        count("unchanged");
-        return Ok(live);
+    Pending::new(obj, live)?.apply(api).await
+}
+
+/// An object homeplane is about to apply, beside the live object read just before: whether
+/// it already holds what is asked is known before anything is sent, so a caller can skip the
+/// checks that only matter for a change.
+#[derive(Debug)]
+pub struct Pending<K> {
+    name: String,
+    body: Value,
+    live: Option<K>,
+    holds: bool,
+}
+
+impl<K> Pending<K>
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
+{
+    /// `obj`'s apply body, compared with `live`.
+    pub fn new(obj: &K, live: Option<K>) -> Result<Self, kube::Error> {
+        let body =
+            body(obj, &K::api_version(&()), &K::kind(&())).map_err(kube::Error::SerdeError)?;
+        let holds = match &live {
+            Some(live) => holds(
+                &body,
+                &serde_json::to_value(live).map_err(kube::Error::SerdeError)?,
+            ),
+            None => false,
+        };
+        Ok(Self {
+            name: obj.meta().name.clone().unwrap_or_default(),
+            body,
+            live,
+            holds,
+        })
     }
-    let name = obj.meta().name.clone().unwrap_or_default();
-    let applied = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    count("applied");
-    Ok(applied)
+
+    /// Whether the live object already holds everything asked, so that applying changes
+    /// nothing.
+    pub fn holds(&self) -> bool {
+        self.holds
+    }
+
+    /// Applies the body unless the live object holds it; returns the object as the server has
+    /// it either way.
+    pub async fn apply(self, api: &Api<K>) -> Result<K, kube::Error> {
+        let count = |result| {
+            APPLIES
+                .get_or_create(&ApplyLabels {
+                    kind: K::kind(&()).to_string(),
+                    result,
+                })
+                .inc();
+        };
+        if self.holds
+            && let Some(live) = self.live
+        {
+            count("unchanged");
+            return Ok(live);
+        }
+        let applied = api
+            .patch(
+                &self.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&self.body),
+            )
+            .await?;
+        count("applied");
+        Ok(applied)
+    }
 }
 
 /// The apply body of `obj` (its `apiVersion` and `kind` set), annotated with [`APPLIED`].
@@ -317,6 +358,31 @@ mod tests {
         assert_ne!(
             applied(deployment())["metadata"]["annotations"][APPLIED],
             applied(other)["metadata"]["annotations"][APPLIED]
+        );
+    }
+
+    #[test]
+    fn whether_a_typed_object_holds_is_known_before_anything_is_sent() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let asked: Deployment = serde_json::from_value(deployment()).unwrap();
+        assert!(
+            !Pending::new(&asked, None).unwrap().holds(),
+            "nothing live: create it"
+        );
+        let as_stored =
+            |body: &Value| -> Deployment { serde_json::from_value(stored(body)).unwrap() };
+        let body = body(&asked, "apps/v1", "Deployment").unwrap();
+        assert!(
+            Pending::new(&asked, Some(as_stored(&body)))
+                .unwrap()
+                .holds()
+        );
+        let mut edited = body.clone();
+        edited["spec"]["template"]["spec"]["containers"][0]["image"] = "busybox:2".into();
+        assert!(
+            !Pending::new(&asked, Some(as_stored(&edited)))
+                .unwrap()
+                .holds()
         );
     }
 }
