@@ -81,8 +81,7 @@ where
 {
     async fn read(client: &Client, obj: &K) -> Result<Self, Error> {
         let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
-        let live = api
-            .get_opt(&obj.name_any())
+        let live = super::lean::get_opt(&api, &obj.name_any())
             .await
             .map_err(Error::kube("read a workload object"))?;
         let pending = Pending::new(obj, live).map_err(Error::kube("apply a workload object"))?;
@@ -167,11 +166,10 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let mut pruned = Vec::new();
     // Names and deletion marks are all pruning reads: metadata only, not the whole objects.
-    let list = api
-        .list_metadata(&owned(owner_label))
+    let list = super::lean::list_metadata(&api, &owned(owner_label))
         .await
         .map_err(Error::kube("list objects to prune"))?;
-    for obj in list.items {
+    for obj in list {
         let name = obj.name_any();
         let id = format!("{}/{name}", K::kind(&()));
         if keep.contains(&id) || obj.metadata.deletion_timestamp.is_some() {

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod capacity;
+pub mod lean;
 pub mod pods;
 pub mod rollout;
 pub mod ssa;

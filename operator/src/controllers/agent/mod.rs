@@ -109,7 +109,9 @@ where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    let existing = api.get_opt(&name).await.map_err(ApplyError::Api)?;
+    let existing = crate::workload::lean::get_opt(api, &name)
+        .await
+        .map_err(ApplyError::Api)?;
     if let Some(existing) = &existing
         && !rbac::is_ours(agent, existing.labels())
     {
