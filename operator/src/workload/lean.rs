@@ -26,6 +26,21 @@ where
     }
 }
 
+/// Whether the object `name` of `api` exists; nothing of it is decoded.
+pub async fn exists<K>(api: &Api<K>, name: &str) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let request = Request::new(api.resource_url())
+        .get_metadata(name, &GetParams::default())
+        .map_err(kube::Error::BuildRequest)?;
+    match api.clone().into_client().request_text(request).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The metadata of `api`'s objects that `params` selects, without their managed fields.
 pub async fn list_metadata<K>(
     api: &Api<K>,

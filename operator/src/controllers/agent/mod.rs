@@ -135,10 +135,12 @@ async fn prune<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let list = api
-        .list(&ListParams::default().labels(&rbac::selector(agent)))
-        .await
-        .map_err(Error::kube(action))?;
+    let list = crate::workload::lean::list_metadata(
+        &api,
+        &ListParams::default().labels(&rbac::selector(agent)),
+    )
+    .await
+    .map_err(Error::kube(action))?;
     let mut deleted = Vec::new();
     for obj in list {
         let id = match obj.namespace() {
@@ -387,9 +389,10 @@ async fn missing_roles(ctx: &Context, plan: &rbac::Plan) -> Result<Vec<String>, 
     let mut missing = Vec::new();
     for grant in &plan.grants {
         let name = rbac::cluster_role(&ctx.trust.agent_role_prefix, grant);
-        match api.get_opt(&name).await {
-            Ok(Some(_)) => {}
-            Ok(None) | Err(kube::Error::Api(_)) => {
+        // Existence is all that is asked: `view` and `edit` are large aggregated roles.
+        match crate::workload::lean::exists(&api, &name).await {
+            Ok(true) => {}
+            Ok(false) | Err(kube::Error::Api(_)) => {
                 let text = grant.describe();
                 let restricted = if rbac::is_restricted(&grant.group, &grant.resource) {
                     " (restricted: see docs/security.md)"
