@@ -474,12 +474,15 @@ fn a_workload_too_big_for_the_pi_is_refused_before_creation_and_a_pending_pod_is
     let ns = TestNamespace::new(cluster, "too-big").unwrap();
     let node = TestNode::new(cluster, "arm64", "4", "8Gi", 0).unwrap();
     let class = format!("pi-{}", node.key);
-    test_class(
-        cluster,
-        &class,
-        &node,
-        "  architecture: arm64\n  reserved: {cpu: 500m, memory: 1Gi}\n",
-    );
+    let reserve = |cpu: &str| {
+        test_class(
+            cluster,
+            &class,
+            &node,
+            &format!("  architecture: arm64\n  reserved: {{cpu: {cpu}, memory: 1Gi}}\n"),
+        )
+    };
+    reserve("500m");
     let _op =
         Operator::start(BINARY, cluster, &ns.name, &format!("big-{}", node.key), &[]).unwrap();
     let yaml = |cpu: &str| {
@@ -493,17 +496,20 @@ spec:
 "#
         )
     };
+    let ready = |status: &str, reason: &str| {
+        wait_condition(
+            cluster,
+            "voicepipeline",
+            "local",
+            &ns.name,
+            "Ready",
+            status,
+            reason,
+        )
+    };
     let (ok, out) = cluster.apply(&ns.name, &yaml("6")).unwrap();
     assert!(ok, "{out}");
-    let message = wait_condition(
-        cluster,
-        "voicepipeline",
-        "local",
-        &ns.name,
-        "Ready",
-        "False",
-        "Unschedulable",
-    );
+    let message = ready("False", "Unschedulable");
     assert!(
         message.contains(&format!("local-llm does not fit NodeClass {class}: cpu 6, memory 6Gi asked, but only cpu 3500m and memory 7Gi are free")),
         "{message}"
@@ -517,15 +523,7 @@ spec:
     // class does not tolerate) is reported from the pod's PodScheduled condition.
     let (ok, out) = cluster.apply(&ns.name, &yaml("2")).unwrap();
     assert!(ok, "{out}");
-    wait_condition(
-        cluster,
-        "voicepipeline",
-        "local",
-        &ns.name,
-        "Ready",
-        "True",
-        "Ready",
-    );
+    ready("True", "Ready");
 
     // Room is checked for a change, not for what already runs as asked: with less room left
     // in the class (a bigger reserve: 1500m free), a bigger ask is refused and changes nothing,
@@ -535,42 +533,16 @@ spec:
             .pointer("/spec/template/spec/containers/0/resources/limits/cpu")
             .cloned()
     };
-    test_class(
-        cluster,
-        &class,
-        &node,
-        "  architecture: arm64\n  reserved: {cpu: 2500m, memory: 1Gi}\n",
-    );
+    reserve("2500m");
     let (ok, out) = cluster.apply(&ns.name, &yaml("3")).unwrap();
     assert!(ok, "{out}");
-    let message = wait_condition(
-        cluster,
-        "voicepipeline",
-        "local",
-        &ns.name,
-        "Ready",
-        "False",
-        "Unschedulable",
-    );
+    let message = ready("False", "Unschedulable");
     assert!(message.contains("only cpu 1500m"), "{message}");
     assert_eq!(deployment_cpu(), Some(Value::from("2")), "nothing changed");
     let (ok, out) = cluster.apply(&ns.name, &yaml("2")).unwrap();
     assert!(ok, "{out}");
-    wait_condition(
-        cluster,
-        "voicepipeline",
-        "local",
-        &ns.name,
-        "Ready",
-        "True",
-        "Ready",
-    );
-    test_class(
-        cluster,
-        &class,
-        &node,
-        "  architecture: arm64\n  reserved: {cpu: 500m, memory: 1Gi}\n",
-    );
+    ready("True", "Ready");
+    reserve("500m");
 
     cluster
         .kubectl_ok(&[
@@ -595,15 +567,7 @@ spec:
             "--force",
         ])
         .unwrap();
-    let message = wait_condition(
-        cluster,
-        "voicepipeline",
-        "local",
-        &ns.name,
-        "Ready",
-        "False",
-        "Unschedulable",
-    );
+    let message = ready("False", "Unschedulable");
     assert!(
         message.contains("is not scheduled") && message.contains("taint"),
         "{message}"

@@ -62,7 +62,10 @@ where
         + Serialize
         + DeserializeOwned,
 {
-    Staged::read(client, obj).await?.apply().await
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    super::ssa::apply(&api, obj)
+        .await
+        .map_err(Error::kube("apply a workload object"))
 }
 
 /// One object of a workload beside the live one, read before anything is decided.
@@ -81,10 +84,9 @@ where
 {
     async fn read(client: &Client, obj: &K) -> Result<Self, Error> {
         let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
-        let live = super::lean::get_opt(&api, &obj.name_any())
+        let pending = Pending::read(&api, obj)
             .await
             .map_err(Error::kube("read a workload object"))?;
-        let pending = Pending::new(obj, live).map_err(Error::kube("apply a workload object"))?;
         Ok(Self { api, pending })
     }
 
@@ -241,17 +243,37 @@ pub async fn room(
     )>,
     Error,
 > {
-    let api: Api<homeplane_crds::nodeclass::NodeClass> = Api::all(client.clone());
-    let Some(nc) = api
-        .get_opt(class)
-        .await
-        .map_err(Error::kube("read a NodeClass"))?
-    else {
+    let Some(nc) = node_class(client, class).await? else {
         return Ok(None);
     };
-    let (nodes, pods) = class_members(&nc, client).await?;
-    let room = super::capacity::room(class, &nc.spec, &nodes, &pods, replacing)?;
+    let room = class_room(client, &nc, replacing).await?;
     Ok(Some((nc, room)))
+}
+
+async fn node_class(
+    client: &Client,
+    class: &str,
+) -> Result<Option<homeplane_crds::nodeclass::NodeClass>, Error> {
+    Api::all(client.clone())
+        .get_opt(class)
+        .await
+        .map_err(Error::kube("read a NodeClass"))
+}
+
+/// The room in `nc`, read from the cluster, not counting `replacing`'s pods.
+async fn class_room(
+    client: &Client,
+    nc: &homeplane_crds::nodeclass::NodeClass,
+    replacing: Option<&str>,
+) -> Result<super::capacity::ClassRoom, Error> {
+    let (nodes, pods) = class_members(nc, client).await?;
+    Ok(super::capacity::room(
+        &nc.name_any(),
+        &nc.spec,
+        &nodes,
+        &pods,
+        replacing,
+    )?)
 }
 
 /// The nodes that match a NodeClass and the pods scheduled on them.
@@ -326,12 +348,7 @@ pub async fn converge(
     }
     let mut staged = Vec::new();
     for (class, ws) in by_class {
-        let api: Api<homeplane_crds::nodeclass::NodeClass> = Api::all(client.clone());
-        let Some(nc) = api
-            .get_opt(class)
-            .await
-            .map_err(Error::kube("read a NodeClass"))?
-        else {
+        let Some(nc) = node_class(client, class).await? else {
             let users: Vec<&str> = ws.iter().map(|w| w.name.as_str()).collect();
             return Ok(Converged::Refused {
                 reason: "NodeClassNotFound",
@@ -367,8 +384,7 @@ pub async fn converge(
         // Room only matters for a change: what already runs as asked was placed when it was
         // applied, and the class's nodes and their pods are the costliest reads of a pass.
         if !read.iter().all(StagedWorkload::holds) {
-            let (nodes, pods) = class_members(&nc, client).await?;
-            let room = capacity::room(class, &nc.spec, &nodes, &pods, Some(&label))?;
+            let room = class_room(client, &nc, Some(&label)).await?;
             if let Err(e) = capacity::fit(&room, &demands) {
                 return Ok(Converged::Refused {
                     reason: "Unschedulable",

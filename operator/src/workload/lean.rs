@@ -4,6 +4,7 @@
 //! time of a reconciliation that changes nothing (bench/results/reconcile.txt). It is cut
 //! from the response's text before the object is decoded.
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 
 use kube::api::{GetParams, ListParams, ObjectList, PartialObjectMeta};
@@ -16,13 +17,10 @@ pub async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>, kube::Err
 where
     K: Resource + Clone + Debug + DeserializeOwned,
 {
-    let request = Request::new(api.resource_url())
-        .get(name, &GetParams::default())
-        .map_err(kube::Error::BuildRequest)?;
-    match api.clone().into_client().request_text(request).await {
-        Ok(text) => decode(&text).map(Some),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
-        Err(e) => Err(e),
+    let request = Request::new(api.resource_url()).get(name, &GetParams::default());
+    match text(api, request).await? {
+        Some(text) => decode(&text).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -31,14 +29,8 @@ pub async fn exists<K>(api: &Api<K>, name: &str) -> Result<bool, kube::Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
 {
-    let request = Request::new(api.resource_url())
-        .get_metadata(name, &GetParams::default())
-        .map_err(kube::Error::BuildRequest)?;
-    match api.clone().into_client().request_text(request).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
-        Err(e) => Err(e),
-    }
+    let request = Request::new(api.resource_url()).get_metadata(name, &GetParams::default());
+    Ok(text(api, request).await?.is_some())
 }
 
 /// The metadata of `api`'s objects that `params` selects, without their managed fields.
@@ -49,12 +41,30 @@ pub async fn list_metadata<K>(
 where
     K: Resource + Clone + Debug + DeserializeOwned,
 {
-    let request = Request::new(api.resource_url())
-        .list_metadata(params)
-        .map_err(kube::Error::BuildRequest)?;
-    let text = api.clone().into_client().request_text(request).await?;
+    let request = Request::new(api.resource_url()).list_metadata(params);
+    let text = api
+        .clone()
+        .into_client()
+        .request_text(request.map_err(kube::Error::BuildRequest)?)
+        .await?;
     let list: ObjectList<PartialObjectMeta<K>> = decode(&text)?;
     Ok(list.items)
+}
+
+/// The text of the answer to `request`; `None` when the object does not exist.
+async fn text<K>(
+    api: &Api<K>,
+    request: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+) -> Result<Option<String>, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let request = request.map_err(kube::Error::BuildRequest)?;
+    match api.clone().into_client().request_text(request).await {
+        Ok(text) => Ok(Some(text)),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn decode<T: DeserializeOwned>(text: &str) -> Result<T, kube::Error> {
@@ -67,9 +77,9 @@ const KEY: &str = "\"managedFields\":";
 /// match inside a string (a quote there is escaped), and the array is skipped with its
 /// strings and nesting honoured; text that does not have that shape is left as it is, so the
 /// worst a surprise can do is leave the field in.
-pub fn without_managed_fields(json: &str) -> String {
+pub fn without_managed_fields(json: &str) -> Cow<'_, str> {
     let bytes = json.as_bytes();
-    let mut out = String::with_capacity(json.len());
+    let mut out = String::new();
     let mut copied = 0;
     let mut from = 0;
     while let Some(found) = json[from..].find(KEY) {
@@ -92,8 +102,11 @@ pub fn without_managed_fields(json: &str) -> String {
         copied = end;
         from = end;
     }
+    if copied == 0 {
+        return Cow::Borrowed(json);
+    }
     out.push_str(&json[copied..]);
-    out
+    Cow::Owned(out)
 }
 
 /// The index just past the array that starts (after whitespace) at `at`.

@@ -45,14 +45,14 @@ pub struct ApplyLabels {
 /// `homeplane_owned_applies_total` (one process, one count, whichever controller asked).
 pub static APPLIES: LazyLock<Family<ApplyLabels, Counter>> = LazyLock::new(Family::default);
 
-/// Server-side applies `obj` with homeplane's field manager unless `live` (the object as the
-/// API server has it, read just before) already holds it; returns the object as the server
+/// Reads the live `obj` (without its managed fields) and server-side applies `obj` with
+/// homeplane's field manager unless that already holds it; returns the object as the server
 /// has it either way.
-pub async fn apply<K>(api: &Api<K>, obj: &K, live: Option<K>) -> Result<K, kube::Error>
+pub async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
-    Pending::new(obj, live)?.apply(api).await
+    Pending::read(api, obj).await?.apply(api).await
 }
 
 /// An object homeplane is about to apply, beside the live object read just before: whether
@@ -70,6 +70,12 @@ impl<K> Pending<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned,
 {
+    /// `obj`'s apply body beside the live object, read from `api` without its managed fields.
+    pub async fn read(api: &Api<K>, obj: &K) -> Result<Self, kube::Error> {
+        let live = super::lean::get_opt(api, &obj.meta().name.clone().unwrap_or_default()).await?;
+        Self::new(obj, live)
+    }
+
     /// `obj`'s apply body, compared with `live`.
     pub fn new(obj: &K, live: Option<K>) -> Result<Self, kube::Error> {
         let body =
@@ -87,6 +93,11 @@ where
             live,
             holds,
         })
+    }
+
+    /// The object as the API server had it when read; `None` when it did not exist.
+    pub fn live(&self) -> Option<&K> {
+        self.live.as_ref()
     }
 
     /// Whether the live object already holds everything asked, so that applying changes

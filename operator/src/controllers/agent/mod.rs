@@ -109,15 +109,16 @@ where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    let existing = crate::workload::lean::get_opt(api, &name)
+    let pending = crate::workload::ssa::Pending::read(api, obj)
         .await
         .map_err(ApplyError::Api)?;
-    if let Some(existing) = &existing
+    if let Some(existing) = pending.live()
         && !rbac::is_ours(agent, existing.labels())
     {
         return Err(ApplyError::Taken);
     }
-    crate::workload::ssa::apply(api, obj, existing)
+    pending
+        .apply(api)
         .await
         .map(|_| tracing::debug!(action, %name, "as asked"))
         .map_err(ApplyError::Api)
